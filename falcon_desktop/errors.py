@@ -1,0 +1,54 @@
+"""User-facing errors: one message naming the problem, one hint naming the fix.
+
+Every failure a user can cause (bad file, bad flag, a model that does not fit) is raised as `UserError`; the CLI
+prints it as "Error:" and "Hint:" lines on stderr and exits 1. Known exceptions from the libraries underneath are
+translated by `explain`, by class name, so that this module never imports torch.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A problem the user can fix; `hint` says how."""
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+# Class name -> (message, hint). Matched along the exception's MRO, so subclasses are covered.
+_KNOWN: dict[str, tuple[str, str]] = {
+    "OutOfMemoryError": (
+        "CUDA ran out of memory.",
+        "Run `falcon-desktop plan` for settings that fit, or pass a smaller --micro-batch / --seq-len.",
+    ),
+    "OfflineModeIsEnabled": (
+        "Hugging Face offline mode is on (HF_HUB_OFFLINE=1) and the file is not in the local cache.",
+        "Unset HF_HUB_OFFLINE to download it, or pass a local directory.",
+    ),
+    "GatedRepoError": (
+        "This model is gated on the Hugging Face Hub.",
+        "Accept its licence on the model page, then run `hf auth login`.",
+    ),
+    "RepositoryNotFoundError": (
+        "No such repository on the Hugging Face Hub.",
+        "Check the model id, or pass a local directory holding config.json.",
+    ),
+    "UnicodeEncodeError": (
+        "The terminal cannot print some characters.",
+        "Set PYTHONIOENCODING=utf-8 (on Windows also `chcp 65001`).",
+    ),
+}
+
+
+def explain(error: BaseException) -> UserError | None:
+    """A `UserError` for a known library exception, or None for a bug that should surface as a traceback."""
+    if isinstance(error, UserError):
+        return error
+    for cls in type(error).__mro__:
+        if cls.__name__ in _KNOWN:
+            message, hint = _KNOWN[cls.__name__]
+            detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            return UserError(f"{message} ({detail})" if detail else message, hint)
+    return None

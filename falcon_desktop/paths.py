@@ -1,0 +1,52 @@
+"""Where falcon-desktop keeps its files: runs, logs, caches.
+
+The root is `FALCON_DESKTOP_HOME` when set, else the platform's user data directory (platformdirs: e.g.
+`%LOCALAPPDATA%\\falcon-desktop` on Windows, `~/.local/share/falcon-desktop` on Linux). Hugging Face keeps its own
+cache (`HF_HOME`, `HF_HUB_CACHE`); we never move it, only report it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+APP_NAME = "falcon-desktop"
+
+
+def home() -> Path:
+    """The root directory for everything falcon-desktop writes."""
+    override = os.environ.get("FALCON_DESKTOP_HOME")
+    if override:
+        return Path(override).expanduser()
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir(APP_NAME, appauthor=False))
+
+
+def runs_dir() -> Path:
+    """Training runs, one directory each."""
+    return home() / "runs"
+
+
+def cache_dir() -> Path:
+    """Processed datasets and other derived files that can be rebuilt."""
+    return home() / "cache"
+
+
+def logs_dir() -> Path:
+    return home() / "logs"
+
+
+def hf_cache_dir() -> Path:
+    """Hugging Face's hub cache, as huggingface_hub resolves it."""
+    explicit = os.environ.get("HF_HUB_CACHE")
+    if explicit:
+        return Path(explicit).expanduser()
+    hf_home = os.environ.get("HF_HOME")
+    base = Path(hf_home).expanduser() if hf_home else Path.home() / ".cache" / "huggingface"
+    return base / "hub"
+
+
+def hf_offline() -> bool:
+    """True when the user asked Hugging Face libraries never to touch the network."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
