@@ -1,16 +1,162 @@
-"""`falcon-desktop data` (placeholder until its issue lands)."""
+"""`falcon-desktop data inspect`: what a data source holds, what would be repaired or dropped and why, and - with
+a tokenizer - how long the examples are and how densely they would batch.
+
+Reads SQuAD v1.1/v2.0 JSON, JSONL/Parquet/CSV with question/context/answers, chat text (### Human: / ### Assistant:),
+prompt/response JSONL, a Hugging Face `datasets` name (NAME[:SPLIT]), or `demo` (the bundled set).
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
+from typing import Any
+
+EXAMPLES = """examples:
+  falcon-desktop data inspect demo
+  falcon-desktop data inspect train-v2.0.json --strict
+  falcon-desktop data inspect dev-v2.0.json --model ./falcon-7b --seq-len 512 --json
+  falcon-desktop data inspect rajpurkar/squad_v2:validation --model tiiuae/falcon-7b
+"""
+MIN_SEQ_LEN = 32
 
 
 def register(subparsers: argparse._SubParsersAction, formatter: type[argparse.HelpFormatter]) -> None:
-    parser = subparsers.add_parser("data", help="(not available yet)", formatter_class=formatter)
-    parser.set_defaults(run=run)
+    parser = subparsers.add_parser(
+        "data", help="check training data and see how it would batch", description=__doc__,
+        epilog=EXAMPLES, formatter_class=formatter,
+    )
+    actions = parser.add_subparsers(dest="data_action", metavar="ACTION")
+    inspect = actions.add_parser(
+        "inspect", help="summarize, validate and (with --model) measure a data source", description=__doc__,
+        epilog=EXAMPLES, formatter_class=formatter,
+    )
+    inspect.add_argument("source", metavar="FILE_OR_NAME", help="a data file, a `datasets` name, or `demo`")
+    inspect.add_argument("--model", help="model directory or hub id whose tokenizer measures token lengths")
+    inspect.add_argument("--seq-len", type=int, default=512, help="maximum tokens per example (longer contexts are windowed)")
+    inspect.add_argument("--effective-batch-size", type=int, default=16, help="examples per optimizer step")
+    inspect.add_argument("--micro-batch-size", type=int, default=4, help="rows of --seq-len tokens per forward pass (the token budget)")
+    inspect.add_argument("--seed", type=int, default=42, help="shuffling seed for the batches measured")
+    inspect.add_argument("--strict", action="store_true", help="fail if any record would be dropped")
+    inspect.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    inspect.set_defaults(run=run)
+    parser.set_defaults(run=lambda args: _print_usage(parser))
+
+
+def _print_usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
 
 
 def run(args: argparse.Namespace) -> int:
+    from falcon_desktop.console import print_json
+    from falcon_desktop.data import load_records
     from falcon_desktop.errors import UserError
 
-    raise UserError("`falcon-desktop data` is not available in this version yet.", "Upgrade falcon-desktop.")
+    for flag, value, least in (
+        ("--seq-len", args.seq_len, MIN_SEQ_LEN), ("--effective-batch-size", args.effective_batch_size, 1),
+        ("--micro-batch-size", args.micro_batch_size, 1),
+    ):
+        if value < least:
+            raise UserError(f"{flag} must be at least {least}, not {value}.", f"Try the default: {flag} with no value given.")
+    report = load_records(args.source, strict=args.strict)
+    result: dict[str, Any] = report.summary()
+    result["problems"] = report.problems
+    if args.model:
+        result.update(_measure(report.records, args))
+    if args.json:
+        print_json(result)
+    else:
+        _print_tables(result, args)
+    return 0
+
+
+def _measure(records: list, args: argparse.Namespace) -> dict[str, Any]:
+    from falcon_desktop.console import err
+    from falcon_desktop.data import fingerprint, padding_efficiency, schedule_steps, tokenize_records
+    from falcon_desktop.errors import UserError
+    from falcon_desktop.model import load_tokenizer
+
+    with err().status(f"Tokenizing {len(records):,} records with {args.model}..."):
+        try:
+            tokenizer = load_tokenizer(args.model)
+        except (OSError, ValueError) as error:
+            detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise UserError(
+                f"Could not load a tokenizer from {args.model!r} ({detail}).",
+                "Pass a model directory holding the tokenizer files, or a hub id (online, or cached).",
+            ) from None
+        tokenized = tokenize_records(records, tokenizer, args.seq_len)
+    lengths = tokenized.lengths
+    token_budget = args.micro_batch_size * args.seq_len
+    steps = schedule_steps(lengths, args.effective_batch_size, args.seed, epoch=0)
+    return {
+        "model": args.model,
+        "max_seq_len": args.seq_len,
+        "examples": len(tokenized.examples),
+        "windowed": tokenized.windowed,
+        "dropped_too_long": tokenized.dropped_too_long,
+        "tokens": token_statistics(lengths),
+        "label_tokens": sum(len(e.input_ids) - e.prompt_len for e in tokenized.examples),
+        "effective_batch_size": args.effective_batch_size,
+        "token_budget": token_budget,
+        "steps_per_epoch": len(steps),
+        "padding_efficiency": round(padding_efficiency(steps, lengths, token_budget), 4),
+        "fingerprint": fingerprint(tokenized.examples),
+    }
+
+
+def token_statistics(lengths: list[int]) -> dict[str, float]:
+    """Mean, median, p90, p99 (nearest rank) and max of the example lengths; zeros when there are none."""
+    ordered = sorted(lengths)
+    if not ordered:
+        return {"mean": 0, "median": 0, "p90": 0, "p99": 0, "max": 0, "total": 0}
+
+    def rank(fraction: float) -> int:
+        return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+    return {
+        "mean": round(sum(ordered) / len(ordered), 1),
+        "median": rank(0.5),
+        "p90": rank(0.9),
+        "p99": rank(0.99),
+        "max": ordered[-1],
+        "total": sum(ordered),
+    }
+
+
+def _print_tables(result: dict[str, Any], args: argparse.Namespace) -> None:
+    from rich.table import Table
+
+    from falcon_desktop.console import info, out
+
+    console = out()
+    console.print(f"[bold]{result['source']}[/bold] ({result['format']})", soft_wrap=True)
+    table = Table(show_header=False)
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    for label, key in (("read", "read"), ("records kept", "records"), ("  answerable", "answerable"),
+                       ("  unanswerable", "unanswerable"), ("repaired answer spans", "repaired"), ("dropped", "dropped")):
+        table.add_row(label, f"{result[key]:,}")
+    for reason, count in result["drop_reasons"].items():
+        table.add_row(f"  {reason.replace('_', ' ')}", f"{count:,}")
+    console.print(table)
+    if result["problems"]:
+        console.print("First problems:")
+        for problem in result["problems"][:10]:
+            console.print(f"  {problem}", markup=False, soft_wrap=True)
+    if "tokens" not in result:
+        info("Add --model DIR_OR_HUB_ID for token lengths and the padding efficiency of the batches.")
+        return
+    tokens = result["tokens"]
+    console.print(f"Tokens per example with {result['model']}'s tokenizer, at most {result['max_seq_len']}:")
+    lengths = Table()
+    for column in ("examples", "mean", "median", "p90", "p99", "max"):
+        lengths.add_column(column, justify="right")
+    lengths.add_row(f"{result['examples']:,}", *(f"{tokens[k]:,}" for k in ("mean", "median", "p90", "p99", "max")))
+    console.print(lengths)
+    console.print(f"Windowed (context cut to fit): {result['windowed']:,}; dropped as too long: {result['dropped_too_long']:,}")
+    console.print(
+        f"Padding efficiency {result['padding_efficiency']:.1%}: {result['steps_per_epoch']:,} steps of "
+        f"{args.effective_batch_size} examples, micro-batches of at most {result['token_budget']:,} tokens."
+    )
+    console.print(f"Fingerprint: {result['fingerprint']}")

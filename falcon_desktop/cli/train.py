@@ -1,16 +1,59 @@
-"""`falcon-desktop train` (placeholder until its issue lands)."""
+"""`falcon-desktop train`: QLoRA fine-tune on SQuAD-format data, driven by the memory plan."""
 
 from __future__ import annotations
 
 import argparse
 
+EXAMPLES = """examples:
+  falcon-desktop train --model tiiuae/falcon-7b --data train-v2.0.json
+  falcon-desktop train --model ./my-model --data squad.json --max-steps 200 --dry-run
+  falcon-desktop train --resume ~/.local/share/falcon-desktop/runs/falcon-7b-20261123-101500
+"""
+
 
 def register(subparsers: argparse._SubParsersAction, formatter: type[argparse.HelpFormatter]) -> None:
-    parser = subparsers.add_parser("train", help="(not available yet)", formatter_class=formatter)
-    parser.set_defaults(run=run)
+    from falcon_desktop.cli.plan import add_plan_arguments
+
+    parser = subparsers.add_parser(
+        "train", help="fine-tune a model with QLoRA on SQuAD-format data", description=__doc__,
+        epilog=EXAMPLES, formatter_class=formatter,
+    )
+    add_plan_arguments(parser)
+    run = parser.add_argument_group("run")
+    run.add_argument("--data", help="SQuAD JSON, JSONL/Parquet/CSV, or a `datasets` name (e.g. rajpurkar/squad_v2)")
+    run.add_argument("--output", help="run directory (default: a new one under the runs folder)")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    run.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (instead of --epochs)")
+    run.add_argument("--learning-rate", type=float, default=2e-4)
+    run.add_argument("--seed", type=int, default=42)
+    run.add_argument("--save-every", type=int, default=50, help="optimizer steps between checkpoints")
+    run.add_argument("--eval-fraction", type=float, default=0.1, help="share of articles held out for evaluation")
+    run.add_argument("--eval-examples", type=int, default=100, help="held-out questions scored before/after (0: skip)")
+    run.add_argument("--device", default="auto", help="auto, cuda:N or cpu")
+    run.add_argument("--no-quantize", action="store_true", help="16-bit base (LoRA) instead of 4-bit (QLoRA)")
+    run.add_argument("--strict", action="store_true", help="fail on any dropped data record")
+    run.add_argument("--trust-remote-code", action="store_true", help="run the model repository's own Python code")
+    run.add_argument("--force", action="store_true", help="train even when the plan says it does not fit")
+    run.add_argument("--dry-run", action="store_true", help="show the plan and exit")
+    parser.set_defaults(run=run_command)
 
 
-def run(args: argparse.Namespace) -> int:
-    from falcon_desktop.errors import UserError
+def run_command(args: argparse.Namespace) -> int:
+    from falcon_desktop.training_setup import plan_for_training, resume_settings, train_config_from_args
 
-    raise UserError("`falcon-desktop train` is not available in this version yet.", "Upgrade falcon-desktop.")
+    if args.resume:
+        config, plan = resume_settings(args)
+    else:
+        config = train_config_from_args(args)
+        plan = plan_for_training(args, config)
+    if args.dry_run:
+        return 0
+    from falcon_desktop.console import info
+    from falcon_desktop.train import run_training
+
+    card = run_training(config, plan, resume=bool(args.resume))
+    measured = card.get("measured", {})
+    info(f"[bold green]Done[/bold green]: {card['steps']} steps, {measured.get('tokens_per_second', 0):,.0f} tokens/s. "
+         f"Adapter: {config.output / 'adapter'}")
+    info(f"Next: falcon-desktop ask --adapter {config.output}")
+    return 0 if card["status"] == "finished" else 130

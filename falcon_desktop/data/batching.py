@@ -1,0 +1,88 @@
+"""Length-grouped optimizer steps, their micro-batches, and the padded tensors the trainer feeds the model.
+
+The trainer's attention is SDPA with `is_causal` (no mask tensor), which cannot keep packed examples apart, so
+batches are grouped by length instead of packed: examples are shuffled, taken in chunks of `CHUNK_STEPS` steps,
+sorted by length within each chunk and cut into steps, and the steps are shuffled. Every step then holds examples
+of similar length, so right-padding wastes little, while which examples meet in a step still changes every epoch.
+Right padding is safe without a mask: under a causal mask no real token attends to the padding after it.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any
+
+from falcon_desktop.data.tokens import Example
+
+# Steps per sorted chunk: larger packs tighter, smaller mixes lengths across the epoch more.
+CHUNK_STEPS = 64
+IGNORE_INDEX = -100  # the label value that cross-entropy skips
+
+
+def schedule_steps(lengths: Sequence[int], effective_batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """Example indices for each optimizer step of one epoch; deterministic in (seed, epoch).
+
+    Each step has `effective_batch_size` indices (the last may have fewer), sorted by length within the step.
+    """
+    if effective_batch_size < 1:
+        raise ValueError(f"effective_batch_size must be at least 1, not {effective_batch_size}")
+    rng = random.Random(f"falcon-desktop steps {seed} {epoch}")
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    chunk_size = CHUNK_STEPS * effective_batch_size
+    steps = []
+    for chunk_start in range(0, len(order), chunk_size):
+        chunk = sorted(order[chunk_start : chunk_start + chunk_size], key=lengths.__getitem__)
+        steps.extend(chunk[i : i + effective_batch_size] for i in range(0, len(chunk), effective_batch_size))
+    rng.shuffle(steps)
+    return steps
+
+
+def split_micro_batches(indices: Sequence[int], lengths: Sequence[int], token_budget: int) -> list[list[int]]:
+    """Consecutive groups of `indices` whose rows x longest row fit `token_budget`; an over-long row goes alone."""
+    groups: list[list[int]] = []
+    current: list[int] = []
+    longest = 0
+    for index in indices:
+        grown = max(longest, lengths[index])
+        if current and grown * (len(current) + 1) > token_budget:
+            groups.append(current)
+            current, grown = [], lengths[index]
+        current.append(index)
+        longest = grown
+    if current:
+        groups.append(current)
+    return groups
+
+
+def padding_efficiency(steps: Sequence[Sequence[int]], lengths: Sequence[int], token_budget: int) -> float:
+    """Real tokens / tokens computed (rows x longest row, summed over the micro-batches of every step)."""
+    real = computed = 0
+    for step in steps:
+        for group in split_micro_batches(step, lengths, token_budget):
+            group_lengths = [lengths[index] for index in group]
+            real += sum(group_lengths)
+            computed += len(group) * max(group_lengths)
+    return real / computed if computed else 1.0
+
+
+def collate(examples: Sequence[Example], pad_id: int) -> dict[str, Any]:
+    """Right-padded `input_ids` and `labels` ([B, T] int64) for one micro-batch.
+
+    Labels are unshifted (the model shifts them) and are `IGNORE_INDEX` on the prompt and the padding, so the loss
+    sees only the answer and its EOS. `real_tokens` counts the unpadded tokens, `labelled_tokens` the labelled
+    ones (the step's loss is normalized by the labelled tokens of all its micro-batches).
+    """
+    import torch
+
+    width = max(len(example.input_ids) for example in examples)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    for row, example in enumerate(examples):
+        ids = torch.tensor(example.input_ids, dtype=torch.long)
+        input_ids[row, : len(ids)] = ids
+        labels[row, example.prompt_len : len(ids)] = ids[example.prompt_len :]
+    real_tokens = sum(len(example.input_ids) for example in examples)
+    labelled_tokens = sum(len(example.input_ids) - example.prompt_len for example in examples)
+    return {"input_ids": input_ids, "labels": labels, "real_tokens": real_tokens, "labelled_tokens": labelled_tokens}

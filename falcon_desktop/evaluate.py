@@ -1,0 +1,234 @@
+"""SQuAD v2 exact match and F1, computed the way the official `evaluate-v2.0.py` computes them.
+
+The official script is the reference our numbers must agree with to the last printed digit, so this module mirrors
+its behaviour, not only its formulas:
+
+- answers are normalised by lower-casing, dropping ASCII punctuation, the articles a/an/the and extra whitespace;
+- a gold answer that normalises to nothing is dropped; a question with no gold answer left has the single gold
+  answer "" (so only an empty prediction is right);
+- a question counts as HasAns when its raw `answers` list is non-empty;
+- per question, exact and F1 are the maximum over its gold answers, with the script's F1 arithmetic;
+- totals are `100.0 * sum(scores) / count`, summed in dataset order with the built-in `sum` (Python 3.12 made that
+  a compensated sum, so the same interpreter gives the same last digit); HasAns_*/NoAns_* keys exist only when that
+  split has questions; percentages are not rounded (the script prints `json.dumps` of the floats).
+
+Two things differ on purpose: our model writes `prompts.ABSTAIN` for "no answer", which is mapped to "" before
+scoring (a predictions file written by `ask --output` already holds ""), and a question missing from the predictions
+is scored 0 and counted, with a warning. The official script leaves it out of `total` and then stops with a KeyError
+in the HasAns/NoAns split, so it prints no result to agree with.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import re
+import string
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from falcon_desktop.errors import UserError
+from falcon_desktop.prompts import is_abstention
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
+_PUNCTUATION = frozenset(string.punctuation)
+
+
+@dataclass(frozen=True)
+class SquadQuestion:
+    id: str
+    title: str
+    context: str
+    question: str
+    answers: tuple[str, ...]   # raw gold texts, as written in the file; empty for an unanswerable question
+
+    @property
+    def has_answer(self) -> bool:
+        return bool(self.answers)
+
+
+def normalize_answer(text: str) -> str:
+    """Lower case, no punctuation, no articles, single spaces (the official order of steps)."""
+    text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def _tokens(text: str) -> list[str]:
+    return normalize_answer(text).split() if text else []
+
+
+def exact_score(gold: str, prediction: str) -> int:
+    return int(normalize_answer(gold) == normalize_answer(prediction))
+
+
+def f1_score(gold: str, prediction: str) -> float:
+    gold_tokens, predicted_tokens = _tokens(gold), _tokens(prediction)
+    if not gold_tokens or not predicted_tokens:
+        # A no-answer on either side scores 1 only when both are empty.
+        return int(gold_tokens == predicted_tokens)
+    shared = sum((collections.Counter(gold_tokens) & collections.Counter(predicted_tokens)).values())
+    if shared == 0:
+        return 0
+    precision = 1.0 * shared / len(predicted_tokens)
+    recall = 1.0 * shared / len(gold_tokens)
+    return (2 * precision * recall) / (precision + recall)
+
+
+# ------------------------------------------------------------------------------------------------------ reading
+def _read_json(path: Path, what: str) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} file {str(path)!r} does not exist.", "Check the path.")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise UserError(
+            f"{what} file {str(path)!r} is not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}.",
+            "Fix the file, or write it again with `falcon-desktop ask --input ... --output ...`.",
+        ) from None
+    except UnicodeDecodeError:
+        raise UserError(f"{what} file {str(path)!r} is not UTF-8 text.", "Save it as UTF-8.") from None
+
+
+def read_squad(path: str | Path) -> dict:
+    """A SQuAD v1.1/v2.0 JSON file, checked for the `data` list the scorer walks."""
+    squad = _read_json(Path(path), "SQuAD")
+    if not isinstance(squad, dict) or not isinstance(squad.get("data"), list):
+        raise UserError(
+            f"{str(path)!r} is not in SQuAD format (a JSON object with a 'data' list of articles).",
+            "Pass the original SQuAD file, e.g. dev-v2.0.json.",
+        )
+    return squad
+
+
+def _gold_texts(answers: Any) -> tuple[str, ...]:
+    if isinstance(answers, Mapping):  # the `datasets` layout: {"text": [...], "answer_start": [...]}
+        return tuple(answers.get("text") or ())
+    return tuple(answer["text"] for answer in answers or ())
+
+
+def iter_squad_questions(squad: Mapping | list) -> Iterator[SquadQuestion]:
+    """Every question of a SQuAD document (or its `data` list), in file order."""
+    articles = squad["data"] if isinstance(squad, Mapping) else squad
+    try:
+        for article in articles:
+            for paragraph in article["paragraphs"]:
+                for qa in paragraph["qas"]:
+                    yield SquadQuestion(
+                        str(qa["id"]), article.get("title", ""), paragraph["context"], qa["question"],
+                        _gold_texts(qa.get("answers")),
+                    )
+    except (KeyError, TypeError) as error:
+        raise UserError(
+            f"The SQuAD data lacks an expected field ({error}).",
+            "Each article needs 'paragraphs', each paragraph 'context' and 'qas', each qa 'id', 'question', 'answers'.",
+        ) from None
+
+
+def _gold_by_id(dataset: Any) -> dict[str, tuple[str, ...]]:
+    """question id -> raw gold answers, in dataset order (a repeated id keeps its first place and last answers)."""
+    if isinstance(dataset, (str, Path)):
+        dataset = read_squad(dataset)
+    if isinstance(dataset, Mapping) or (isinstance(dataset, list) and dataset and isinstance(dataset[0], Mapping)):
+        return {question.id: question.answers for question in iter_squad_questions(dataset)}
+    gold: dict[str, tuple[str, ...]] = {}
+    for record in dataset:  # QARecord-like objects from falcon_desktop.data
+        gold[str(record.id)] = () if getattr(record, "is_impossible", False) else tuple(record.answers)
+    return gold
+
+
+def load_predictions(path: str | Path) -> dict[str, str]:
+    """Official `{question_id: answer}` JSON, or the JSONL that `ask --output x.jsonl` writes (id + answer per line)."""
+    path = Path(path)
+    if path.suffix.lower() == ".jsonl":
+        return _load_jsonl_predictions(path)
+    predictions = _read_json(path, "Predictions")
+    if not isinstance(predictions, dict):
+        raise UserError(
+            f"{str(path)!r} holds a JSON {type(predictions).__name__}, not an object of question id -> answer.",
+            'The official format is {"56ddde6b9a695914005b9628": "France", ...}.',
+        )
+    for question_id, answer in predictions.items():
+        if not isinstance(answer, str):
+            raise UserError(
+                f"The prediction for {question_id!r} in {str(path)!r} is {answer!r}, not a string.",
+                'Write "" for a question the model judges unanswerable.',
+            )
+    return predictions
+
+
+def _load_jsonl_predictions(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        raise UserError(f"Predictions file {str(path)!r} does not exist.", "Check the path.")
+    predictions: dict[str, str] = {}
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise UserError(
+                    f"{str(path)!r} line {number}, column {error.colno}: {error.msg}.", "Each line must be one JSON object."
+                ) from None
+            if not isinstance(row, dict) or not isinstance(row.get("id"), str) or not isinstance(row.get("answer"), str):
+                raise UserError(
+                    f"{str(path)!r} line {number} lacks a string 'id' and 'answer'.",
+                    'Each line looks like {"id": "q1", "answer": "France"}.',
+                )
+            predictions[row["id"]] = row["answer"]
+    return predictions
+
+
+# ------------------------------------------------------------------------------------------------------ scoring
+def missing_predictions(dataset: Any, predictions: Mapping[str, str]) -> list[str]:
+    return [question_id for question_id in _gold_by_id(dataset) if question_id not in predictions]
+
+
+def _mean_percent(scores: Iterable[float], count: int) -> float:
+    return 100.0 * sum(scores) / count
+
+
+def score_predictions(dataset: Any, predictions: Mapping[str, str]) -> dict:
+    """Official SQuAD v2 metrics for `predictions` ({id: answer}) against `dataset`.
+
+    `dataset` is a SQuAD JSON document, its `data` list, a path to one, or QARecord-like records (id, answers,
+    is_impossible). Returns exact, f1, total and HasAns_*/NoAns_* (present when that split is non-empty), as the
+    official script prints them.
+    """
+    gold_by_id = _gold_by_id(dataset)
+    if not gold_by_id:
+        raise UserError("The data holds no questions to score.", "Check the --data file.")
+    exact: dict[str, float] = {}
+    f1: dict[str, float] = {}
+    missing = []
+    for question_id, raw_answers in gold_by_id.items():
+        golds = [answer for answer in raw_answers if normalize_answer(answer)] or [""]
+        if question_id not in predictions:
+            missing.append(question_id)
+            exact[question_id] = f1[question_id] = 0
+            continue
+        prediction = predictions[question_id]
+        prediction = "" if is_abstention(prediction) else prediction
+        exact[question_id] = max(exact_score(gold, prediction) for gold in golds)
+        f1[question_id] = max(f1_score(gold, prediction) for gold in golds)
+    if missing:
+        from falcon_desktop.console import warn
+
+        shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+        warn(f"{len(missing)} of {len(gold_by_id)} questions have no prediction ({shown}); they are scored as wrong.")
+
+    result: dict[str, float | int] = {
+        "exact": _mean_percent(exact.values(), len(exact)),
+        "f1": _mean_percent(f1.values(), len(f1)),
+        "total": len(exact),
+    }
+    for prefix, wanted in (("HasAns", True), ("NoAns", False)):
+        ids = [question_id for question_id, answers in gold_by_id.items() if bool(answers) == wanted]
+        if ids:
+            result[f"{prefix}_exact"] = _mean_percent((exact[i] for i in ids), len(ids))
+            result[f"{prefix}_f1"] = _mean_percent((f1[i] for i in ids), len(ids))
+            result[f"{prefix}_total"] = len(ids)
+    return result

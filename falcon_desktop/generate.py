@@ -1,0 +1,289 @@
+"""Answer generation for `ask`, `eval` and the trainer's evaluation: one place, so a faster engine can replace it.
+
+Prompts are encoded exactly as training encodes the prompt part (`tokenizer(prompt).input_ids`, the tokenizer's
+default special tokens). Batches are left-padded so every row's answer starts at the same position. Generation stops
+at EOS, or where the text reaches one of `prompts.STOP_STRINGS` (a model that has not learned EOS yet goes on to
+write a fake next "###" block), or at `max_new_tokens`. Streaming runs `model.generate` in the calling thread, so a
+Ctrl-C (KeyboardInterrupt) lands between two decoding steps and ends only that answer.
+
+Speed work (a static KV cache, CUDA graphs, `torch.compile`) belongs in `_generate`, the single call into the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Protocol
+
+import torch
+from transformers import StoppingCriteria
+from transformers.generation.streamers import BaseStreamer
+
+from falcon_desktop.errors import UserError
+from falcon_desktop.prompts import STOP_STRINGS, QAPrompt, clean_generation
+
+# Tokens re-decoded at each step to look for a stop string: "\n###" is at most a few tokens, even byte by byte.
+_STOP_WINDOW = 16
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    max_new_tokens: int = 64           # SQuAD answers are a few words; the cap only bounds a rambling model
+    sampling: bool = False             # greedy (reproducible, what eval uses) or sampling with the knobs below
+    temperature: float = 0.7
+    top_p: float = 0.9
+    top_k: int = 50
+    repetition_penalty: float = 1.0    # 1.0 = off; >1 discourages repeats (applies to greedy too)
+    seed: int | None = None            # fixes the sampling RNG
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.max_new_tokens < 1:
+            problems.append(f"max_new_tokens must be at least 1 (got {self.max_new_tokens})")
+        if self.temperature <= 0:
+            problems.append(f"temperature must be above 0 (got {self.temperature})")
+        if not 0 < self.top_p <= 1:
+            problems.append(f"top_p must be in (0, 1] (got {self.top_p})")
+        if self.top_k < 0:
+            problems.append(f"top_k must be 0 (off) or more (got {self.top_k})")
+        if self.repetition_penalty <= 0:
+            problems.append(f"repetition_penalty must be above 0 (got {self.repetition_penalty})")
+        if problems:
+            raise UserError("Invalid generation settings: " + "; ".join(problems) + ".", "See `/settings` or --help.")
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(field.name for field in fields(cls))
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    text: str                    # the cleaned answer (cut at a stop string, trimmed)
+    new_tokens: int              # tokens generated, EOS included
+    first_token_seconds: float   # from the call to the first new token: prompt processing + one step
+    total_seconds: float
+    stop_reason: str             # "eos" | "stop_string" | "max_new_tokens" | "interrupted"
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        """Decoding speed after the first token (the first one is mostly prompt processing)."""
+        decode_seconds = self.total_seconds - self.first_token_seconds
+        if self.new_tokens < 2 or decode_seconds <= 0:
+            return None
+        return (self.new_tokens - 1) / decode_seconds
+
+
+class QuestionLike(Protocol):
+    id: str
+    question: str
+    context: str | None
+
+
+def encode_prompt(tokenizer: Any, question: str, context: str | None, max_prompt_tokens: int | None = None) -> list[int]:
+    """The prompt's token ids; a context too long for `max_prompt_tokens` is shortened from its end."""
+    ids = tokenizer(QAPrompt(question, context).render()).input_ids
+    if max_prompt_tokens is None or len(ids) <= max_prompt_tokens or not context:
+        return ids
+    context_ids = tokenizer(context, add_special_tokens=False).input_ids
+    for _ in range(4):  # re-tokenising the cut text can merge differently; a few rounds always converge
+        keep = len(context_ids) - (len(ids) - max_prompt_tokens)
+        if keep <= 0:
+            break
+        context_ids = context_ids[:keep]
+        ids = tokenizer(QAPrompt(question, tokenizer.decode(context_ids)).render()).input_ids
+        if len(ids) <= max_prompt_tokens:
+            return ids
+    return tokenizer(QAPrompt(question, None).render()).input_ids[-max_prompt_tokens:]
+
+
+def _cut_at_stop(text: str) -> tuple[str, bool]:
+    positions = [text.find(stop) for stop in STOP_STRINGS if stop in text]
+    return (text[: min(positions)], True) if positions else (text, False)
+
+
+def _safe_to_show(text: str) -> str:
+    """`text` without a tail that may still grow into a stop string."""
+    for length in range(min(len(text), max(map(len, STOP_STRINGS)) - 1), 0, -1):
+        if any(stop.startswith(text[-length:]) for stop in STOP_STRINGS):
+            return text[:-length]
+    return text
+
+
+class _StopStrings(StoppingCriteria):
+    """Stopping criterion: True for each row whose recent text contains a stop string."""
+
+    def __init__(self, tokenizer: Any, prompt_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.prompt_length = prompt_length
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+        recent = input_ids[:, self.prompt_length :][:, -_STOP_WINDOW:]
+        texts = self.tokenizer.batch_decode(recent, skip_special_tokens=True)
+        return torch.tensor([_cut_at_stop(text)[1] for text in texts], dtype=torch.bool, device=input_ids.device)
+
+
+class _AnswerStreamer(BaseStreamer):
+    """Receives tokens from `generate` (the prompt first) and passes on the newly visible answer text.
+
+    Decoding is incremental (the offsets scheme of text-generation-inference): only the tokens since the last
+    complete piece are decoded, together with one token before them so that a SentencePiece word keeps its leading
+    space, which keeps a long answer linear rather than quadratic.
+    """
+
+    def __init__(self, tokenizer: Any, on_text: Callable[[str], None]) -> None:
+        self.tokenizer = tokenizer
+        self.on_text = on_text
+        self.token_ids: list[int] = []
+        self.first_token_at: float | None = None
+        self._prompt_seen = False
+        self._text = ""          # everything decoded so far
+        self._shown = ""         # what `on_text` has received
+        self._prefix_offset = 0  # decoding restarts here: the token before the undecoded ones
+        self._read_offset = 0    # tokens before this are in `_text`
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+        self.token_ids.extend(value.reshape(-1).tolist())
+        self._decode_new_tokens()
+        self._emit(final=False)
+
+    def end(self) -> None:
+        self._emit(final=True)
+
+    def _decode_new_tokens(self) -> None:
+        decode = self.tokenizer.decode
+        known = decode(self.token_ids[self._prefix_offset : self._read_offset], skip_special_tokens=True)
+        extended = decode(self.token_ids[self._prefix_offset :], skip_special_tokens=True)
+        if len(extended) > len(known) and not extended.endswith("\ufffd"):
+            self._text += extended[len(known) :]
+            self._prefix_offset, self._read_offset = self._read_offset, len(self.token_ids)
+
+    def _emit(self, final: bool) -> None:
+        text, _ = _cut_at_stop(self._text.lstrip())
+        text = text.rstrip() if final else _safe_to_show(text)
+        if len(text) > len(self._shown) and text.startswith(self._shown):
+            self.on_text(text[len(self._shown) :])
+            self._shown = text
+
+
+def _pad_id(tokenizer: Any) -> int:
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise UserError("The tokenizer has neither a pad nor an EOS token.", "Use the tokenizer saved with the model.")
+    return int(pad)
+
+
+def _input_device(model: torch.nn.Module) -> torch.device:
+    return model.get_input_embeddings().weight.device
+
+
+@contextlib.contextmanager
+def _inference(model: torch.nn.Module) -> Iterator[None]:
+    """Dropout off and no autograd while generating; the model's training mode comes back afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def _generate(model: torch.nn.Module, tokenizer: Any, batch: Sequence[Sequence[int]], settings: GenerationSettings,
+              streamer: _AnswerStreamer | None = None) -> torch.Tensor:
+    """Left-pad `batch`, run the model, return only the new tokens [rows, new]."""
+    pad_id = _pad_id(tokenizer)
+    width = max(len(ids) for ids in batch)
+    device = _input_device(model)
+    positions = getattr(model.config, "max_position_embeddings", None) or width + settings.max_new_tokens
+    if width >= positions:
+        raise UserError(
+            f"The prompt is {width:,} tokens; this model reads at most {positions:,}.",
+            "Shorten the context (/context with a shorter passage).",
+        )
+    input_ids = torch.tensor([[pad_id] * (width - len(ids)) + list(ids) for ids in batch], device=device)
+    attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in batch], device=device)
+    options: dict[str, Any] = {
+        "max_new_tokens": min(settings.max_new_tokens, positions - width),
+        "do_sample": settings.sampling,
+        "pad_token_id": pad_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "use_cache": True,  # training turns it off in the config; decoding without it is quadratic
+        "stopping_criteria": [_StopStrings(tokenizer, width)],
+    }
+    if settings.sampling:
+        options.update(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k)
+        if settings.seed is not None:
+            torch.manual_seed(settings.seed)
+    if settings.repetition_penalty != 1.0:
+        options["repetition_penalty"] = settings.repetition_penalty
+    output = model.generate(input_ids=input_ids, attention_mask=attention_mask, streamer=streamer, **options)
+    return output[:, width:]
+
+
+def _stop_reason(token_ids: Sequence[int], raw_text: str, eos_id: int | None) -> str:
+    if eos_id is not None and eos_id in token_ids:
+        return "eos"
+    return "stop_string" if _cut_at_stop(raw_text)[1] else "max_new_tokens"
+
+
+def _decode_answer(tokenizer: Any, token_ids: Sequence[int]) -> tuple[str, str]:
+    """(cleaned answer, raw decoded text) of one row, ignoring everything after its first EOS."""
+    ids = list(token_ids)
+    if tokenizer.eos_token_id in ids:
+        ids = ids[: ids.index(tokenizer.eos_token_id) + 1]
+    raw = tokenizer.decode(ids, skip_special_tokens=True)
+    return clean_generation(raw), raw
+
+
+def stream_answer(model: torch.nn.Module, tokenizer: Any, prompt_ids: Sequence[int], settings: GenerationSettings,
+                  on_text: Callable[[str], None]) -> GenerationResult:
+    """Generate one answer, handing each newly visible piece of text to `on_text`; Ctrl-C ends it early."""
+    streamer = _AnswerStreamer(tokenizer, on_text)
+    started = time.perf_counter()
+    interrupted = False
+    with _inference(model):
+        try:
+            _generate(model, tokenizer, [prompt_ids], settings, streamer)
+        except KeyboardInterrupt:
+            interrupted = True
+    finished = time.perf_counter()
+    text, raw = _decode_answer(tokenizer, streamer.token_ids)
+    first = (streamer.first_token_at or finished) - started
+    reason = "interrupted" if interrupted else _stop_reason(streamer.token_ids, raw, tokenizer.eos_token_id)
+    return GenerationResult(text, len(streamer.token_ids), first, finished - started, reason)
+
+
+def generate_batch(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[Sequence[int]],
+                   settings: GenerationSettings) -> list[str]:
+    """Cleaned answers for several encoded prompts generated together (one left-padded batch)."""
+    with _inference(model):
+        new_tokens = _generate(model, tokenizer, prompts, settings).tolist()
+    return [_decode_answer(tokenizer, row)[0] for row in new_tokens]
+
+
+def answer_records(model: torch.nn.Module, tokenizer: Any, records: Sequence[QuestionLike],
+                   max_prompt_tokens: int | None = None, settings: GenerationSettings | None = None,
+                   batch_size: int = 8, on_progress: Callable[[int], None] | None = None) -> dict[str, str]:
+    """{record id: answer} for records with `id`, `question`, `context` (QARecord, SquadQuestion, ...).
+
+    Prompts are sorted by length so each batch pads little; `on_progress(n)` is called after each batch of n.
+    Abstentions come back as `prompts.ABSTAIN` (the scorer maps them to "").
+    """
+    settings = settings or GenerationSettings()
+    encoded = [encode_prompt(tokenizer, r.question, r.context, max_prompt_tokens) for r in records]
+    order = sorted(range(len(records)), key=lambda index: len(encoded[index]))
+    answers: dict[str, str] = {}
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        for index, answer in zip(chunk, generate_batch(model, tokenizer, [encoded[i] for i in chunk], settings)):
+            answers[records[index].id] = answer
+        if on_progress is not None:
+            on_progress(len(chunk))
+    return {record.id: answers[record.id] for record in records}

@@ -1,0 +1,270 @@
+"""Load a base model really quantized to 4-bit, verify it, and wrap it with strictly-targeted LoRA.
+
+The trap this module exists for: with transformers 5, `BitsAndBytesConfig(load_in_4bit=True)` swaps only modules
+whose type is exactly `nn.Linear`, so Falcon's `FalconLinear` (an `nn.Linear` subclass that adds its bias after the
+matmul) stays in bf16: Falcon-7B loads at 13.8 GB instead of 3.9 GB (shared/README.md). We build Falcon with plain
+`nn.Linear` while loading (same weights, same maths up to one bf16 rounding of the bias add, and Falcon-7B has no
+biases), then `verify_quantization` checks every linear layer and fails loudly if any stayed unquantized.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from falcon_desktop.errors import UserError
+
+# Layers that stay in 16-bit on purpose: the output head (quantizing it hurts quality and it is often tied to the
+# embeddings) - the same default transformers uses.
+KEEP_UNQUANTIZED = ("lm_head",)
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    model: str                       # hub id or local directory
+    quantize: bool = True            # NF4 with double quantization (QLoRA); False loads 16-bit (LoRA)
+    compute_dtype: str = "bfloat16"  # bfloat16 on compute capability >= 8.0, float16 before; float32 on the CPU
+    device: str = "auto"             # "auto" -> cuda:0 when available, else cpu
+    trust_remote_code: bool = False  # off: remote code runs arbitrary Python from the hub
+
+
+@dataclass(frozen=True)
+class QuantizationReport:
+    linear_layers: int
+    quantized_layers: int
+    unquantized: tuple[str, ...]
+    footprint_bytes: int
+
+    def to_json(self) -> dict:
+        return {
+            "linear_layers": self.linear_layers,
+            "quantized_layers": self.quantized_layers,
+            "unquantized": list(self.unquantized),
+            "footprint_bytes": self.footprint_bytes,
+        }
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    tokenizer: object
+    device: torch.device
+    compute_dtype: torch.dtype
+    quantization: QuantizationReport | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(
+            f"Device {device!r} was asked for, but PyTorch sees no CUDA GPU.",
+            "Run `falcon-desktop doctor` to see why, or pass --device cpu.",
+        )
+    return resolved
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if device.type == "cpu":
+        # bf16 matmuls on most CPUs are emulated and slow; the CPU path is for tiny models and mechanics.
+        return torch.float32
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
+
+
+def _check_model_reference(reference: str) -> None:
+    path = Path(reference).expanduser()
+    looks_like_path = path.is_absolute() or reference.startswith((".", "~")) or path.exists()
+    if looks_like_path and not (path / "config.json").is_file():
+        if not path.exists():
+            raise UserError(f"Model directory {reference!r} does not exist.", "Check the path, or pass a hub id.")
+        found = sorted(p.name for p in path.iterdir())[:12]
+        raise UserError(
+            f"{reference!r} holds no config.json (found: {', '.join(found) or 'nothing'}).",
+            "Pass the directory that holds config.json and the weights (*.safetensors).",
+        )
+
+
+def load_tokenizer(reference: str, trust_remote_code: bool = False):
+    """The model's tokenizer, with a pad token and right padding for training."""
+    from transformers import AutoTokenizer
+
+    from falcon_desktop.data import configure_tokenizer
+
+    _check_model_reference(reference)
+    tokenizer = AutoTokenizer.from_pretrained(reference, trust_remote_code=trust_remote_code)
+    return configure_tokenizer(tokenizer)
+
+
+@contextlib.contextmanager
+def _falcon_linear_as_nn_linear() -> Iterator[None]:
+    """While a Falcon model is constructed, make its FalconLinear layers plain nn.Linear so bitsandbytes swaps them."""
+    from transformers.models.falcon import modeling_falcon
+
+    original = modeling_falcon.FalconLinear
+    modeling_falcon.FalconLinear = nn.Linear
+    try:
+        yield
+    finally:
+        modeling_falcon.FalconLinear = original
+
+
+def _quantization_config(compute_dtype: torch.dtype):
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype,
+        llm_int8_skip_modules=list(KEEP_UNQUANTIZED),
+    )
+
+
+def verify_quantization(model: nn.Module) -> QuantizationReport:
+    """Count linear layers that are 4-bit; raise when any layer meant to be quantized is not."""
+    import bitsandbytes as bnb
+
+    linear, quantized, unquantized = 0, 0, []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear) or name.split(".")[-1] in KEEP_UNQUANTIZED:
+            continue
+        if "lora_" in name:  # adapters are trainable 32-bit layers by design
+            continue
+        linear += 1
+        if isinstance(module, bnb.nn.Linear4bit) and getattr(module.weight, "quant_state", None) is not None:
+            quantized += 1
+        else:
+            unquantized.append(name)
+    report = QuantizationReport(linear, quantized, tuple(unquantized), int(model.get_memory_footprint()))
+    if unquantized:
+        raise UserError(
+            f"{len(unquantized)} of {linear} linear layers were left unquantized "
+            f"(e.g. {', '.join(unquantized[:3])}); the model would need ~4x the planned VRAM.",
+            "Report this with `falcon-desktop doctor --json`; meanwhile pass --no-quantize with a GPU that fits 16-bit.",
+        )
+    return report
+
+
+def load_base_model(settings: ModelSettings) -> LoadedModel:
+    """Tokenizer and base model on the chosen device; 4-bit NF4 when `settings.quantize`, verified."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    device = resolve_device(settings.device)
+    dtype = resolve_dtype(settings.compute_dtype, device)
+    tokenizer = load_tokenizer(settings.model, settings.trust_remote_code)
+    config = AutoConfig.from_pretrained(settings.model, trust_remote_code=settings.trust_remote_code)
+    kwargs: dict = {"dtype": dtype, "device_map": {"": str(device)}, "trust_remote_code": settings.trust_remote_code}
+    if settings.quantize:
+        kwargs["quantization_config"] = _quantization_config(dtype)
+    is_falcon = config.model_type in ("falcon", "RefinedWeb", "RefinedWebModel")
+    patch = _falcon_linear_as_nn_linear() if (settings.quantize and is_falcon) else contextlib.nullcontext()
+    with patch:
+        model = AutoModelForCausalLM.from_pretrained(settings.model, attn_implementation="sdpa", **kwargs)
+    model.config.use_cache = False
+    report = verify_quantization(model) if settings.quantize else None
+    return LoadedModel(model, tokenizer, device, dtype, report)
+
+
+def linear_leaf_names(model: nn.Module) -> list[str]:
+    """The distinct leaf names of linear layers (what LoRA `target_modules` match against)."""
+    import bitsandbytes as bnb
+
+    names = {
+        name.split(".")[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, (nn.Linear, bnb.nn.Linear4bit)) and "lora_" not in name
+    }
+    return sorted(names)
+
+
+def check_lora_targets(model: nn.Module, targets: Sequence[str]) -> None:
+    """Every requested target must name real layers: peft alone drops one misspelt name among valid ones."""
+    available = linear_leaf_names(model)
+    unknown = [target for target in targets if target not in available]
+    if unknown:
+        raise UserError(
+            f"LoRA target(s) {', '.join(repr(t) for t in unknown)} match no layer of this model.",
+            f"Valid targets: {', '.join(available)}.",
+        )
+
+
+def add_lora(model: nn.Module, targets: Sequence[str], r: int, alpha: int, dropout: float):
+    """Freeze the base and add LoRA adapters on exactly `targets`; returns the peft model."""
+    from peft import LoraConfig, get_peft_model
+
+    check_lora_targets(model, targets)
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    config = LoraConfig(
+        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets), bias="none", task_type="CAUSAL_LM"
+    )
+    peft_model = get_peft_model(model, config)
+    hit = {name.split(".")[-1] for name in peft_model.targeted_module_names}
+    missed = set(targets) - hit
+    if missed:  # cannot happen after check_lora_targets unless peft changes its matching rules
+        raise UserError(f"peft did not wrap {sorted(missed)}.", "Report this as a bug.")
+    return peft_model
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The model's stack of decoder layers (Falcon `transformer.h`, Llama-style `model.layers`)."""
+    best: nn.ModuleList | None = None
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and (best is None or len(module) > len(best)):
+            if all(hasattr(layer, "gradient_checkpointing") for layer in module):
+                best = module
+    if best is None:
+        raise UserError("Could not find this model's decoder layers.", "This architecture is not supported yet.")
+    return best
+
+
+def set_checkpointing(model: nn.Module, checkpoint_layers: int) -> None:
+    """Recompute the first `checkpoint_layers` decoder layers in backward; keep the others' activations.
+
+    Checkpointing costs one extra forward of each checkpointed layer (+50% of its compute), so we checkpoint only as
+    many layers as the memory plan needs.
+    """
+    layers = decoder_layers(model)
+    # transformers renamed gradient_* to activation_checkpointing_* after 5.17; support both.
+    if checkpoint_layers <= 0:
+        (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
+        return
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    for index, layer in enumerate(layers):
+        layer.gradient_checkpointing = index < checkpoint_layers
+
+
+def backbone_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """The transformer without its LM head, and the head, for a (peft-wrapped) causal LM."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(base, base.base_model_prefix), base.get_output_embeddings()
+
+
+def load_adapter(model: nn.Module, adapter_dir: Path, name: str = "default"):
+    """Attach a trained LoRA adapter (peft format) to a base model; returns the peft model."""
+    from peft import PeftModel
+
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise UserError(
+            f"{str(adapter_dir)!r} holds no adapter_config.json.",
+            "Pass a run directory made by `falcon-desktop train` or its adapter/ folder.",
+        )
+    if hasattr(model, "load_adapter") and hasattr(model, "peft_config"):
+        model.load_adapter(str(adapter_dir), adapter_name=name)
+        model.set_adapter(name)
+        return model
+    return PeftModel.from_pretrained(model, str(adapter_dir), adapter_name=name, is_trainable=False)
+
+
+def environment_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "") in ("1", "true", "True")

@@ -1,0 +1,279 @@
+"""How many bytes of VRAM a training or inference setup holds at its peak, component by component.
+
+The model describes OUR trainer (`train.py`, CONTRACTS.md "How the trainer spends memory"): frozen base weights
+(NF4 double-quant blocksize 64, or 16-bit), fp32 LoRA A/B, autocast in the compute dtype, SDPA with `is_causal` and
+no mask, the LM head applied only to labelled positions, and gradient checkpointing of the FIRST
+`checkpoint_layers` decoder layers. Peak = weights + adapters + gradients + optimizer states + activations at the
+start of backward + the loss buffer + CUDA context + allocator slack. Pure Python: no torch import.
+
+Every figure comes from `COEFFICIENTS`, one table. They are FIRST-PRINCIPLES VALUES, NOT YET CALIBRATED: each is
+what PyTorch / peft / bitsandbytes store per element as read from their code (and, for activations, what autograd's
+saved-tensor hooks report on the CPU for tiny models, tests/test_plan.py). The lead calibrates them against
+`torch.cuda.max_memory_reserved` on an H100; change them here only, with the measurement that justifies it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from falcon_desktop.shapes import ModelShape
+
+MIB = 1024**2
+
+
+@dataclass(frozen=True)
+class PlannerCoefficients:
+    """Bytes per stored element, fractions and the throughput efficiency: the planner's only tunable numbers."""
+
+    # --- Activations (per element, autocast in bf16/fp16) ---
+    activation_bytes: float = 2.0        # hidden states, q/k/v, MLP intermediates in the compute dtype
+    lora_input_bytes: float = 2.0        # each LoRA A keeps its (dropped-out) input; under autocast that copy is bf16
+    dropout_mask_bytes: float = 1.0      # torch's native dropout keeps a bool mask per element (LoRA dropout > 0)
+    layer_norm_input_bytes: float = 4.0  # CUDA autocast runs layer_norm in fp32: it keeps an fp32 copy of its input
+    layer_norm_output_bytes: float = 4.0  # ... and returns fp32, so each linear reading it casts its own bf16 copy
+    rms_norm_input_bytes: float = 4.0    # transformers' RMSNorm upcasts to fp32 and keeps that copy
+    layer_norm_stats_bytes: float = 8.0  # per token per LayerNorm: fp32 mean and rstd
+    rms_norm_stats_bytes: float = 4.0    # per token per RMSNorm: fp32 rstd
+    flash_lse_bytes: float = 4.0         # flash / efficient SDPA keep an fp32 log-sum-exp per head per token
+    math_attention_bytes: float = 4.0    # the math SDPA fallback upcasts q, k, v and the probabilities to fp32
+    backward_working_layers: float = 1.0  # gradients of one layer's activations exist while that layer backpropagates
+    # --- Loss (the head runs on labelled positions only: answer tokens + EOS) ---
+    labelled_token_fraction: float = 0.03  # SQuAD: ~5 labelled of ~230 tokens per example, rounded up
+    loss_bytes_per_logit: float = 14.0   # bf16 head output (2) + fp32 copy (4) + log-softmax kept (4) + its grad (4)
+    # --- Weights ---
+    nf4_blocksize: int = 64              # bitsandbytes Linear4bit: one absmax per 64 weights ...
+    nf4_nested_blocksize: int = 256      # ... itself 8-bit with an fp32 absmax per 256 blocks (double quantization)
+    quant_state_bytes_per_tensor: int = 1092  # NF4 code (16 x fp32) + nested code (256 x fp32) + fp32 offset
+    autocast_weight_copy_bytes: float = 2.0  # autocast's bf16 copy of each trainable fp32 weight, kept for backward
+    # --- Optimizer (bitsandbytes 8-bit: blockwise, 256 per block; small tensors stay 32-bit) ---
+    optimizer_8bit_min_elements: int = 4096
+    optimizer_8bit_blocksize: int = 256
+    # --- Fixed costs and margins ---
+    cuda_context_bytes: int = 500 * MIB  # CUDA context, cuBLAS workspace, kernels (outside PyTorch's allocator)
+    allocator_slack_fraction: float = 0.05  # reserved - allocated with expandable segments (set by our CLI)
+    safety_margin_fraction: float = 0.08  # share of VRAM the planner leaves unused (other apps, spikes)
+    # --- Speed ---
+    throughput_efficiency: float = 0.30  # model-FLOPs utilisation; UNCALIBRATED (README: plain Trainer ~12%, Unsloth ~24%)
+
+
+COEFFICIENTS = PlannerCoefficients()
+
+TRAINING_METHODS = ("full", "lora", "qlora")
+METHODS = ("inference", *TRAINING_METHODS)
+INFERENCE_DTYPES = ("fp32", "bf16", "fp16", "int8", "nf4")
+OPTIMIZERS = ("paged_adamw_8bit", "adamw_8bit", "adamw_fused", "adamw")
+COMPONENTS = ("weights", "quant_constants", "lora_weights", "gradients", "optimizer", "activations", "loss_buffer",
+              "cuda_context", "allocator_slack")
+
+_BYTES_PER_WEIGHT = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "int8": 1.0, "nf4": 0.5}
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One concrete configuration to price: what `memory_breakdown` needs besides the shape."""
+
+    method: str                       # inference | full | lora | qlora
+    seq_len: int
+    micro_batch_size: int = 1
+    checkpoint_layers: int = 0
+    optimizer: str = "adamw_fused"
+    lora_targets: tuple[str, ...] = ()
+    lora_r: int = 16
+    lora_dropout: float = 0.05
+    inference_dtype: str = "nf4"
+
+    @property
+    def weight_format(self) -> str:
+        """How the frozen base linear weights are stored."""
+        return {"qlora": "nf4", "lora": "bf16", "full": "fp32"}.get(self.method, self.inference_dtype)
+
+    @property
+    def tokens(self) -> int:
+        return self.micro_batch_size * self.seq_len
+
+
+def memory_breakdown(shape: ModelShape, setup: Setup, c: PlannerCoefficients = COEFFICIENTS) -> dict[str, int]:
+    """Component -> bytes at the peak; the sum is the predicted peak VRAM."""
+    trainable = _trainable_tensors(shape, setup)
+    parts = {
+        "weights": _weight_bytes(shape, setup, c),
+        "quant_constants": _quant_constant_bytes(shape, setup.weight_format, c),
+        "lora_weights": ((4 + c.autocast_weight_copy_bytes) * shape.lora_parameters(setup.lora_targets, setup.lora_r)
+                         if _is_lora(setup) else 0),
+        "gradients": 4 * sum(trainable),
+        "optimizer": sum(_optimizer_state_bytes(n, setup.optimizer, c) for n in trainable),
+        "activations": (_inference_activation_bytes(shape, setup, c) if setup.method == "inference"
+                        else _training_activation_bytes(shape, setup, c)),
+        "loss_buffer": _loss_buffer_bytes(shape, setup, c) if setup.method != "inference" else 0,
+    }
+    parts = {name: math.ceil(value) for name, value in parts.items()}
+    parts["cuda_context"] = c.cuda_context_bytes
+    parts["allocator_slack"] = math.ceil(c.allocator_slack_fraction * sum(v for k, v in parts.items()
+                                                                          if k != "cuda_context"))
+    return parts
+
+
+def _is_lora(setup: Setup) -> bool:
+    return setup.method in ("lora", "qlora")
+
+
+def _trainable_tensors(shape: ModelShape, setup: Setup) -> list[int]:
+    if setup.method == "full":
+        return [shape.total_params]  # all parameters (one figure: only the 8-bit size threshold looks at tensors)
+    if _is_lora(setup):
+        return shape.lora_tensors(setup.lora_targets, setup.lora_r)
+    return []
+
+
+def _weight_bytes(shape: ModelShape, setup: Setup, c: PlannerCoefficients) -> float:
+    if setup.method == "full":  # fp32 master weights + the bf16 copies autocast keeps for backward
+        return shape.total_params * (4 + c.autocast_weight_copy_bytes)
+    fmt = setup.weight_format
+    other = shape.total_params - shape.linear_weight_params  # embeddings, untied head, norms, biases
+    other_bytes = other * (4 if fmt == "fp32" else 2)  # quantization leaves these in 16-bit
+    if fmt == "nf4":  # two 4-bit codes per byte, per tensor
+        per_layer = sum(math.ceil(n_in * n_out / 2) for n_in, n_out in shape.linear_modules().values())
+        return shape.num_layers * per_layer + other_bytes
+    return shape.linear_weight_params * _BYTES_PER_WEIGHT[fmt] + other_bytes
+
+
+def _quant_constant_bytes(shape: ModelShape, fmt: str, c: PlannerCoefficients) -> int:
+    per_layer = 0
+    for n_in, n_out in shape.linear_modules().values():
+        if fmt == "nf4":
+            blocks = math.ceil(n_in * n_out / c.nf4_blocksize)
+            per_layer += blocks + 4 * math.ceil(blocks / c.nf4_nested_blocksize) + c.quant_state_bytes_per_tensor
+        elif fmt == "int8":  # LLM.int8: one fp32 scale per output row
+            per_layer += 4 * n_out
+    return shape.num_layers * per_layer
+
+
+def _optimizer_state_bytes(elements: int, optimizer: str, c: PlannerCoefficients) -> float:
+    """AdamW's two moments: fp32 (8 B/param), or 8-bit blockwise (2 B + two fp32 absmax per block)."""
+    if optimizer in ("paged_adamw_8bit", "adamw_8bit") and elements >= c.optimizer_8bit_min_elements:
+        return 2 * elements + 2 * 4 * math.ceil(elements / c.optimizer_8bit_blocksize)
+    if optimizer == "none":
+        return 0
+    return 8 * elements
+
+
+def _residual_bytes(setup: Setup, c: PlannerCoefficients) -> float:
+    """The residual stream between layers: fp32 in full fine-tuning (fp32 master embeddings), else compute dtype."""
+    return 4.0 if setup.method == "full" else c.activation_bytes
+
+
+def _norm_bytes_per_token(shape: ModelShape, setup: Setup, c: PlannerCoefficients) -> float:
+    h = shape.hidden_size
+    if shape.norm_kind == "layernorm":
+        return h * max(c.layer_norm_input_bytes, _residual_bytes(setup, c)) + c.layer_norm_stats_bytes
+    kept = h * c.rms_norm_input_bytes + c.rms_norm_stats_bytes
+    if setup.method == "full":  # `weight * x` keeps the fp32 normalised x for the weight's gradient
+        kept += 4 * h
+    return kept
+
+
+def _norm_output_bytes(shape: ModelShape, c: PlannerCoefficients) -> float:
+    return c.layer_norm_output_bytes if shape.norm_kind == "layernorm" else c.activation_bytes
+
+
+def uses_math_attention(shape: ModelShape) -> bool:
+    """True where PyTorch's SDPA falls back to its math kernel for this architecture as transformers calls it.
+
+    transformers' FalconAttention hands SDPA a single K/V head for multi-query models without `enable_gqa`; the
+    fused kernels require equal head counts, so PyTorch takes the math path, which upcasts to fp32 and stores the
+    (seq x seq) probabilities of every head. Llama-family models pass `enable_gqa=True` when there is no mask.
+    """
+    return shape.model_type == "falcon" and shape.attention_kv_heads != shape.num_heads
+
+
+def attention_bytes_per_token(shape: ModelShape, seq_len: int, c: PlannerCoefficients = COEFFICIENTS) -> float:
+    """What SDPA keeps for backward, per token of one layer (q, k, v, output, log-sum-exp; or the math kernel's)."""
+    q_dim = shape.num_heads * shape.head_dim
+    if uses_math_attention(shape):  # q, and k/v expanded to every head, in fp32, plus a probability row per head
+        return c.math_attention_bytes * (3 * q_dim + shape.num_heads * seq_len)
+    kv_dim = shape.attention_kv_heads * shape.head_dim
+    value_dim = kv_dim
+    if shape.model_type == "falcon" and not shape.new_decoder_architecture:
+        value_dim = q_dim + 2 * kv_dim  # Falcon's value is a view of the fused qkv output, which stays alive whole
+    kept = c.activation_bytes * (2 * q_dim + kv_dim + value_dim) + c.flash_lse_bytes * shape.num_heads
+    if shape.model_type == "falcon" and not shape.alibi:
+        # Falcon always builds a (batch, 1, seq, seq) boolean causal mask; SDPA keeps a float copy per layer.
+        kept += c.activation_bytes * seq_len
+    return kept
+
+
+def layer_activation_bytes_per_token(shape: ModelShape, setup: Setup, c: PlannerCoefficients = COEFFICIENTS) -> float:
+    """Bytes one decoder layer keeps for backward per token when it is NOT checkpointed."""
+    a, f = c.activation_bytes, shape.intermediate_size
+    kept = shape.norms_per_layer * _norm_bytes_per_token(shape, setup, c)
+    kept += attention_bytes_per_token(shape, setup.seq_len, c)
+    kept += a * f * (3 if shape.gated_mlp else 1)  # SiLU input, SiLU output and up (gated) / GELU input
+    modules = shape.linear_modules()
+    if setup.method == "full":  # each linear keeps the bf16 (cast) input its weight gradient needs
+        kept += a * sum(n_in for n_in, _ in modules.values())
+    elif _is_lora(setup):
+        kept += _lora_input_bytes(shape, setup, c) + len(setup.lora_targets) * a * setup.lora_r
+    return kept
+
+
+def _lora_input_bytes(shape: ModelShape, setup: Setup, c: PlannerCoefficients) -> float:
+    """Inputs kept by the LoRA A matrices (and their dropout masks), one layer, per token.
+
+    Each adapter keeps its own copy of its input in the compute dtype: with dropout because it draws its own mask;
+    without, because peft's 16-bit layer casts the input to the fp32 adapter dtype (autocast casts it back, a new
+    tensor each time), and so does autocast for an fp32 input such as a LayerNorm output. Only QLoRA adapters
+    without dropout reading a compute-dtype tensor use that tensor itself, so adapters on one input share it.
+    """
+    modules, inputs = shape.linear_modules(), shape.linear_inputs()
+    if setup.lora_dropout > 0:
+        return sum((c.lora_input_bytes + c.dropout_mask_bytes) * modules[name][0] for name in setup.lora_targets)
+    norm_fed = {"attention_norm", "mlp_norm"}
+    copies: dict[str, str] = {}
+    for name in setup.lora_targets:
+        shared = setup.method == "qlora" and (inputs[name] not in norm_fed
+                                              or _norm_output_bytes(shape, c) == c.activation_bytes)
+        copies[inputs[name] if shared else name] = name
+    return sum(c.lora_input_bytes * modules[name][0] for name in copies.values())
+
+
+def _training_activation_bytes(shape: ModelShape, setup: Setup, c: PlannerCoefficients) -> float:
+    """Activations alive when backward starts, plus one layer's working set.
+
+    The first `k` layers keep only their input; the others keep everything. In backward the kept layers free theirs
+    before the checkpointed ones recompute, one at a time, so the peak holds max(L - k, 1 if k else 0) full layers.
+    """
+    layers, k = shape.num_layers, setup.checkpoint_layers
+    layer = layer_activation_bytes_per_token(shape, setup, c)
+    full_layers = max(layers - k, 1 if k else 0) + c.backward_working_layers
+    per_token = (k * _residual_bytes(setup, c) * shape.hidden_size + full_layers * layer
+                 + _norm_bytes_per_token(shape, setup, c))
+    extra = 0.0
+    if shape.alibi:  # the ALiBi bias is materialised once as a (batch, heads, seq, seq) mask shared by all layers
+        extra += c.activation_bytes * setup.micro_batch_size * shape.num_heads * setup.seq_len**2
+    if setup.weight_format == "nf4":  # bitsandbytes dequantizes one weight to 16-bit for each matmul
+        extra += 2 * shape.largest_linear_params
+    return setup.tokens * per_token + extra
+
+
+def _inference_activation_bytes(shape: ModelShape, setup: Setup, c: PlannerCoefficients) -> float:
+    """KV cache for the prompt plus the largest intermediates of one layer's prefill and the last token's logits."""
+    a = c.activation_bytes
+    kv_cache = setup.tokens * shape.num_layers * 2 * shape.attention_kv_heads * shape.head_dim * a
+    widest = max(shape.intermediate_size, sum(n_out for n_in, n_out in shape.linear_modules().values()
+                                              if n_in == shape.hidden_size and n_out != shape.intermediate_size))
+    working = setup.tokens * a * (2 * widest + 2 * shape.hidden_size)
+    if uses_math_attention(shape):
+        working += setup.tokens * c.math_attention_bytes * shape.num_heads * setup.seq_len
+    dequantized = 2 * shape.largest_linear_params if setup.weight_format in ("nf4", "int8") else 0
+    logits = setup.micro_batch_size * shape.vocab_size * 4
+    return kv_cache + working + dequantized + logits
+
+
+def _loss_buffer_bytes(shape: ModelShape, setup: Setup, c: PlannerCoefficients) -> float:
+    labelled = max(setup.micro_batch_size, math.ceil(setup.tokens * c.labelled_token_fraction))
+    return labelled * shape.vocab_size * c.loss_bytes_per_logit
+
+
+def peak_bytes(shape: ModelShape, setup: Setup, c: PlannerCoefficients = COEFFICIENTS) -> int:
+    return sum(memory_breakdown(shape, setup, c).values())

@@ -1,0 +1,154 @@
+"""Training runs on disk: list them with their metrics, and turn a run name or path into its adapter directory.
+
+A run directory (written by `falcon-desktop train`) holds `run.json` (the run card) and `adapter/` (peft files and
+the tokenizer). `ask`, `eval` and `merge` accept a run name (a directory under `paths.runs_dir()`), a run directory,
+or an adapter directory itself, and share `resolve_adapter` to find the adapter. No torch here: `runs` is instant.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from falcon_desktop.errors import UserError
+from falcon_desktop.paths import runs_dir
+
+RUN_CARD = "run.json"
+ADAPTER_DIR = "adapter"
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    name: str
+    path: Path
+    model: str | None
+    date: str | None           # when training finished, else when the card was last written
+    steps: int | None
+    final_loss: float | None
+    exact: float | None        # held-out exact match after fine-tuning (SQuAD v2 %)
+    f1: float | None
+    status: str                # the card's status ("finished", "interrupted", "running", ...) or "no run card"
+    has_adapter: bool
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "path": str(self.path)}
+
+
+def read_json_file(path: Path) -> dict | None:
+    """A JSON object from `path`, or None when it is missing or unreadable (a run being written, a broken card)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def run_dir_of(adapter_dir: Path) -> Path | None:
+    """The run directory an adapter belongs to (the one holding run.json), if any."""
+    adapter_dir = Path(adapter_dir)
+    for candidate in (adapter_dir, adapter_dir.parent):
+        if (candidate / RUN_CARD).is_file():
+            return candidate
+    return None
+
+
+def run_card_of(adapter_dir: Path) -> dict:
+    """The run card of the run an adapter came from; {} when it has none."""
+    run_dir = run_dir_of(adapter_dir)
+    return (read_json_file(run_dir / RUN_CARD) or {}) if run_dir else {}
+
+
+def adapter_label(adapter_dir: Path) -> str:
+    """A short human name for an adapter: its run's name, else its directory's name."""
+    adapter_dir = Path(adapter_dir).resolve()
+    run_dir = run_dir_of(adapter_dir)
+    return (run_dir or adapter_dir).name
+
+
+def base_model_of(adapter_dir: Path) -> str | None:
+    """The base model an adapter was trained on: the run card's `model`, else peft's `base_model_name_or_path`."""
+    model = run_card_of(adapter_dir).get("model")
+    if model:
+        return str(model)
+    config = read_json_file(Path(adapter_dir) / ADAPTER_CONFIG) or {}
+    return config.get("base_model_name_or_path") or None
+
+
+def _has_adapter(directory: Path) -> bool:
+    return (directory / ADAPTER_CONFIG).is_file()
+
+
+def summarize_run(run_dir: Path) -> RunSummary:
+    run_dir = Path(run_dir)
+    card_path = run_dir / RUN_CARD
+    card = read_json_file(card_path)
+    metrics = (card or {}).get("metrics") or {}
+    after = metrics.get("eval_after") or {}
+    date = (card or {}).get("finished_at")
+    if date is None and card_path.is_file():
+        date = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(card_path.stat().st_mtime))
+    if card is None:
+        status = "unreadable run card" if card_path.is_file() else "no run card"
+    else:
+        status = str(card.get("status", "unknown"))
+    return RunSummary(
+        name=run_dir.name,
+        path=run_dir,
+        model=(card or {}).get("model"),
+        date=date,
+        steps=(card or {}).get("steps"),
+        final_loss=metrics.get("final_loss"),
+        exact=after.get("exact"),
+        f1=after.get("f1"),
+        status=status,
+        has_adapter=_has_adapter(run_dir / ADAPTER_DIR) or _has_adapter(run_dir),
+    )
+
+
+def list_runs(root: Path | None = None) -> list[RunSummary]:
+    """Every run under `root` (default: paths.runs_dir()), oldest first."""
+    root = Path(root) if root is not None else runs_dir()
+    if not root.is_dir():
+        return []
+    found = [
+        summarize_run(child)
+        for child in root.iterdir()
+        if child.is_dir() and not child.name.startswith(".")
+        and ((child / RUN_CARD).is_file() or _has_adapter(child / ADAPTER_DIR) or _has_adapter(child))
+    ]
+    return sorted(found, key=lambda run: (run.date or "", run.name))
+
+
+def _known_runs_hint() -> str:
+    usable = [run.name for run in list_runs() if run.has_adapter]
+    if usable:
+        return f"Runs with an adapter under {runs_dir()}: {', '.join(usable)}. `falcon-desktop runs` lists them all."
+    return (
+        f"No trained runs under {runs_dir()} yet: run `falcon-desktop demo` or `falcon-desktop train`, "
+        "or pass the path of a run directory or of an adapter directory."
+    )
+
+
+def resolve_adapter(reference: str | Path) -> Path:
+    """The adapter directory (holding adapter_config.json) for a run name, run directory or adapter directory."""
+    path = Path(reference).expanduser()
+    if not path.exists():
+        named = runs_dir() / str(reference)
+        if not named.is_dir():
+            raise UserError(f"No run or adapter directory named {str(reference)!r}.", _known_runs_hint())
+        path = named
+    if path.is_file():
+        path = path.parent  # e.g. the path of adapter_config.json itself
+    for candidate in (path, path / ADAPTER_DIR):
+        if _has_adapter(candidate):
+            return candidate
+    status = (read_json_file(path / RUN_CARD) or {}).get("status")
+    raise UserError(
+        f"{str(path)!r} holds no adapter (no {ADAPTER_CONFIG} in it or in {ADAPTER_DIR}/)"
+        + (f"; its run's status is {status!r}." if status else "."),
+        "A run saves its adapter when training finishes or is interrupted with Ctrl-C; "
+        "resume an unfinished one with `falcon-desktop train --resume RUN_DIR`.",
+    )

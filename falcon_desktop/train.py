@@ -1,0 +1,464 @@
+"""`falcon-desktop train`: the SQuAD QLoRA fine-tune, driven by the plan.
+
+Reads top-down: `run_training` -> `setup` (data, model, optimizer, resume) -> `fit` (the loop) -> `finish`
+(evaluation, adapter, run card). Speed comes from four choices that the GPU benchmark measured (docs/benchmarks.md):
+length-grouped right-padded batches under a token budget (little padding, no attention mask, flash attention),
+the LM head applied only to answer tokens (`loss.py`), checkpointing only as many layers as memory needs, and
+micro-batches as large as the plan allows. The optimizer step is defined by examples, not micro-batches: every step
+sees `effective_batch_size` examples and the loss is normalised over all their answer tokens, so splitting a step
+into more micro-batches (after an OOM, or on a smaller card) does not change what is learned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from falcon_desktop import __version__
+from falcon_desktop.checkpoint import TrainerState, list_checkpoints, load_checkpoint, save_checkpoint, write_atomically, write_json
+from falcon_desktop.console import info, warn
+from falcon_desktop.data import (
+    collate,
+    fingerprint,
+    load_records,
+    schedule_steps,
+    split_by_article,
+    split_micro_batches,
+    tokenize_records,
+)
+from falcon_desktop.errors import UserError
+from falcon_desktop.loss import answer_loss_sum, count_label_tokens
+from falcon_desktop.metrics import MetricsLog, Stopwatch, TrainingDisplay, plot_losses, vram_now
+from falcon_desktop.model import ModelSettings, add_lora, backbone_and_head, load_base_model, set_checkpointing
+
+if TYPE_CHECKING:
+    from falcon_desktop.plan import Plan
+
+RUN_CARD = "run.json"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str                       # hub id or local directory of the base model
+    data: str                        # SQuAD file, local table, or `datasets` name
+    output: Path                     # the run directory
+    epochs: float = 1.0
+    max_steps: int | None = None     # stop after this many optimizer steps (overrides epochs)
+    learning_rate: float = 2e-4
+    warmup_fraction: float = 0.03    # of the total steps, linear from 0; cosine decay to 0 after
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    save_every: int = 50             # optimizer steps between checkpoints (and at the end, always)
+    eval_fraction: float = 0.1       # of the articles, held out (never trained on)
+    eval_examples: int = 100         # held-out questions answered for EM/F1 before and after; 0 skips
+    device: str = "auto"
+    quantize: bool = True            # 4-bit NF4 base (QLoRA); False = 16-bit base (LoRA)
+    strict_data: bool = False
+    trust_remote_code: bool = False
+    keep_checkpoints: int = 2
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "output": str(self.output)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> TrainConfig:
+        known = {name for name in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known} | {"output": Path(data["output"])})
+
+
+@dataclass(frozen=True)
+class RunDir:
+    root: Path
+
+    @property
+    def adapter(self) -> Path:
+        return self.root / "adapter"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def card(self) -> Path:
+        return self.root / RUN_CARD
+
+    @property
+    def metrics(self) -> MetricsLog:
+        return MetricsLog(self.root / "metrics.jsonl")
+
+    @property
+    def loss_plot(self) -> Path:
+        return self.root / "loss.png"
+
+
+@dataclass
+class Session:
+    """Everything the loop needs, built once by `setup`."""
+
+    config: TrainConfig
+    plan: Plan
+    run: RunDir
+    model: torch.nn.Module
+    tokenizer: object
+    device: torch.device
+    compute_dtype: torch.dtype
+    examples: list
+    lengths: list[int]
+    eval_records: list
+    steps_per_epoch: int
+    total_steps: int
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    state: TrainerState
+    card: dict = field(default_factory=dict)
+
+
+
+# --------------------------------------------------------------------------------------------------------- setup
+def run_training(config: TrainConfig, plan: Plan, resume: bool = False) -> dict:
+    """Train, evaluate and save; returns the run card (also written to RUN_DIR/run.json)."""
+    session = setup(config, plan, resume)
+    if not resume and config.eval_examples:
+        session.card["metrics"]["eval_before"] = evaluate(session, "before fine-tuning")
+        write_json(session.run.card, session.card)
+    status = fit(session)
+    return finish(session, status)
+
+
+def setup(config: TrainConfig, plan: Plan, resume: bool) -> Session:
+    run = RunDir(Path(config.output))
+    run.root.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+
+    loaded = load_base_model(
+        ModelSettings(config.model, config.quantize, plan.compute_dtype, config.device, config.trust_remote_code)
+    )
+    plan = _fit_plan_to_device(plan, loaded.device)
+    examples, eval_records, data_card = _prepare_data(config, plan, loaded.tokenizer)
+    model = add_lora(loaded.model, plan.lora_targets, plan.lora_r, plan.lora_alpha, plan.lora_dropout)
+    set_checkpointing(model, plan.checkpoint_layers)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if trainable != plan.trainable_params:
+        warn(f"peft trains {trainable:,} parameters; the plan counted {plan.trainable_params:,}.")
+    info(f"Trainable parameters: {trainable:,} of {sum(p.numel() for p in model.parameters()):,} "
+         f"(LoRA r={plan.lora_r} on {', '.join(plan.lora_targets)}).")
+
+    steps_per_epoch = math.ceil(len(examples) / plan.effective_batch_size)
+    total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
+    optimizer = make_optimizer(model, plan.optimizer, config.learning_rate, loaded.device)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, config.warmup_fraction))
+    state = TrainerState(token_budget=plan.micro_batch_size * plan.max_seq_len)
+
+    card = _read_card(run) if resume else {}
+    checkpoints = list_checkpoints(run.checkpoints)
+    if resume and checkpoints:
+        if card.get("data", {}).get("fingerprint") not in (None, data_card["fingerprint"]):
+            raise UserError(
+                "The training data changed since this run started (its fingerprint differs).",
+                "Resume with the same --data file, or start a new run with --output.",
+            )
+        state = load_checkpoint(checkpoints[-1], model, optimizer, scheduler)
+        run.metrics.truncate_after(state.step)
+        info(f"Resuming {run.root} at step {state.step} of {total_steps}.")
+    elif not resume:  # a fresh run in a reused directory must not inherit the old run's state
+        import shutil
+
+        shutil.rmtree(run.checkpoints, ignore_errors=True)
+        for stale in (run.metrics.path, run.card):
+            stale.unlink(missing_ok=True)
+    card = card or {
+        "version": __version__,
+        "model": config.model,
+        "data": data_card,
+        "plan": plan.to_json(),
+        "train": config.to_json(),
+        "quantization": loaded.quantization.to_json() if loaded.quantization else None,
+        "metrics": {},
+        "events": [],
+    }
+    card.update(status="running", trainable_params=trainable, total_steps=total_steps)
+    write_json(run.card, card)
+    return Session(
+        config, plan, run, model, loaded.tokenizer, loaded.device, loaded.compute_dtype, examples,
+        [len(e.input_ids) for e in examples], eval_records, steps_per_epoch, total_steps, optimizer, scheduler,
+        torch.amp.GradScaler(loaded.device.type, enabled=loaded.compute_dtype == torch.float16), state, card,
+    )
+
+
+def _fit_plan_to_device(plan: Plan, device: torch.device) -> Plan:
+    """On the CPU there is no VRAM to plan for: no checkpointing, plain AdamW (bitsandbytes' optimizers are CUDA)."""
+    if device.type == "cuda":
+        return plan
+    return replace(plan, checkpoint_layers=0, gradient_checkpointing=False, optimizer="adamw", compute_dtype="float32")
+
+
+def _prepare_data(config: TrainConfig, plan: Plan, tokenizer) -> tuple[list, list, dict]:
+    report = load_records(config.data, strict=config.strict_data)
+    train_records, eval_records = split_by_article(report.records, config.eval_fraction, config.seed)
+    tokenized = tokenize_records(train_records, tokenizer, plan.max_seq_len)
+    if not tokenized.examples:
+        raise UserError(f"No training example fits in {plan.max_seq_len} tokens.", "Raise --seq-len.")
+    data_card = {
+        "source": str(config.data),
+        "summary": report.summary(),
+        "train_examples": len(tokenized.examples),
+        "eval_records": len(eval_records),
+        "fingerprint": fingerprint(tokenized.examples),
+    }
+    info(f"Data: {len(tokenized.examples):,} training examples, {len(eval_records):,} held-out questions.")
+    return tokenized.examples, eval_records, data_card
+
+
+def make_optimizer(model: torch.nn.Module, name: str, learning_rate: float, device: torch.device):
+    params = [p for p in model.parameters() if p.requires_grad]
+    if name in ("paged_adamw_8bit", "adamw_8bit") and device.type == "cuda":
+        import bitsandbytes as bnb
+
+        cls = bnb.optim.PagedAdamW8bit if name == "paged_adamw_8bit" else bnb.optim.AdamW8bit
+        return cls(params, lr=learning_rate, weight_decay=0.0)
+    fused = name == "adamw_fused" and device.type == "cuda"
+    return torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0, fused=fused or None)
+
+
+def warmup_cosine(total_steps: int, warmup_fraction: float):
+    warmup = max(1, round(total_steps * warmup_fraction))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def _read_card(run: RunDir) -> dict:
+    import json
+
+    if not run.card.is_file():
+        raise UserError(f"{run.root} holds no {RUN_CARD}.", "Pass a run directory made by `falcon-desktop train`.")
+    return json.loads(run.card.read_text(encoding="utf-8"))
+
+
+# ----------------------------------------------------------------------------------------------------------- fit
+class _InterruptFlag:
+    """First Ctrl-C asks the loop to save and stop at the end of the current step; a second one stops at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        warn("Ctrl-C: saving a checkpoint after this step (press again to stop at once).")
+
+    def __enter__(self) -> _InterruptFlag:
+        with contextlib.suppress(ValueError):  # not the main thread: leave the default handler
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def fit(s: Session) -> str:
+    """The training loop; returns the run's status: finished, interrupted or diverged."""
+    log = s.run.metrics
+    clock = Stopwatch()
+    with _InterruptFlag() as interrupt, TrainingDisplay(s.total_steps, s.state.step) as display:
+        while s.state.step < s.total_steps:
+            if interrupt.requested:
+                _checkpoint(s)
+                return "interrupted"
+            try:
+                result = train_step(s, _step_indices(s, s.state.step))
+            except torch.cuda.OutOfMemoryError:
+                _recover_from_oom(s)
+                continue
+            if not math.isfinite(result.loss):
+                s.card["events"].append({"step": s.state.step + 1, "event": "non-finite loss", "loss": str(result.loss)})
+                return "diverged"
+            seconds = clock.lap()
+            s.state.step += 1
+            s.state.tokens_seen += result.real_tokens
+            s.state.elapsed_seconds += seconds
+            reserved, peak = vram_now()
+            record = {
+                "step": s.state.step,
+                "epoch": round(s.state.step / s.steps_per_epoch, 4),
+                "loss": round(result.loss, 6),
+                "lr": s.scheduler.get_last_lr()[0],
+                "grad_norm": round(result.grad_norm, 6),
+                "real_tokens": result.real_tokens,
+                "padded_tokens": result.padded_tokens,
+                "samples": result.samples,
+                "seconds": round(seconds, 4),
+                "tokens_per_second": round(result.real_tokens / max(seconds, 1e-9), 1),
+                "vram_reserved_bytes": reserved,
+                "vram_peak_bytes": peak,
+                "elapsed_seconds": round(s.state.elapsed_seconds, 3),
+            }
+            log.append(record)
+            display.update(s.state.step, result.loss, record["lr"], s.state.tokens_seen / max(s.state.elapsed_seconds, 1e-9))
+            if s.state.step % s.config.save_every == 0 or s.state.step == s.total_steps:
+                _checkpoint(s)
+                clock.lap()  # saving is not training time
+    return "finished"
+
+
+def _step_indices(s: Session, step: int) -> list[int]:
+    """The examples of global step `step`: a pure function of (seed, epoch), which is what makes resume exact."""
+    epoch, index = divmod(step, s.steps_per_epoch)
+    return schedule_steps(s.lengths, s.plan.effective_batch_size, s.config.seed, epoch)[index]
+
+
+@dataclass(frozen=True)
+class StepResult:
+    loss: float          # mean cross-entropy per answer token
+    real_tokens: int     # non-padding tokens
+    padded_tokens: int   # tokens computed, padding included
+    samples: int
+    grad_norm: float
+
+
+def train_step(s: Session, indices: list[int]) -> StepResult:
+    """One optimizer step over the examples `indices`."""
+    pad_id = s.tokenizer.pad_token_id
+    batches = [collate([s.examples[i] for i in group], pad_id)
+               for group in split_micro_batches(indices, s.lengths, s.state.token_budget)]
+    loss, grad_norm = optimizer_step(
+        s.model, batches, s.optimizer, s.scheduler, s.scaler, s.compute_dtype, s.config.max_grad_norm
+    )
+    return StepResult(
+        loss,
+        sum(batch["real_tokens"] for batch in batches),
+        sum(batch["input_ids"].numel() for batch in batches),
+        len(indices),
+        grad_norm,
+    )
+
+
+def optimizer_step(model, batches: list[dict], optimizer, scheduler, scaler, compute_dtype: torch.dtype,
+                   max_grad_norm: float) -> tuple[float, float]:
+    """Forward/backward every micro-batch, then one optimizer step; returns (loss per answer token, grad norm).
+
+    A non-finite loss skips the update (and returns NaN as the norm) so the weights stay as last checkpointed.
+    """
+    model.train()
+    device = next(p for p in model.parameters() if p.requires_grad).device
+    label_tokens = sum(count_label_tokens(batch["labels"]) for batch in batches)
+    backbone, head = backbone_and_head(model)
+    autocast = torch.autocast(device.type, dtype=compute_dtype, enabled=compute_dtype != torch.float32)
+    total = torch.zeros((), device=device)
+    for batch in batches:
+        input_ids = batch["input_ids"].to(device, non_blocking=True)
+        labels = batch["labels"].to(device, non_blocking=True)
+        with autocast:
+            loss_sum = answer_loss_sum(backbone, head, input_ids, labels)
+        scaler.scale(loss_sum / label_tokens).backward()
+        total += loss_sum.detach()
+    loss = float(total) / label_tokens  # the step's one host sync
+    if not math.isfinite(loss):
+        optimizer.zero_grad(set_to_none=True)
+        return loss, float("nan")
+    scaler.unscale_(optimizer)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    grad_norm = torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    scheduler.step()
+    return loss, float(grad_norm)
+
+
+def _recover_from_oom(s: Session) -> None:
+    """Halve the micro-batch token budget and redo the step: the effective batch, and so the maths, stay the same."""
+    s.optimizer.zero_grad(set_to_none=True)
+    torch.cuda.empty_cache()
+    smallest_row = max(s.lengths)
+    if s.state.token_budget <= smallest_row:
+        raise UserError(
+            f"CUDA ran out of memory even with one sequence of {smallest_row} tokens per micro-batch.",
+            "Lower --seq-len, use a smaller --lora-r, or free VRAM held by other programs (see `falcon-desktop doctor`).",
+        )
+    s.state.token_budget = max(smallest_row, s.state.token_budget // 2)
+    s.state.oom_events += 1
+    s.card["events"].append({"step": s.state.step + 1, "event": "cuda_oom", "new_token_budget": s.state.token_budget})
+    warn(f"CUDA out of memory: micro-batch budget lowered to {s.state.token_budget:,} tokens; redoing the step.")
+
+
+def _checkpoint(s: Session) -> None:
+    try:
+        save_checkpoint(s.run.checkpoints, s.model, s.optimizer, s.scheduler, s.state, s.config.keep_checkpoints)
+    except OSError as error:  # disk full, permissions: the previous checkpoint is intact, keep training
+        warn(f"Could not save a checkpoint at step {s.state.step} ({error}); the previous one is kept.")
+        s.card["events"].append({"step": s.state.step, "event": "checkpoint_failed", "error": str(error)})
+    s.card["status"] = "running"
+    s.card["last_checkpoint_step"] = s.state.step
+    write_json(s.run.card, s.card)
+
+
+# -------------------------------------------------------------------------------------------------------- finish
+def evaluate(s: Session, label: str) -> dict:
+    """Answer held-out questions and score them with the official SQuAD v2 metrics."""
+    from falcon_desktop.evaluate import score_predictions
+    from falcon_desktop.generate import answer_records
+
+    records = s.eval_records[: s.config.eval_examples]
+    if not records:
+        return {}
+    info(f"Evaluating {len(records)} held-out questions ({label})...")
+    predictions = answer_records(s.model, s.tokenizer, records, max_prompt_tokens=s.plan.max_seq_len)
+    return score_predictions(records, predictions)
+
+
+def finish(s: Session, status: str) -> dict:
+    card = s.card
+    if status == "finished" and s.config.eval_examples:
+        card["metrics"]["eval_after"] = evaluate(s, "after fine-tuning")
+    if status in ("finished", "interrupted"):
+        _save_adapter(s)
+    history = s.run.metrics.read()
+    if history:
+        plot_losses({"train": [(r["step"], r["loss"]) for r in history]}, s.run.loss_plot)
+        card["metrics"]["final_loss"] = history[-1]["loss"]
+    _, peak = vram_now()
+    card["measured"] = {
+        "peak_vram_reserved_bytes": peak,
+        "peak_vram_allocated_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0,
+        "predicted_peak_vram_bytes": s.plan.peak_vram_bytes,
+        "tokens_per_second": round(s.state.tokens_seen / max(s.state.elapsed_seconds, 1e-9), 1),
+        "real_tokens": s.state.tokens_seen,
+        "train_seconds": round(s.state.elapsed_seconds, 1),
+        "oom_events": s.state.oom_events,
+        "device": torch.cuda.get_device_name() if s.device.type == "cuda" else "cpu",
+    }
+    card.update(status=status, steps=s.state.step, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    write_json(s.run.card, card)
+    if status == "diverged":
+        raise UserError(
+            f"The loss became NaN/inf at step {s.state.step + 1}; the last good checkpoint is kept in {s.run.checkpoints}.",
+            "Lower --learning-rate, or use bf16 on a GPU that supports it.",
+        )
+    return card
+
+
+def _save_adapter(s: Session) -> None:
+    """adapter/ = peft's files + the tokenizer, swapped in atomically so `ask` never sees a half-written one."""
+
+    def write(tmp: Path) -> None:
+        s.model.save_pretrained(str(tmp), safe_serialization=True)
+        s.tokenizer.save_pretrained(str(tmp))
+
+    write_atomically(s.run.adapter, write)

@@ -1,0 +1,85 @@
+"""From command-line flags to the (TrainConfig, Plan) pair the trainer consumes; shared by `train` and `demo`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from falcon_desktop import paths
+from falcon_desktop.console import info, out
+from falcon_desktop.errors import UserError
+from falcon_desktop.plan import Plan, make_plan
+from falcon_desktop.shapes import load_shape
+from falcon_desktop.train import RUN_CARD, TrainConfig
+
+
+def default_run_dir(model: str) -> Path:
+    name = Path(model.rstrip("/\\")).name or "model"
+    return paths.runs_dir() / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
+    if not args.data:
+        raise UserError("No training data given.", "Pass --data FILE (SQuAD JSON) or a `datasets` name.")
+    return TrainConfig(
+        model=args.model,
+        data=args.data,
+        output=Path(args.output).expanduser() if args.output else default_run_dir(args.model),
+        epochs=args.epochs,
+        max_steps=args.max_steps,
+        learning_rate=args.learning_rate,
+        seed=args.seed,
+        save_every=args.save_every,
+        eval_fraction=args.eval_fraction,
+        eval_examples=args.eval_examples,
+        device=args.device,
+        quantize=not args.no_quantize,
+        strict_data=args.strict,
+        trust_remote_code=args.trust_remote_code,
+    )
+
+
+def _gpu_present(device: str) -> bool:
+    if device == "cpu":
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def plan_for_training(args: argparse.Namespace, config: TrainConfig) -> Plan:
+    """The planner's choice for this model and GPU, shown to the user; refuses a plan that does not fit."""
+    from falcon_desktop.cli.plan import gpu_from_args, render_plan, request_from_args
+
+    request = request_from_args(args)
+    if not config.quantize and request.method == "qlora":
+        request = replace(request, method="lora")
+    gpu = gpu_from_args(args)
+    plan = make_plan(load_shape(args.model), gpu, request)
+    render_plan(plan, out())
+    if _gpu_present(config.device) and not plan.fits and not args.force:
+        raise UserError(
+            f"The plan says {args.model} does not fit: it needs {plan.peak_vram_bytes / 1024**3:.1f} GiB "
+            f"of {plan.vram_budget_bytes / 1024**3:.1f} GiB.",
+            "Follow the suggestions above, or pass --force to try anyway (the trainer lowers the micro-batch on OOM).",
+        )
+    if not _gpu_present(config.device):
+        info("No CUDA GPU in use: training on the CPU (fine for the tiny demo model, far too slow for 7B).")
+    return plan
+
+
+def resume_settings(args: argparse.Namespace) -> tuple[TrainConfig, Plan]:
+    run_dir = Path(args.resume).expanduser()
+    card_path = run_dir / RUN_CARD
+    if not card_path.is_file():
+        raise UserError(f"{run_dir} is not a run directory (no {RUN_CARD}).", "Pass the --output of an earlier run.")
+    card = json.loads(card_path.read_text(encoding="utf-8"))
+    if card.get("status") == "finished" and not args.max_steps:
+        raise UserError(f"The run in {run_dir} already finished.", "Pass --max-steps N to train it further.")
+    config = TrainConfig.from_json({**card["train"], "output": str(run_dir)})
+    if args.max_steps:
+        config = replace(config, max_steps=args.max_steps)
+    return config, Plan.from_json(card["plan"])
