@@ -14,48 +14,19 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 from transformers import StoppingCriteria
 from transformers.generation.streamers import BaseStreamer
 
+from falcon_desktop.decoding import GenerationSettings
 from falcon_desktop.errors import UserError
 from falcon_desktop.prompts import STOP_STRINGS, QAPrompt, clean_generation
 
 # Tokens re-decoded at each step to look for a stop string: "\n###" is at most a few tokens, even byte by byte.
 _STOP_WINDOW = 16
-
-
-@dataclass(frozen=True)
-class GenerationSettings:
-    max_new_tokens: int = 64           # SQuAD answers are a few words; the cap only bounds a rambling model
-    sampling: bool = False             # greedy (reproducible, what eval uses) or sampling with the knobs below
-    temperature: float = 0.7
-    top_p: float = 0.9
-    top_k: int = 50
-    repetition_penalty: float = 1.0    # 1.0 = off; >1 discourages repeats (applies to greedy too)
-    seed: int | None = None            # fixes the sampling RNG
-
-    def __post_init__(self) -> None:
-        problems = []
-        if self.max_new_tokens < 1:
-            problems.append(f"max_new_tokens must be at least 1 (got {self.max_new_tokens})")
-        if self.temperature <= 0:
-            problems.append(f"temperature must be above 0 (got {self.temperature})")
-        if not 0 < self.top_p <= 1:
-            problems.append(f"top_p must be in (0, 1] (got {self.top_p})")
-        if self.top_k < 0:
-            problems.append(f"top_k must be 0 (off) or more (got {self.top_k})")
-        if self.repetition_penalty <= 0:
-            problems.append(f"repetition_penalty must be above 0 (got {self.repetition_penalty})")
-        if problems:
-            raise UserError("Invalid generation settings: " + "; ".join(problems) + ".", "See `/settings` or --help.")
-
-    @classmethod
-    def names(cls) -> tuple[str, ...]:
-        return tuple(field.name for field in fields(cls))
 
 
 @dataclass(frozen=True)

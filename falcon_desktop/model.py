@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from falcon_desktop.attention import install_fast_attention
 from falcon_desktop.errors import UserError
 
 # Layers that stay in 16-bit on purpose: the output head (quantizing it hurts quality and it is often tied to the
@@ -169,6 +170,8 @@ def load_base_model(settings: ModelSettings) -> LoadedModel:
     with patch:
         model = AutoModelForCausalLM.from_pretrained(settings.model, attn_implementation="sdpa", **kwargs)
     model.config.use_cache = False
+    if is_falcon:
+        install_fast_attention(model)
     report = verify_quantization(model) if settings.quantize else None
     return LoadedModel(model, tokenizer, device, dtype, report)
 

@@ -163,14 +163,28 @@ def _residual_bytes(setup: Setup, c: PlannerCoefficients) -> float:
     return 4.0 if setup.method == "full" else c.activation_bytes
 
 
+def _layer_norm_input_bytes(setup: Setup, c: PlannerCoefficients) -> float:
+    return max(c.layer_norm_input_bytes, _residual_bytes(setup, c))
+
+
 def _norm_bytes_per_token(shape: ModelShape, setup: Setup, c: PlannerCoefficients) -> float:
+    """One norm: its kept input (and, for RMSNorm in full fine-tuning, the normalised x) plus its statistics."""
     h = shape.hidden_size
     if shape.norm_kind == "layernorm":
-        return h * max(c.layer_norm_input_bytes, _residual_bytes(setup, c)) + c.layer_norm_stats_bytes
+        return h * _layer_norm_input_bytes(setup, c) + c.layer_norm_stats_bytes
     kept = h * c.rms_norm_input_bytes + c.rms_norm_stats_bytes
     if setup.method == "full":  # `weight * x` keeps the fp32 normalised x for the weight's gradient
         kept += 4 * h
     return kept
+
+
+def _layer_norms_bytes_per_token(shape: ModelShape, setup: Setup, c: PlannerCoefficients) -> float:
+    """A layer's norms. Falcon-40B's two parallel LayerNorms read one tensor: without a cast they keep it once."""
+    total = shape.norms_per_layer * _norm_bytes_per_token(shape, setup, c)
+    if (shape.parallel_attention and shape.norms_per_layer == 2 and shape.norm_kind == "layernorm"
+            and _layer_norm_input_bytes(setup, c) == _residual_bytes(setup, c)):
+        total -= shape.hidden_size * _residual_bytes(setup, c)
+    return total
 
 
 def _norm_output_bytes(shape: ModelShape, c: PlannerCoefficients) -> float:
@@ -187,16 +201,24 @@ def uses_math_attention(shape: ModelShape) -> bool:
     return shape.model_type == "falcon" and shape.attention_kv_heads != shape.num_heads
 
 
-def attention_bytes_per_token(shape: ModelShape, seq_len: int, c: PlannerCoefficients = COEFFICIENTS) -> float:
+def _fp32_projections(shape: ModelShape, setup: Setup) -> bool:
+    """FalconLinear adds its bias after the bf16 matmul: with fp32 biases (full fine-tuning) its outputs are fp32."""
+    return setup.method == "full" and shape.model_type == "falcon" and bool(shape.biased_linears)
+
+
+def attention_bytes_per_token(shape: ModelShape, seq_len: int, c: PlannerCoefficients = COEFFICIENTS,
+                              fp32_projections: bool = False) -> float:
     """What SDPA keeps for backward, per token of one layer (q, k, v, output, log-sum-exp; or the math kernel's)."""
     q_dim = shape.num_heads * shape.head_dim
     if uses_math_attention(shape):  # q, and k/v expanded to every head, in fp32, plus a probability row per head
         return c.math_attention_bytes * (3 * q_dim + shape.num_heads * seq_len)
     kv_dim = shape.attention_kv_heads * shape.head_dim
-    value_dim = kv_dim
-    if shape.model_type == "falcon" and not shape.new_decoder_architecture:
-        value_dim = q_dim + 2 * kv_dim  # Falcon's value is a view of the fused qkv output, which stays alive whole
-    kept = c.activation_bytes * (2 * q_dim + kv_dim + value_dim) + c.flash_lse_bytes * shape.num_heads
+    qkv = q_dim + 2 * kv_dim
+    if shape.model_type == "falcon" and not shape.new_decoder_architecture and not fp32_projections:
+        # q, k and v are views of the fused qkv output, which therefore stays alive whole; RoPE (not ALiBi) gives q
+        # and k their own rotated copies. (fp32 projections are cast for SDPA instead: plain copies.)
+        qkv += 0 if shape.alibi else q_dim + kv_dim
+    kept = c.activation_bytes * (qkv + q_dim) + c.flash_lse_bytes * shape.num_heads
     if shape.model_type == "falcon" and not shape.alibi:
         # Falcon always builds a (batch, 1, seq, seq) boolean causal mask; SDPA keeps a float copy per layer.
         kept += c.activation_bytes * seq_len
@@ -206,12 +228,15 @@ def attention_bytes_per_token(shape: ModelShape, seq_len: int, c: PlannerCoeffic
 def layer_activation_bytes_per_token(shape: ModelShape, setup: Setup, c: PlannerCoefficients = COEFFICIENTS) -> float:
     """Bytes one decoder layer keeps for backward per token when it is NOT checkpointed."""
     a, f = c.activation_bytes, shape.intermediate_size
-    kept = shape.norms_per_layer * _norm_bytes_per_token(shape, setup, c)
-    kept += attention_bytes_per_token(shape, setup.seq_len, c)
-    kept += a * f * (3 if shape.gated_mlp else 1)  # SiLU input, SiLU output and up (gated) / GELU input
-    modules = shape.linear_modules()
-    if setup.method == "full":  # each linear keeps the bf16 (cast) input its weight gradient needs
-        kept += a * sum(n_in for n_in, _ in modules.values())
+    kept = _layer_norms_bytes_per_token(shape, setup, c)
+    fp32_projections = _fp32_projections(shape, setup)
+    kept += attention_bytes_per_token(shape, setup.seq_len, c, fp32_projections)
+    kept += (4 if fp32_projections else a) * f * (3 if shape.gated_mlp else 1)  # SiLU in, out and up / GELU input
+    if setup.method == "full":  # each linear keeps the bf16 (cast) input its weight gradient needs ...
+        inputs = shape.linear_inputs()
+        shares_attention_output = not uses_math_attention(shape)  # ... but o_proj's is a view of SDPA's output
+        kept += a * sum(n_in for name, (n_in, _) in shape.linear_modules().items()
+                        if not (shares_attention_output and inputs[name] == "attention_output"))
     elif _is_lora(setup):
         kept += _lora_input_bytes(shape, setup, c) + len(setup.lora_targets) * a * setup.lora_r
     return kept
@@ -237,23 +262,30 @@ def _lora_input_bytes(shape: ModelShape, setup: Setup, c: PlannerCoefficients) -
     return sum(c.lora_input_bytes * modules[name][0] for name in copies.values())
 
 
-def _training_activation_bytes(shape: ModelShape, setup: Setup, c: PlannerCoefficients) -> float:
-    """Activations alive when backward starts, plus one layer's working set.
-
-    The first `k` layers keep only their input; the others keep everything. In backward the kept layers free theirs
-    before the checkpointed ones recompute, one at a time, so the peak holds max(L - k, 1 if k else 0) full layers.
-    """
-    layers, k = shape.num_layers, setup.checkpoint_layers
-    layer = layer_activation_bytes_per_token(shape, setup, c)
-    full_layers = max(layers - k, 1 if k else 0) + c.backward_working_layers
-    per_token = (k * _residual_bytes(setup, c) * shape.hidden_size + full_layers * layer
-                 + _norm_bytes_per_token(shape, setup, c))
-    extra = 0.0
+def kept_activation_bytes(shape: ModelShape, setup: Setup, c: PlannerCoefficients = COEFFICIENTS) -> float:
+    """What the forward pass leaves for backward: the first `checkpoint_layers` layers keep only their input."""
+    k = setup.checkpoint_layers
+    per_token = (k * _residual_bytes(setup, c) * shape.hidden_size
+                 + (shape.num_layers - k) * layer_activation_bytes_per_token(shape, setup, c)
+                 + _norm_bytes_per_token(shape, setup, c))  # the final norm
+    alibi_mask = 0.0
     if shape.alibi:  # the ALiBi bias is materialised once as a (batch, heads, seq, seq) mask shared by all layers
-        extra += c.activation_bytes * setup.micro_batch_size * shape.num_heads * setup.seq_len**2
-    if setup.weight_format == "nf4":  # bitsandbytes dequantizes one weight to 16-bit for each matmul
-        extra += 2 * shape.largest_linear_params
-    return setup.tokens * per_token + extra
+        alibi_mask = c.activation_bytes * setup.micro_batch_size * shape.num_heads * setup.seq_len**2
+    return setup.tokens * per_token + alibi_mask
+
+
+def _training_activation_bytes(shape: ModelShape, setup: Setup, c: PlannerCoefficients) -> float:
+    """Kept activations plus what backward adds at its peak.
+
+    Backward frees the kept layers before it reaches the checkpointed ones, which then recompute one at a time: only
+    when every layer is checkpointed does a recomputed layer coexist with all that is kept. Each layer's backward
+    also holds gradients of its activations, and QLoRA dequantizes one weight to 16-bit per matmul.
+    """
+    one_layer = setup.tokens * layer_activation_bytes_per_token(shape, setup, c)
+    recompute = one_layer if setup.checkpoint_layers == shape.num_layers else 0.0
+    dequantized = 2 * shape.largest_linear_params if setup.weight_format == "nf4" else 0
+    return (kept_activation_bytes(shape, setup, c) + recompute + c.backward_working_layers * one_layer
+            + dequantized)
 
 
 def _inference_activation_bytes(shape: ModelShape, setup: Setup, c: PlannerCoefficients) -> float:

@@ -89,6 +89,7 @@ class ModelShape:
     norms_per_layer: int
     gated_mlp: bool                  # SiLU(gate) * up -> down (Llama family) vs GELU MLP (Falcon)
     alibi: bool = False
+    parallel_attention: bool = False  # attention and MLP both read the layer input (Falcon) instead of in sequence
     new_decoder_architecture: bool = False  # Falcon-40B's layout: grouped K/V, two layer norms
     kv_heads_in_attention: int = 0   # heads of K/V as SDPA receives them (Falcon-40B broadcasts to all); 0: num_kv_heads
     max_position_embeddings: int | None = None
@@ -202,6 +203,7 @@ def _falcon_shape(config: dict[str, Any], name: str, source: str, legacy_new_arc
         biased_linears=tuple(LORA_TARGETS["falcon"]) if config.get("bias", False) else (),
         norm_kind="layernorm", norms_per_layer=2 if (not parallel or lns_in_parallel == 2) else 1, gated_mlp=False,
         alibi=bool(config.get("alibi", False)), new_decoder_architecture=new_arch,
+        parallel_attention=parallel,
         # `_split_heads` broadcasts the new architecture's K/V groups to every head before attention.
         kv_heads_in_attention=heads if new_arch else kv_heads,
         max_position_embeddings=config.get("max_position_embeddings", 2048), source=source,

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from falcon_desktop import __version__
+from falcon_desktop.attention import causal_fast_path
 from falcon_desktop.checkpoint import TrainerState, list_checkpoints, load_checkpoint, save_checkpoint, write_atomically, write_json
 from falcon_desktop.console import info, warn
 from falcon_desktop.data import (
@@ -361,13 +362,14 @@ def optimizer_step(model, batches: list[dict], optimizer, scheduler, scaler, com
     backbone, head = backbone_and_head(model)
     autocast = torch.autocast(device.type, dtype=compute_dtype, enabled=compute_dtype != torch.float32)
     total = torch.zeros((), device=device)
-    for batch in batches:
-        input_ids = batch["input_ids"].to(device, non_blocking=True)
-        labels = batch["labels"].to(device, non_blocking=True)
-        with autocast:
-            loss_sum = answer_loss_sum(backbone, head, input_ids, labels)
-        scaler.scale(loss_sum / label_tokens).backward()
-        total += loss_sum.detach()
+    with causal_fast_path(model):  # backward too: checkpointed layers run their forward again there
+        for batch in batches:
+            input_ids = batch["input_ids"].to(device, non_blocking=True)
+            labels = batch["labels"].to(device, non_blocking=True)
+            with autocast:
+                loss_sum = answer_loss_sum(backbone, head, input_ids, labels)
+            scaler.scale(loss_sum / label_tokens).backward()
+            total += loss_sum.detach()
     loss = float(total) / label_tokens  # the step's one host sync
     if not math.isfinite(loss):
         optimizer.zero_grad(set_to_none=True)

@@ -143,7 +143,17 @@ function Resolve-Package([string]$VenvPython, [string]$WorkDir) {
     if (-not $spec) { return 'falcon-desktop' }
     if (-not (Test-Path -LiteralPath $spec -PathType Container)) { return $spec }
     Write-Step "Building falcon-desktop from $spec"
-    Invoke-Program $VenvPython @('-m', 'pip', 'wheel', '--quiet', '--no-deps', '--wheel-dir', $WorkDir, $spec) | Out-Host
+    # setuptools builds in <checkout>\build and never removes modules deleted from the source, so a wheel built
+    # there can carry stale files: build in the temporary directory instead.
+    $buildConfig = Join-Path $WorkDir 'build.cfg'
+    $utf8 = New-Object System.Text.UTF8Encoding $false
+    [System.IO.File]::WriteAllText($buildConfig, "[build]`nbuild_base = $(Join-Path $WorkDir 'build')`n", $utf8)
+    $env:DIST_EXTRA_CONFIG = $buildConfig
+    try {
+        Invoke-Program $VenvPython @('-m', 'pip', 'wheel', '--quiet', '--no-deps', '--wheel-dir', $WorkDir, $spec) | Out-Host
+    } finally {
+        Remove-Item Env:DIST_EXTRA_CONFIG
+    }
     $wheel = Get-ChildItem -LiteralPath $WorkDir -Filter 'falcon_desktop-*.whl' | Select-Object -First 1
     if (-not $wheel) { Stop-Install "Building '$spec' produced no falcon-desktop wheel." }
     return $wheel.FullName

@@ -167,7 +167,10 @@ resolve_source() {
     if [ -d "$source_spec" ]; then
         say "Building falcon-desktop from $source_spec"
         work_dir="$(mktemp -d)"
-        venv_pip wheel --quiet --no-deps --wheel-dir "$work_dir" "$source_spec"
+        # setuptools builds in <checkout>/build and never removes modules deleted from the source, so a wheel built
+        # there can carry stale files: build in the temporary directory instead.
+        printf '[build]\nbuild_base = %s/build\n' "$work_dir" >"$work_dir/build.cfg"
+        DIST_EXTRA_CONFIG="$work_dir/build.cfg" venv_pip wheel --quiet --no-deps --wheel-dir "$work_dir" "$source_spec"
         package="$(find "$work_dir" -name 'falcon_desktop-*.whl' | head -n 1)"
         [ -n "$package" ] || die "building '$source_spec' produced no falcon-desktop wheel."
     else

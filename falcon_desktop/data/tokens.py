@@ -28,6 +28,8 @@ from falcon_desktop.prompts import QAPrompt
 _QUESTION_MARK = "\ue000"
 # Prompts encoded whole to check the two-piece encoding against.
 _SELF_CHECK_SAMPLE = 64
+# Texts per call to the Rust tokenizer: enough to keep every core busy.
+_ENCODE_CHUNK = 4096
 # Windowing re-encodes the cut prompt to check it fits; this many tries, shrinking by the excess each time.
 _WINDOW_ATTEMPTS = 4
 
@@ -97,21 +99,36 @@ def _tokenize(records: Sequence[QARecord], tokenizer: Any, max_seq_len: int) -> 
     windowed = _window(records, overflow, target_ids, tokenizer, max_seq_len)
     for index, ids in windowed.items():
         prompt_ids[index] = ids
-    interned = list(range(len(tokenizer)))  # one int object per id: tuples of shared ints stay small in memory
+    # Questions of one paragraph share the int objects of its encoding, so these tuples cost ~8 bytes a token;
+    # each prompt list is released as its tuple is made, so the two never both exist in full.
     examples = []
     dropped = set(overflow) - set(windowed)
+    eos = [eos_id]
     for index, record in enumerate(records):
-        if index in dropped:
-            continue
-        ids = prompt_ids[index] + target_ids[record.target()] + [eos_id]
-        examples.append(Example(tuple(map(interned.__getitem__, ids)), len(prompt_ids[index]), record.id))
+        prompt, prompt_ids[index] = prompt_ids[index], None
+        if index not in dropped:
+            examples.append(Example(tuple(prompt + target_ids[record.target()] + eos), len(prompt), record.id))
     return TokenizeReport(examples, dropped_too_long=len(dropped), windowed=len(windowed))
 
 
 def _encode(tokenizer: Any, texts: list[str], add_special_tokens: bool = True) -> list[list[int]]:
+    """`tokenizer(texts).input_ids`, through the Rust backend directly where there is one (the wrapper's
+    per-text conversion costs more than the tokenization of a short question)."""
     if not texts:
         return []
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:  # in chunks: an Encoding also holds token strings and offsets, freed chunk by chunk
+        return [
+            encoding.ids
+            for start in range(0, len(texts), _ENCODE_CHUNK)
+            for encoding in backend.encode_batch(texts[start : start + _ENCODE_CHUNK], add_special_tokens=add_special_tokens)
+        ]
     return tokenizer(texts, add_special_tokens=add_special_tokens, return_attention_mask=False)["input_ids"]
+
+
+def _encode_whole(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    """The reference: exactly `tokenizer(text).input_ids`, as `ask` encodes a prompt."""
+    return tokenizer(texts, return_attention_mask=False)["input_ids"] if texts else []
 
 
 def encode_prompts(records: Sequence[QARecord], tokenizer: Any) -> list[list[int]]:
@@ -125,14 +142,14 @@ def encode_prompts(records: Sequence[QARecord], tokenizer: Any) -> list[list[int
             heads[record.context] = head
         prompt = record.prompt()
         if not prompt.startswith(head):  # a template that does not end with the question
-            return _encode(tokenizer, [record.prompt() for record in records])
+            return _encode_whole(tokenizer, [record.prompt() for record in records])
         tails.append(prompt[len(head) :])
     head_ids = dict(zip(heads, _encode(tokenizer, list(heads.values()))))
     ids = [head_ids[record.context] + tail for record, tail in zip(records, _encode(tokenizer, tails, False))]
     sample = range(0, len(records), max(1, len(records) // _SELF_CHECK_SAMPLE))
-    whole = _encode(tokenizer, [records[index].prompt() for index in sample])
+    whole = _encode_whole(tokenizer, [records[index].prompt() for index in sample])
     if whole != [ids[index] for index in sample]:
-        return _encode(tokenizer, [record.prompt() for record in records])
+        return _encode_whole(tokenizer, [record.prompt() for record in records])
     return ids
 
 
@@ -155,7 +172,7 @@ def _window(
             if cut is not None:
                 candidates[index] = cut
         retry = {}
-        for (index, record), ids in zip(candidates.items(), _encode(tokenizer, [c.prompt() for c in candidates.values()])):
+        for (index, record), ids in zip(candidates.items(), _encode_whole(tokenizer, [c.prompt() for c in candidates.values()])):
             excess = len(ids) + len(target_ids[record.target()]) + 1 - max_seq_len
             if excess <= 0:
                 fitted[index] = ids

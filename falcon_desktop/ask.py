@@ -1,0 +1,245 @@
+"""`falcon-desktop ask`: answer questions with a base model and its trained LoRA adapters.
+
+`Answerer` holds one base model (4-bit by default, as QLoRA trained it) and any number of adapters loaded onto it;
+switching adapters never reloads the base. Three ways in: the REPL (`repl.py`), one `--question` (only the answer
+on stdout, for scripts), and batch files (`--input` questions.jsonl or a SQuAD JSON, `--output` answers.jsonl or
+official `{id: answer}` predictions that `falcon-desktop eval` scores).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from falcon_desktop.console import info, warn
+from falcon_desktop.errors import UserError
+from falcon_desktop.decoding import GenerationSettings
+from falcon_desktop.generate import GenerationResult, answer_records, encode_prompt, stream_answer
+from falcon_desktop.prompts import is_abstention
+from falcon_desktop.runs import adapter_label, base_model_of, resolve_adapter, run_card_of
+
+UNANSWERABLE_NOTE = "(unanswerable from this context)"
+CLOSED_BOOK_NOTE = "no context set: the question is asked closed-book"
+
+
+@dataclass(frozen=True)
+class AskOptions:
+    adapter: str | None = None        # run name, run directory or adapter directory
+    model: str | None = None          # base model; default: the one the adapter was trained on
+    device: str = "auto"
+    quantize: bool | None = None      # None: as the adapter's run trained (QLoRA: 4-bit), 4-bit without a run card
+    trust_remote_code: bool = False
+    settings: GenerationSettings = field(default_factory=GenerationSettings)
+
+
+@dataclass(frozen=True)
+class Question:
+    id: str
+    question: str
+    context: str | None = None
+
+
+def display_answer(text: str) -> str:
+    """What a person sees: the span, or a plain note for an abstention (never the bare marker word)."""
+    return UNANSWERABLE_NOTE if is_abstention(text) else text
+
+
+def prediction_text(text: str) -> str:
+    """The official SQuAD v2 prediction: "" for an abstention."""
+    return "" if is_abstention(text) else text
+
+
+def _peft_name(label: str) -> str:
+    # peft keeps adapters in a ModuleDict, whose keys cannot contain dots.
+    return re.sub(r"\W", "_", label) or "adapter"
+
+
+class Answerer:
+    """A loaded base model, the adapters attached to it, and the generation settings in use."""
+
+    def __init__(self, loaded: Any, base: str, settings: GenerationSettings) -> None:
+        self.loaded = loaded
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.base = base
+        self.settings = settings
+        self.adapters: dict[str, Path] = {}   # peft adapter name -> directory, in load order
+        self.active: str | None = None        # None: the base model alone
+
+    @property
+    def description(self) -> str:
+        precision = "4-bit NF4" if self.loaded.quantization else str(self.loaded.compute_dtype).replace("torch.", "")
+        return f"{self.base} ({precision}, {self.loaded.device})"
+
+    @property
+    def active_label(self) -> str:
+        return adapter_label(self.adapters[self.active]) if self.active else "none (base model)"
+
+    def use_adapter(self, reference: str | Path) -> str:
+        """Attach (first time) and activate an adapter; returns its label."""
+        from falcon_desktop.model import load_adapter
+
+        directory = resolve_adapter(reference).resolve()
+        label = adapter_label(directory)
+        name = next((n for n, d in self.adapters.items() if d == directory), None)
+        if name is None:
+            trained_on = base_model_of(directory)
+            if trained_on and not _same_model(trained_on, self.base):
+                warn(f"Adapter {label!r} was trained on {trained_on!r}, but the loaded base is {self.base!r}.")
+            name = _peft_name(label)
+            while name in self.adapters:
+                name += "_"
+            self.model = load_adapter(self.model, directory, name)
+            self.adapters[name] = directory
+        else:
+            self.model.set_adapter(name)
+        self.active = name
+        return label
+
+    def use_base(self) -> None:
+        self.active = None
+
+    def _adapter_scope(self) -> contextlib.AbstractContextManager:
+        if self.active is None and self.adapters:
+            return self.model.disable_adapter()
+        return contextlib.nullcontext()
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    def ask(self, question: str, context: str | None, on_text: Callable[[str], None] = lambda _: None) -> GenerationResult:
+        prompt = encode_prompt(self.tokenizer, question, context)
+        with self._adapter_scope():
+            return stream_answer(self.model, self.tokenizer, prompt, self.settings, on_text)
+
+    def answer_all(self, questions: Sequence[Any], batch_size: int = 8,
+                   on_progress: Callable[[int], None] | None = None) -> dict[str, str]:
+        """{id: answer} for objects with id, question, context; long contexts are cut to fit the model."""
+        positions = getattr(self.model.config, "max_position_embeddings", None)
+        budget = positions - self.settings.max_new_tokens if positions else None
+        with self._adapter_scope():
+            return answer_records(self.model, self.tokenizer, questions, budget, self.settings, batch_size, on_progress)
+
+
+def _same_model(first: str, second: str) -> bool:
+    if first == second:
+        return True
+    a, b = Path(first).expanduser(), Path(second).expanduser()
+    return a.exists() and b.exists() and a.resolve() == b.resolve()
+
+
+def _default_compute_dtype() -> str:
+    import torch
+
+    if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        return "float16"  # compute capability < 8.0 has no bf16 tensor cores
+    return "bfloat16"
+
+
+def load_answerer(options: AskOptions) -> Answerer:
+    """Load the base (the adapter's own base unless --model says otherwise) and attach the adapter, if any."""
+    from falcon_desktop.model import ModelSettings, load_base_model
+
+    adapter_dir = resolve_adapter(options.adapter) if options.adapter else None
+    card = run_card_of(adapter_dir) if adapter_dir else {}
+    trained_on = base_model_of(adapter_dir) if adapter_dir else None
+    base = options.model or trained_on
+    if not base:
+        raise UserError(
+            "No base model to load: give --model, or an --adapter whose run card names its base.",
+            "e.g. `falcon-desktop ask --adapter demo` or `falcon-desktop ask --model tiiuae/falcon-7b`.",
+        )
+    quantize = options.quantize
+    if quantize is None:
+        quantize = bool((card.get("train") or {}).get("quantize", True))
+    settings = ModelSettings(base, quantize=quantize, compute_dtype=_default_compute_dtype(), device=options.device,
+                             trust_remote_code=options.trust_remote_code)
+    info(f"Loading {base} ({'4-bit NF4' if quantize else '16-bit'}) ...")
+    answerer = Answerer(load_base_model(settings), base, options.settings)
+    if adapter_dir is not None:
+        label = answerer.use_adapter(adapter_dir)
+        info(f"Adapter {label!r} from {adapter_dir}")
+    return answerer
+
+
+# --------------------------------------------------------------------------------------------------- batch files
+def _read_jsonl_questions(path: Path) -> list[Question]:
+    questions = []
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise UserError(
+                    f"{str(path)!r} line {number}, column {error.colno}: {error.msg}.", "Each line must be one JSON object."
+                ) from None
+            if not isinstance(row, dict) or not isinstance(row.get("question"), str) or not row["question"].strip():
+                raise UserError(
+                    f"{str(path)!r} line {number} has no 'question' text.",
+                    'Each line looks like {"id": "q1", "question": "...", "context": "..."} (id and context optional).',
+                )
+            context = row.get("context")
+            if context is not None and not isinstance(context, str):
+                raise UserError(f"{str(path)!r} line {number}: 'context' must be text.", "Give the passage as a string.")
+            questions.append(Question(str(row.get("id", f"line-{number}")), row["question"], context))
+    return questions
+
+
+def read_questions(path: str | Path) -> list[Any]:
+    """Questions (id, question, context) from a JSONL file or a SQuAD JSON file."""
+    from falcon_desktop.evaluate import iter_squad_questions, read_squad
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"Input file {str(path)!r} does not exist.", "Check the path.")
+    if path.suffix.lower() == ".json":
+        return list(iter_squad_questions(read_squad(path)))
+    if path.suffix.lower() == ".jsonl":
+        return _read_jsonl_questions(path)
+    raise UserError(
+        f"Cannot read questions from {path.name!r}: expected .jsonl (one question per line) or a SQuAD .json file.",
+        "Rename or convert the file.",
+    )
+
+
+def check_answers_path(path: str | Path) -> Path:
+    path = Path(path)
+    if path.suffix.lower() not in (".json", ".jsonl"):
+        raise UserError(f"Cannot write answers to {path.name!r}.", "Use .json (SQuAD predictions) or .jsonl.")
+    return path
+
+
+def write_answers(path: str | Path, questions: Sequence[Any], answers: dict[str, str]) -> None:
+    """.json: official SQuAD predictions {id: answer} ("" = unanswerable); .jsonl: one object per question."""
+    path = check_answers_path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".json":
+        predictions = {q.id: prediction_text(answers[q.id]) for q in questions}
+        path.write_text(json.dumps(predictions, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        return
+    with path.open("w", encoding="utf-8", newline="\n") as out:
+        for q in questions:
+            answer = answers[q.id]
+            row = {"id": q.id, "question": q.question, "answer": prediction_text(answer),
+                   "unanswerable": is_abstention(answer), "context_set": bool(q.context and q.context.strip())}
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def answer_file(answerer: Answerer, questions: Sequence[Any], batch_size: int) -> dict[str, str]:
+    """Answer every question with a progress bar on stderr."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from falcon_desktop.console import err
+
+    columns = (TextColumn("Answering"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err(), transient=False) as progress:
+        task = progress.add_task("answering", total=len(questions))
+        return answerer.answer_all(questions, batch_size, lambda done: progress.advance(task, done))
+

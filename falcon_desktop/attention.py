@@ -1,0 +1,72 @@
+"""A training fast path for Falcon's attention: flash SDPA instead of a materialised 71-head score matrix.
+
+transformers' Falcon always materialises the causal mask (to add ALiBi onto it) and hands SDPA a single key/value
+head for Falcon-7B's 71 query heads. Either one keeps SDPA off its flash kernel; together they make the math
+kernel store fp32 scores of shape [batch, 71, T, T] per layer (measured on an H100: ~270 KB per token per layer,
+docs/benchmarks.md). During our training forward the rows are right-padded and the mask is purely causal, so we
+can drop it, broadcast the key/value head to every query head, and call SDPA with `is_causal=True`.
+
+The fast path is on only inside `causal_fast_path(model)` (the trainer's forward and backward, where recomputed
+layers run again); generation, which needs the padding mask and the KV cache, takes transformers' own code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from types import MethodType
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_FLAG = "_falcon_desktop_causal_fast_path"
+
+
+def _fast_forward(self, hidden_states, alibi, attention_mask, position_ids=None, layer_past=None, use_cache=False,
+                  output_attentions=False, position_embeddings=None, **kwargs):
+    if not getattr(self, _FLAG, False) or alibi is not None or layer_past is not None or output_attentions \
+            or position_embeddings is None:
+        return type(self).forward(self, hidden_states, alibi, attention_mask, position_ids=position_ids,
+                                  layer_past=layer_past, use_cache=use_cache, output_attentions=output_attentions,
+                                  position_embeddings=position_embeddings, **kwargs)
+    from transformers.models.falcon.modeling_falcon import apply_rotary_pos_emb
+
+    query, key, value = self._split_heads(self.query_key_value(hidden_states))
+    batch, length = query.shape[:2]
+    query, key, value = (x.transpose(1, 2) for x in (query, key, value))  # [batch, heads, T, head_dim]
+    cos, sin = position_embeddings
+    query, key = apply_rotary_pos_emb(query, key, cos, sin)
+    if key.shape[1] != query.shape[1]:  # multi-query: one key/value head shared by all query heads
+        key = key.expand(-1, query.shape[1], -1, -1)
+        value = value.expand(-1, query.shape[1], -1, -1)
+    output = F.scaled_dot_product_attention(query, key, value, is_causal=length > 1)
+    output = output.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)
+    return self.dense(output), None
+
+
+def install_fast_attention(model: nn.Module) -> int:
+    """Give every Falcon (non-ALiBi) attention module the fast path, switched off; returns how many."""
+    from transformers.models.falcon.modeling_falcon import FalconAttention
+
+    patched = 0
+    for module in model.modules():
+        if type(module) is FalconAttention and not module.config.alibi:
+            module.forward = MethodType(_fast_forward, module)
+            setattr(module, _FLAG, False)
+            patched += 1
+    return patched
+
+
+@contextlib.contextmanager
+def causal_fast_path(model: nn.Module) -> Iterator[None]:
+    """Within this block the patched attention ignores the (purely causal) mask and uses flash SDPA."""
+    modules = [m for m in model.modules() if hasattr(m, _FLAG)]
+    for module in modules:
+        setattr(module, _FLAG, True)
+    try:
+        yield
+    finally:
+        for module in modules:
+            setattr(module, _FLAG, False)
+

@@ -1,0 +1,473 @@
+"""The plan: what fits on this GPU, the training settings that use it best, and what it will cost.
+
+`make_plan(shape, gpu, request)` prices configurations with the memory model (`plan_memory.py`) and chooses, for
+the requested method: the largest micro-batch that fits with a safety margin, gradient accumulation up to the
+effective batch, as few checkpointed layers as fit, the optimizer, the compute dtype, and the longest sequence that
+fits when the requested one does not. When nothing fits it says so and lists the nearest settings that do.
+Pure Python: no torch or transformers import anywhere in this module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, replace
+from typing import Any, Callable
+
+from falcon_desktop.errors import UserError
+from falcon_desktop.hardware import GIB, GPUS, GpuModel, peak_tokens_per_second
+from falcon_desktop.plan_memory import (
+    COEFFICIENTS, INFERENCE_DTYPES, METHODS, OPTIMIZERS, PlannerCoefficients, Setup, memory_breakdown,
+)
+from falcon_desktop.shapes import ALL_LINEAR, DEFAULT_LORA_TARGETS, ModelShape, valid_lora_targets
+
+SEQ_LEN_STEP = 64        # shortened sequence lengths are multiples of this
+MIN_AUTO_SEQ_LEN = 256   # never shorten below this on our own: SQuAD prompts average ~214 tokens
+METHOD_COMPARISON = {    # methods-dict key -> (method, inference dtype)
+    "inference_fp32": ("inference", "fp32"), "inference_bf16": ("inference", "bf16"),
+    "inference_nf4": ("inference", "nf4"), "full": ("full", "nf4"), "lora": ("lora", "nf4"),
+    "qlora": ("qlora", "nf4"),
+}
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    """What the user asks for; every field has a CLI flag (`falcon-desktop plan --help`)."""
+
+    method: str = "qlora"                     # inference | full | lora | qlora
+    inference_dtype: str = "nf4"              # for method=inference: fp32 | bf16 | fp16 | int8 | nf4
+    lora_r: int = 16                          # adapter rank: higher learns more, costs a little more memory
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_targets: tuple[str, ...] | None = None   # None -> DEFAULT_LORA_TARGETS[model_type]
+    max_seq_len: int = 512                    # longest row in tokens; activations grow with it
+    effective_batch_size: int = 16            # examples per optimizer step
+    examples: int | None = None               # dataset size, for time and cost ...
+    tokens: int | None = None                 # ... or its size in tokens
+    mean_tokens_per_example: int = 230        # SQuAD v2 with context through the Falcon tokenizer: mean 214
+    epochs: float = 1.0
+    micro_batch_size: int | None = None       # force instead of choosing
+    gradient_checkpointing: bool | None = None    # force on (all layers) / off instead of choosing
+    price_per_kwh: float = 0.30               # electricity, in your currency per kWh
+
+    def __post_init__(self) -> None:
+        if self.lora_targets is not None and not isinstance(self.lora_targets, tuple):
+            object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
+        problems = [message for wrong, message in (
+            (self.method not in METHODS, f"method {self.method!r} is not one of {', '.join(METHODS)}"),
+            (self.inference_dtype not in INFERENCE_DTYPES,
+             f"inference dtype {self.inference_dtype!r} is not one of {', '.join(INFERENCE_DTYPES)}"),
+            (self.lora_r < 1, f"LoRA rank must be at least 1 (got {self.lora_r})"),
+            (self.lora_alpha < 1, f"LoRA alpha must be at least 1 (got {self.lora_alpha})"),
+            (not 0 <= self.lora_dropout < 1, f"LoRA dropout must be in [0, 1) (got {self.lora_dropout})"),
+            (self.max_seq_len < 16, f"sequence length must be at least 16 tokens (got {self.max_seq_len})"),
+            (self.effective_batch_size < 1, f"batch size must be at least 1 (got {self.effective_batch_size})"),
+            (self.examples is not None and self.examples < 1, f"examples must be positive (got {self.examples})"),
+            (self.tokens is not None and self.tokens < 1, f"tokens must be positive (got {self.tokens})"),
+            (self.examples is not None and self.tokens is not None, "give the dataset size as examples or tokens, not both"),
+            (self.mean_tokens_per_example < 1, "mean tokens per example must be positive"),
+            (self.epochs <= 0, f"epochs must be positive (got {self.epochs})"),
+            (self.micro_batch_size is not None and self.micro_batch_size < 1,
+             f"micro-batch must be at least 1 (got {self.micro_batch_size})"),
+            (self.price_per_kwh < 0, f"price per kWh cannot be negative (got {self.price_per_kwh})"),
+        ) if wrong]
+        if problems:
+            raise UserError("Invalid plan request: " + "; ".join(problems) + ".", "See `falcon-desktop plan --help`.")
+
+    @property
+    def dataset_tokens(self) -> int | None:
+        """Tokens in one epoch, when the dataset size is known."""
+        if self.tokens is not None:
+            return self.tokens
+        return None if self.examples is None else self.examples * self.mean_tokens_per_example
+
+
+@dataclass(frozen=True)
+class GpuSpec:
+    """What the planner knows of the card."""
+
+    name: str
+    vram_bytes: int                          # the budget: free VRAM (NVML) or the card's size
+    compute_capability: tuple[int, int] | None
+    bf16_tflops: float | None                # dense 16-bit tensor peak; None: no time estimate
+    watts: float | None
+    source: str                              # "nvml" | "--vram" | "--gpu" | "table"
+
+    @classmethod
+    def from_table(cls, model: GpuModel, source: str = "table", vram_bytes: int | None = None) -> GpuSpec:
+        return cls(model.name, vram_bytes if vram_bytes is not None else int(model.vram_gib * GIB),
+                   model.compute_capability, model.bf16_tflops, model.watts, source)
+
+
+@dataclass(frozen=True)
+class Alternative:
+    """A nearby setting that fits when the requested one does not."""
+
+    summary: str          # "QLoRA instead of LoRA"
+    flags: str            # "--method qlora": what to pass to get it
+    peak_vram_bytes: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The planner's decision; the trainer reads only these fields. Each choice has a line in `reasons`."""
+
+    model: str
+    model_type: str
+    method: str
+    compute_dtype: str                 # "bfloat16" (compute capability >= 8.0) | "float16"
+    total_params: int
+    trainable_params: int
+    lora_r: int
+    lora_alpha: int
+    lora_dropout: float
+    lora_targets: tuple[str, ...]
+    max_seq_len: int                   # longer rows hold more context; activations grow with it
+    micro_batch_size: int              # rows of max_seq_len tokens per forward; token budget = this x max_seq_len
+    gradient_accumulation_steps: int   # ceil(effective_batch_size / micro_batch_size)
+    effective_batch_size: int
+    gradient_checkpointing: bool
+    checkpoint_layers: int             # first N decoder layers recompute in backward: saves memory, +50% of their compute
+    optimizer: str                     # paged_adamw_8bit | adamw_8bit | adamw_fused | adamw | none (inference)
+    peak_vram_bytes: int
+    vram_budget_bytes: int
+    fits: bool
+    breakdown: dict[str, int]          # component -> bytes at the peak
+    methods: dict[str, int]            # inference_fp32/bf16/nf4, full, lora, qlora -> peak bytes, same settings
+    estimated_tokens_per_second: float | None
+    estimated_hours: float | None
+    reasons: dict[str, str]
+    gpu: GpuSpec | None
+    alternatives: tuple[Alternative, ...] = ()   # when it does not fit: nearest settings that do
+
+    def to_json(self) -> dict[str, Any]:
+        """Every field, JSON-safe (tuples become lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Plan:
+        """The plan of `to_json`; keys this version does not know are named in a warning and ignored."""
+        from falcon_desktop.console import warn
+
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            warn(f"plan.json has keys this version of falcon-desktop does not know: {', '.join(unknown)} (ignored).")
+        required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING]
+        missing = [name for name in required if name not in data]
+        if missing:
+            raise UserError(f"plan.json lacks {', '.join(missing)}.", "Make a new plan with `falcon-desktop plan`.")
+        values = {name: data[name] for name in names if name in data}
+        values["lora_targets"] = tuple(values["lora_targets"])
+        gpu = values["gpu"]
+        if gpu is not None:
+            capability = gpu.get("compute_capability")
+            values["gpu"] = GpuSpec(**{**gpu, "compute_capability": tuple(capability) if capability else None})
+        values["alternatives"] = tuple(Alternative(**item) for item in values.get("alternatives", ()))
+        return cls(**values)
+
+
+def validate_lora_targets(shape: ModelShape, targets: Any) -> tuple[str, ...]:
+    """The requested LoRA targets, checked one by one against this architecture's linear layers.
+
+    peft only complains when no target matches, so one misspelt name among valid ones is silently dropped; here
+    each must exist. "all-linear" means every one of them.
+    """
+    valid = valid_lora_targets(shape)
+    requested = (targets,) if isinstance(targets, str) else tuple(targets)
+    if ALL_LINEAR in requested:
+        return valid
+    unknown = [name for name in requested if name not in valid]
+    if unknown or not requested:
+        glued = [name for name in unknown if any(name.startswith(a) and name[len(a):] in valid for a in valid)]
+        hint = f"Valid targets for {shape.model_type}: {', '.join(valid)} (or {ALL_LINEAR})."
+        if glued:
+            hint += f" {glued[0]!r} looks like two names without a comma: separate them, e.g. --lora-targets a,b."
+        what = f"LoRA target(s) {', '.join(repr(n) for n in unknown)} match no layer" if unknown else "No LoRA target"
+        raise UserError(f"{what} of {shape.name} ({shape.model_type}).", hint)
+    return tuple(dict.fromkeys(requested))
+
+
+def compute_dtype_for(gpu: GpuSpec | None) -> tuple[str, str]:
+    """bf16 where the card has it (compute capability 8.0+), else fp16; with the reason."""
+    if gpu is None or gpu.compute_capability is None:
+        return "bfloat16", "bf16 assumed (needs compute capability 8.0+; the card's is unknown)"
+    cc = ".".join(map(str, gpu.compute_capability))
+    if gpu.compute_capability >= (8, 0):
+        return "bfloat16", f"compute capability {cc} has bf16: fp16's range without its overflow"
+    return "float16", f"compute capability {cc} lacks bf16: fp16 with loss scaling"
+
+
+@dataclass(frozen=True)
+class _Choice:
+    seq_len: int
+    micro_batch_size: int
+    checkpoint_layers: int
+    optimizer: str
+
+    def rank(self) -> tuple[int, int, int]:
+        """Better: longer sequences, then bigger micro-batches, then fewer recomputed layers."""
+        return self.seq_len, self.micro_batch_size, -self.checkpoint_layers
+
+
+class _Pricer:
+    """Prices a configuration of one model and request: the peak bytes of a `_Choice`."""
+
+    def __init__(self, shape: ModelShape, request: PlanRequest, targets: tuple[str, ...], c: PlannerCoefficients):
+        self.shape, self.request, self.targets, self.c = shape, request, targets, c
+
+    def setup(self, choice: _Choice, method: str | None = None, inference_dtype: str | None = None) -> Setup:
+        method = method or self.request.method
+        lora = method in ("lora", "qlora")
+        return Setup(method=method, seq_len=choice.seq_len, micro_batch_size=choice.micro_batch_size,
+                     checkpoint_layers=choice.checkpoint_layers if method != "inference" else 0,
+                     optimizer="none" if method == "inference" else
+                     "adamw_fused" if choice.optimizer == "none" else choice.optimizer,
+                     lora_targets=(self.targets or DEFAULT_LORA_TARGETS[self.shape.model_type]) if lora else (),
+                     lora_r=self.request.lora_r, lora_dropout=self.request.lora_dropout,
+                     inference_dtype=inference_dtype or self.request.inference_dtype)
+
+    def breakdown(self, choice: _Choice) -> dict[str, int]:
+        return memory_breakdown(self.shape, self.setup(choice), self.c)
+
+    def peak(self, choice: _Choice) -> int:
+        return sum(self.breakdown(choice).values())
+
+
+def _largest(low: int, high: int, ok: Callable[[int], bool]) -> int | None:
+    """The largest n in [low, high] with ok(n), where ok holds up to some n and fails after it."""
+    if high < low or not ok(low):
+        return None
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if ok(middle) else (low, middle - 1)
+    return low
+
+
+def _fit_at(pricer: _Pricer, seq_len: int, optimizer: str, usable: float) -> _Choice | None:
+    """The largest micro-batch that fits at this length, then the fewest checkpointed layers that fit it."""
+    request, layers = pricer.request, pricer.shape.num_layers
+    forced = request.gradient_checkpointing
+    fewest, most = (layers, layers) if forced else (0, 0) if forced is False else (0, layers)
+
+    def fits(micro: int, ckpt: int) -> bool:
+        return pricer.peak(_Choice(seq_len, micro, ckpt, optimizer)) <= usable
+
+    if request.micro_batch_size is not None:
+        micro: int | None = request.micro_batch_size if fits(request.micro_batch_size, most) else None
+    else:
+        micro = _largest(1, request.effective_batch_size, lambda m: fits(m, most))
+        if micro is not None:  # as many rows as the same number of accumulation steps needs, no more
+            micro = math.ceil(request.effective_batch_size / math.ceil(request.effective_batch_size / micro))
+    if micro is None:
+        return None
+    # Memory falls with every layer checkpointed: find the fewest that fit, counting down from `most`.
+    spared = _largest(0, most - fewest, lambda n: fits(micro, most - n))
+    return _Choice(seq_len, micro, most - (spared or 0), optimizer)
+
+
+def _best_fit(pricer: _Pricer, optimizer: str, usable: float) -> _Choice | None:
+    """At the requested length if possible, else the longest multiple of SEQ_LEN_STEP down to MIN_AUTO_SEQ_LEN."""
+    requested = pricer.request.max_seq_len
+    choice = _fit_at(pricer, requested, optimizer, usable)
+    if choice is not None or requested <= MIN_AUTO_SEQ_LEN:
+        return choice
+    steps = _largest(MIN_AUTO_SEQ_LEN // SEQ_LEN_STEP, (requested - 1) // SEQ_LEN_STEP,
+                     lambda n: _fit_at(pricer, n * SEQ_LEN_STEP, optimizer, usable) is not None)
+    return None if steps is None else _fit_at(pricer, steps * SEQ_LEN_STEP, optimizer, usable)
+
+
+def _choose_training(pricer: _Pricer, usable: float | None) -> tuple[_Choice, dict[str, str]]:
+    request, layers = pricer.request, pricer.shape.num_layers
+    least_memory = _Choice(request.max_seq_len, request.micro_batch_size or 1,
+                           0 if request.gradient_checkpointing is False else layers, "paged_adamw_8bit")
+    if usable is None:
+        return least_memory, {"micro_batch_size": "no GPU budget: the least memory these settings can use"}
+    fused, paged = (_best_fit(pricer, name, usable) for name in ("adamw_fused", "paged_adamw_8bit"))
+    if fused is None and paged is None:
+        return least_memory, {}
+    trainable_word = "all parameters" if request.method == "full" else "only the LoRA adapters"
+    if fused is not None and (paged is None or fused.rank() >= paged.rank()):
+        return fused, {"optimizer": f"fused AdamW, fp32 states (8 B per trained parameter; {trainable_word} are "
+                                    "trained): exact and fastest, and memory allows it"}
+    assert paged is not None
+    return paged, {"optimizer": f"paged 8-bit AdamW (2 B per trained parameter instead of 8; {trainable_word} "
+                                "are trained): it buys a longer sequence, a bigger micro-batch or fewer "
+                                "recomputed layers, and its pages spill to CPU RAM under pressure"}
+
+
+def _reasons_for(choice: _Choice, request: PlanRequest, layers: int, fits: bool) -> dict[str, str]:
+    accumulation = math.ceil(request.effective_batch_size / choice.micro_batch_size)
+    chosen = (f"largest number of {choice.seq_len}-token rows that fits with the safety margin, trimmed to what "
+              f"{accumulation} accumulation step(s) need" if fits else "does not fit: one row, the least memory")
+    reasons = {
+        "micro_batch_size": "forced by --micro-batch" if request.micro_batch_size else chosen,
+        "gradient_accumulation_steps": f"{request.effective_batch_size} examples per optimizer step / "
+                                       f"{choice.micro_batch_size} per micro-batch, rounded up",
+        "checkpoint_layers": ("forced by --checkpointing/--no-checkpointing" if request.gradient_checkpointing
+                              is not None else "no checkpointing needed: every layer keeps its activations "
+                              "(fastest)" if choice.checkpoint_layers == 0 else
+                              f"the fewest of {layers} layers that must recompute in backward to fit "
+                              f"(+50% compute on those layers)" if fits else
+                              "does not fit: every layer checkpointed, the least memory"),
+        "max_seq_len": ("as requested" if choice.seq_len == request.max_seq_len or not fits else
+                        f"{request.max_seq_len} tokens do not fit even one row; {choice.seq_len} is the longest "
+                        "that does (longer examples are windowed or dropped)"),
+    }
+    return reasons
+
+
+def make_plan(shape: ModelShape, gpu: GpuSpec | None, request: PlanRequest,
+              coefficients: PlannerCoefficients = COEFFICIENTS) -> Plan:
+    """Choose the settings for `request` on `gpu` (None: no budget known) and price them."""
+    plan = _decide(shape, gpu, request, coefficients)
+    if plan.fits:
+        return plan
+    return replace(plan, alternatives=tuple(_alternatives(shape, gpu, request, coefficients)))
+
+
+def _decide(shape: ModelShape, gpu: GpuSpec | None, request: PlanRequest, c: PlannerCoefficients) -> Plan:
+    training = request.method != "inference"
+    lora = request.method in ("lora", "qlora")
+    targets = validate_lora_targets(shape, request.lora_targets or DEFAULT_LORA_TARGETS[shape.model_type]) \
+        if lora else ()
+    pricer = _Pricer(shape, request, targets, c)
+    usable = None if gpu is None else gpu.vram_bytes * (1 - c.safety_margin_fraction)
+    if training:
+        choice, reasons = _choose_training(pricer, usable)
+    else:
+        choice, reasons = _Choice(request.max_seq_len, 1, 0, "none"), {
+            "micro_batch_size": "one question at a time; max_seq_len is the prompt the KV cache holds"}
+    breakdown = pricer.breakdown(choice)
+    peak = sum(breakdown.values())
+    fits = usable is not None and peak <= usable
+    if training:
+        reasons = {**_reasons_for(choice, request, shape.num_layers, fits), **reasons}
+    dtype, reasons["compute_dtype"] = compute_dtype_for(gpu)
+    reasons["fits"] = reasons.get("fits") or _fit_reason(peak, gpu, c, fits)
+    trainable = (shape.lora_parameters(targets, request.lora_r) if lora else
+                 shape.total_params if request.method == "full" else 0)
+    speed, hours = _estimate_time(shape, gpu, request, choice, trainable, c)
+    reasons["estimated_tokens_per_second"] = _speed_reason(gpu, request, c)
+    return Plan(
+        model=shape.name, model_type=shape.model_type, method=request.method, compute_dtype=dtype,
+        total_params=shape.total_params, trainable_params=trainable, lora_r=request.lora_r,
+        lora_alpha=request.lora_alpha, lora_dropout=request.lora_dropout, lora_targets=targets,
+        max_seq_len=choice.seq_len, micro_batch_size=choice.micro_batch_size,
+        gradient_accumulation_steps=math.ceil(request.effective_batch_size / choice.micro_batch_size) if training else 1,
+        effective_batch_size=request.effective_batch_size, gradient_checkpointing=choice.checkpoint_layers > 0,
+        checkpoint_layers=choice.checkpoint_layers, optimizer=choice.optimizer, peak_vram_bytes=peak,
+        vram_budget_bytes=gpu.vram_bytes if gpu else 0, fits=fits, breakdown=breakdown,
+        methods={key: sum(memory_breakdown(shape, pricer.setup(choice, method, dtype_name), c).values())
+                 for key, (method, dtype_name) in METHOD_COMPARISON.items()},
+        estimated_tokens_per_second=speed, estimated_hours=hours, reasons=reasons, gpu=gpu,
+    )
+
+
+def _fit_reason(peak: int, gpu: GpuSpec | None, c: PlannerCoefficients, fits: bool) -> str:
+    if gpu is None:
+        return "no GPU detected: pass --vram or --gpu"
+    margin = f"{c.safety_margin_fraction:.0%} of {gpu.vram_bytes / GIB:.1f} GiB kept free"
+    return (f"{peak / GIB:.1f} GiB predicted peak, within the budget ({margin})" if fits else
+            f"{peak / GIB:.1f} GiB predicted peak exceeds the budget ({margin})")
+
+
+def training_flops_per_token(shape: ModelShape, method: str, checkpoint_fraction: float, context_tokens: int,
+                             trainable_params: int, c: PlannerCoefficients = COEFFICIENTS) -> float:
+    """Model FLOPs per trained token, counted as in PaLM (appendix B).
+
+    Each weight costs 2 FLOPs forward, 2 for its input's gradient and, when trained, 2 for its own gradient: 6N
+    for full fine-tuning, 4N for LoRA/QLoRA (frozen base) plus 6 per adapter parameter. Causal attention costs
+    2 x context x q_dim per layer forward and twice that backward. Checkpointed layers run their forward twice.
+    The head sees only the labelled positions.
+    """
+    matmul = shape.linear_weight_params + c.labelled_token_fraction * shape.vocab_size * shape.hidden_size
+    attention = 2 * shape.num_layers * context_tokens * shape.num_heads * shape.head_dim
+    adapters = 0 if method == "full" else trainable_params
+    forward = 2 * matmul + attention + 2 * adapters
+    backward = 2 * matmul + 2 * attention + 4 * adapters + (2 * matmul if method == "full" else 0)
+    return forward + backward + checkpoint_fraction * forward
+
+
+def _estimate_time(shape: ModelShape, gpu: GpuSpec | None, request: PlanRequest, choice: _Choice, trainable: int,
+                   c: PlannerCoefficients) -> tuple[float | None, float | None]:
+    if request.method == "inference" or gpu is None or gpu.bf16_tflops is None:
+        return None, None
+    flops = training_flops_per_token(shape, request.method, choice.checkpoint_layers / shape.num_layers,
+                                     min(request.mean_tokens_per_example, choice.seq_len), trainable, c)
+    speed = peak_tokens_per_second(flops, gpu.bf16_tflops, c.throughput_efficiency)
+    tokens = request.dataset_tokens
+    return speed, None if tokens is None else tokens * request.epochs / speed / 3600
+
+
+def _speed_reason(gpu: GpuSpec | None, request: PlanRequest, c: PlannerCoefficients) -> str:
+    if request.method == "inference":
+        return "no estimate for inference (memory-bandwidth bound, not modelled)"
+    if gpu is None or gpu.bf16_tflops is None:
+        return "no estimate: the card's peak FLOPS are unknown (pass --gpu NAME)"
+    return (f"{c.throughput_efficiency:.0%} (uncalibrated) of {gpu.name}'s {gpu.bf16_tflops:g} TFLOPS peak / "
+            "model FLOPs per token")
+
+
+def _alternatives(shape: ModelShape, gpu: GpuSpec | None, request: PlanRequest,
+                  c: PlannerCoefficients) -> list[Alternative]:
+    """The nearest settings that fit: each changes one thing of the request."""
+    candidates: list[tuple[str, str, PlanRequest, GpuSpec | None]] = []
+    if gpu is not None:
+        if request.method in ("full", "lora"):
+            candidates.append(("QLoRA instead of " + request.method, "--method qlora",
+                               replace(request, method="qlora"), gpu))
+        if request.method == "full":
+            candidates.append(("LoRA instead of full fine-tuning", "--method lora", replace(request, method="lora"),
+                               gpu))
+        if request.method == "inference":
+            candidates += [(f"{dtype} weights", f"--inference-dtype {dtype}",
+                            replace(request, inference_dtype=dtype), gpu) for dtype in ("int8", "nf4")
+                           if dtype != request.inference_dtype]
+        if request.method in ("lora", "qlora") and request.lora_r > 4:
+            candidates += [(f"rank {r}", f"--lora-r {r}", replace(request, lora_r=r), gpu) for r in (8, 4)
+                           if r < request.lora_r]
+        if request.micro_batch_size is not None or request.gradient_checkpointing is False:
+            candidates.append(("let the planner choose micro-batch and checkpointing", "drop --micro-batch / "
+                               "--no-checkpointing", replace(request, micro_batch_size=None,
+                                                             gradient_checkpointing=None), gpu))
+        seq = _longest_fitting_seq(shape, gpu, request, c)
+        if seq is not None:
+            candidates.append((f"sequences of {seq} tokens", f"--seq-len {seq}", replace(request, max_seq_len=seq),
+                               gpu))
+    found = []
+    for summary, flags, alternative, card in candidates:
+        plan = _decide(shape, card, alternative, c)
+        if plan.fits:
+            found.append(Alternative(summary, flags, plan.peak_vram_bytes))
+    bigger = _smallest_gpu_that_fits(shape, request, c, above=gpu.vram_bytes if gpu else 0)
+    if bigger is not None:
+        found.append(bigger)
+    return found
+
+
+def _longest_fitting_seq(shape: ModelShape, gpu: GpuSpec, request: PlanRequest, c: PlannerCoefficients) -> int | None:
+    """Below the automatic floor: the longest multiple of SEQ_LEN_STEP at which one row fits."""
+    if request.method == "inference" or request.max_seq_len <= SEQ_LEN_STEP:
+        return None
+    targets = validate_lora_targets(shape, request.lora_targets or DEFAULT_LORA_TARGETS[shape.model_type]) \
+        if request.method in ("lora", "qlora") else ()
+    pricer = _Pricer(shape, replace(request, micro_batch_size=request.micro_batch_size or 1), targets, c)
+    usable = gpu.vram_bytes * (1 - c.safety_margin_fraction)
+    steps = _largest(1, (request.max_seq_len - 1) // SEQ_LEN_STEP,
+                     lambda n: _fit_at(pricer, n * SEQ_LEN_STEP, "paged_adamw_8bit", usable) is not None)
+    return None if steps is None else steps * SEQ_LEN_STEP
+
+
+def _smallest_gpu_that_fits(shape: ModelShape, request: PlanRequest, c: PlannerCoefficients,
+                            above: int) -> Alternative | None:
+    for model in sorted(GPUS, key=lambda g: (g.vram_gib, g.bf16_tflops)):
+        spec = GpuSpec.from_table(model)
+        if spec.vram_bytes <= above:
+            continue
+        plan = _decide(shape, spec, request, c)
+        if plan.fits:
+            return Alternative(f"a GPU with more memory, e.g. {model.name} ({model.vram_gib:g} GiB)",
+                               f"--gpu \"{model.name}\"", plan.peak_vram_bytes)
+    return None
