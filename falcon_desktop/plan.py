@@ -12,22 +12,32 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from dataclasses import dataclass, replace
-from typing import Any, Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from falcon_desktop.errors import UserError
-from falcon_desktop.hardware import GIB, GPUS, GpuModel, peak_tokens_per_second
-from falcon_desktop.plan_memory import (
-    COEFFICIENTS, INFERENCE_DTYPES, METHODS, OPTIMIZERS, PlannerCoefficients, Setup, memory_breakdown,
+from falcon_desktop.hardware import (
+    CLOUD_PRICES, CLOUD_PRICES_DATE, GIB, GPUS, GpuModel, gpu_model, peak_tokens_per_second,
+)
+from falcon_desktop.plan_memory import COEFFICIENTS, INFERENCE_DTYPES, METHODS, PlannerCoefficients, memory_breakdown
+from falcon_desktop.plan_search import (
+    Choice, Pricer, choose_training, least_memory, longest_fitting_seq, training_flops_per_token,
 )
 from falcon_desktop.shapes import ALL_LINEAR, DEFAULT_LORA_TARGETS, ModelShape, valid_lora_targets
 
-SEQ_LEN_STEP = 64        # shortened sequence lengths are multiples of this
-MIN_AUTO_SEQ_LEN = 256   # never shorten below this on our own: SQuAD prompts average ~214 tokens
 METHOD_COMPARISON = {    # methods-dict key -> (method, inference dtype)
     "inference_fp32": ("inference", "fp32"), "inference_bf16": ("inference", "bf16"),
     "inference_nf4": ("inference", "nf4"), "full": ("full", "nf4"), "lora": ("lora", "nf4"),
     "qlora": ("qlora", "nf4"),
+}
+# The seeds' rules of thumb, bytes per parameter, printed beside the detailed figures.
+RULES_OF_THUMB: dict[str, tuple[float, str]] = {
+    "inference_fp32": (4.0, "4 B/param: 1B params -> 4 GB, 70B -> 280 GB"),
+    "inference_bf16": (2.0, "2 B/param"),
+    "inference_nf4": (0.5, "0.5 B/param"),
+    "full": (24.0, "~6x fp32 inference: 16 B/param of weights, grads and Adam states, plus activations"),
+    "lora": (2.0, "2 B/param of frozen 16-bit weights, plus adapters and activations"),
+    "qlora": (0.5, "0.5 B/param of frozen 4-bit weights, plus adapters and activations"),
 }
 
 
@@ -65,7 +75,8 @@ class PlanRequest:
             (self.effective_batch_size < 1, f"batch size must be at least 1 (got {self.effective_batch_size})"),
             (self.examples is not None and self.examples < 1, f"examples must be positive (got {self.examples})"),
             (self.tokens is not None and self.tokens < 1, f"tokens must be positive (got {self.tokens})"),
-            (self.examples is not None and self.tokens is not None, "give the dataset size as examples or tokens, not both"),
+            (self.examples is not None and self.tokens is not None,
+             "give the dataset size as examples or tokens, not both"),
             (self.mean_tokens_per_example < 1, "mean tokens per example must be positive"),
             (self.epochs <= 0, f"epochs must be positive (got {self.epochs})"),
             (self.micro_batch_size is not None and self.micro_batch_size < 1,
@@ -128,7 +139,7 @@ class Plan:
     gradient_accumulation_steps: int   # ceil(effective_batch_size / micro_batch_size)
     effective_batch_size: int
     gradient_checkpointing: bool
-    checkpoint_layers: int             # first N decoder layers recompute in backward: saves memory, +50% of their compute
+    checkpoint_layers: int             # the first N decoder layers recompute in backward: less memory, +50% compute
     optimizer: str                     # paged_adamw_8bit | adamw_8bit | adamw_fused | adamw | none (inference)
     peak_vram_bytes: int
     vram_budget_bytes: int
@@ -140,6 +151,7 @@ class Plan:
     reasons: dict[str, str]
     gpu: GpuSpec | None
     alternatives: tuple[Alternative, ...] = ()   # when it does not fit: nearest settings that do
+    parameter_counts: dict[str, int] = field(default_factory=dict)  # embeddings / attention / mlp / norms / head
 
     def to_json(self) -> dict[str, Any]:
         """Every field, JSON-safe (tuples become lists)."""
@@ -199,123 +211,28 @@ def compute_dtype_for(gpu: GpuSpec | None) -> tuple[str, str]:
     return "float16", f"compute capability {cc} lacks bf16: fp16 with loss scaling"
 
 
-@dataclass(frozen=True)
-class _Choice:
-    seq_len: int
-    micro_batch_size: int
-    checkpoint_layers: int
-    optimizer: str
-
-    def rank(self) -> tuple[int, int, int]:
-        """Better: longer sequences, then bigger micro-batches, then fewer recomputed layers."""
-        return self.seq_len, self.micro_batch_size, -self.checkpoint_layers
-
-
-class _Pricer:
-    """Prices a configuration of one model and request: the peak bytes of a `_Choice`."""
-
-    def __init__(self, shape: ModelShape, request: PlanRequest, targets: tuple[str, ...], c: PlannerCoefficients):
-        self.shape, self.request, self.targets, self.c = shape, request, targets, c
-
-    def setup(self, choice: _Choice, method: str | None = None, inference_dtype: str | None = None) -> Setup:
-        method = method or self.request.method
-        lora = method in ("lora", "qlora")
-        return Setup(method=method, seq_len=choice.seq_len, micro_batch_size=choice.micro_batch_size,
-                     checkpoint_layers=choice.checkpoint_layers if method != "inference" else 0,
-                     optimizer="none" if method == "inference" else
-                     "adamw_fused" if choice.optimizer == "none" else choice.optimizer,
-                     lora_targets=(self.targets or DEFAULT_LORA_TARGETS[self.shape.model_type]) if lora else (),
-                     lora_r=self.request.lora_r, lora_dropout=self.request.lora_dropout,
-                     inference_dtype=inference_dtype or self.request.inference_dtype)
-
-    def breakdown(self, choice: _Choice) -> dict[str, int]:
-        return memory_breakdown(self.shape, self.setup(choice), self.c)
-
-    def peak(self, choice: _Choice) -> int:
-        return sum(self.breakdown(choice).values())
-
-
-def _largest(low: int, high: int, ok: Callable[[int], bool]) -> int | None:
-    """The largest n in [low, high] with ok(n), where ok holds up to some n and fails after it."""
-    if high < low or not ok(low):
-        return None
-    while low < high:
-        middle = (low + high + 1) // 2
-        low, high = (middle, high) if ok(middle) else (low, middle - 1)
-    return low
-
-
-def _fit_at(pricer: _Pricer, seq_len: int, optimizer: str, usable: float) -> _Choice | None:
-    """The largest micro-batch that fits at this length, then the fewest checkpointed layers that fit it."""
-    request, layers = pricer.request, pricer.shape.num_layers
-    forced = request.gradient_checkpointing
-    fewest, most = (layers, layers) if forced else (0, 0) if forced is False else (0, layers)
-
-    def fits(micro: int, ckpt: int) -> bool:
-        return pricer.peak(_Choice(seq_len, micro, ckpt, optimizer)) <= usable
-
-    if request.micro_batch_size is not None:
-        micro: int | None = request.micro_batch_size if fits(request.micro_batch_size, most) else None
-    else:
-        micro = _largest(1, request.effective_batch_size, lambda m: fits(m, most))
-        if micro is not None:  # as many rows as the same number of accumulation steps needs, no more
-            micro = math.ceil(request.effective_batch_size / math.ceil(request.effective_batch_size / micro))
-    if micro is None:
-        return None
-    # Memory falls with every layer checkpointed: find the fewest that fit, counting down from `most`.
-    spared = _largest(0, most - fewest, lambda n: fits(micro, most - n))
-    return _Choice(seq_len, micro, most - (spared or 0), optimizer)
-
-
-def _best_fit(pricer: _Pricer, optimizer: str, usable: float) -> _Choice | None:
-    """At the requested length if possible, else the longest multiple of SEQ_LEN_STEP down to MIN_AUTO_SEQ_LEN."""
-    requested = pricer.request.max_seq_len
-    choice = _fit_at(pricer, requested, optimizer, usable)
-    if choice is not None or requested <= MIN_AUTO_SEQ_LEN:
-        return choice
-    steps = _largest(MIN_AUTO_SEQ_LEN // SEQ_LEN_STEP, (requested - 1) // SEQ_LEN_STEP,
-                     lambda n: _fit_at(pricer, n * SEQ_LEN_STEP, optimizer, usable) is not None)
-    return None if steps is None else _fit_at(pricer, steps * SEQ_LEN_STEP, optimizer, usable)
-
-
-def _choose_training(pricer: _Pricer, usable: float | None) -> tuple[_Choice, dict[str, str]]:
-    request, layers = pricer.request, pricer.shape.num_layers
-    least_memory = _Choice(request.max_seq_len, request.micro_batch_size or 1,
-                           0 if request.gradient_checkpointing is False else layers, "paged_adamw_8bit")
-    if usable is None:
-        return least_memory, {"micro_batch_size": "no GPU budget: the least memory these settings can use"}
-    fused, paged = (_best_fit(pricer, name, usable) for name in ("adamw_fused", "paged_adamw_8bit"))
-    if fused is None and paged is None:
-        return least_memory, {}
-    trainable_word = "all parameters" if request.method == "full" else "only the LoRA adapters"
-    if fused is not None and (paged is None or fused.rank() >= paged.rank()):
-        return fused, {"optimizer": f"fused AdamW, fp32 states (8 B per trained parameter; {trainable_word} are "
-                                    "trained): exact and fastest, and memory allows it"}
-    assert paged is not None
-    return paged, {"optimizer": f"paged 8-bit AdamW (2 B per trained parameter instead of 8; {trainable_word} "
-                                "are trained): it buys a longer sequence, a bigger micro-batch or fewer "
-                                "recomputed layers, and its pages spill to CPU RAM under pressure"}
-
-
-def _reasons_for(choice: _Choice, request: PlanRequest, layers: int, fits: bool) -> dict[str, str]:
+def _reasons_for(choice: Choice, request: PlanRequest, layers: int, fits: bool) -> dict[str, str]:
     accumulation = math.ceil(request.effective_batch_size / choice.micro_batch_size)
-    chosen = (f"largest number of {choice.seq_len}-token rows that fits with the safety margin, trimmed to what "
-              f"{accumulation} accumulation step(s) need" if fits else "does not fit: one row, the least memory")
-    reasons = {
+    chosen = (f"the most {choice.seq_len}-token rows that fit with the safety margin, evened out over the "
+              f"{accumulation} micro-batch(es) of a step" if fits else "does not fit: one row, the least memory")
+    if request.gradient_checkpointing is not None:
+        checkpointing = "forced by --checkpointing/--no-checkpointing"
+    elif not fits:
+        checkpointing = "does not fit: every layer checkpointed, the least memory"
+    elif choice.checkpoint_layers == 0:
+        checkpointing = "not needed: every layer keeps its activations (fastest)"
+    else:
+        checkpointing = (f"the fewest of {layers} layers that must recompute in backward to fit "
+                         "(+50% compute on those layers)")
+    return {
         "micro_batch_size": "forced by --micro-batch" if request.micro_batch_size else chosen,
         "gradient_accumulation_steps": f"{request.effective_batch_size} examples per optimizer step / "
                                        f"{choice.micro_batch_size} per micro-batch, rounded up",
-        "checkpoint_layers": ("forced by --checkpointing/--no-checkpointing" if request.gradient_checkpointing
-                              is not None else "no checkpointing needed: every layer keeps its activations "
-                              "(fastest)" if choice.checkpoint_layers == 0 else
-                              f"the fewest of {layers} layers that must recompute in backward to fit "
-                              f"(+50% compute on those layers)" if fits else
-                              "does not fit: every layer checkpointed, the least memory"),
+        "checkpoint_layers": checkpointing,
         "max_seq_len": ("as requested" if choice.seq_len == request.max_seq_len or not fits else
                         f"{request.max_seq_len} tokens do not fit even one row; {choice.seq_len} is the longest "
                         "that does (longer examples are windowed or dropped)"),
     }
-    return reasons
 
 
 def make_plan(shape: ModelShape, gpu: GpuSpec | None, request: PlanRequest,
@@ -328,40 +245,49 @@ def make_plan(shape: ModelShape, gpu: GpuSpec | None, request: PlanRequest,
 
 
 def _decide(shape: ModelShape, gpu: GpuSpec | None, request: PlanRequest, c: PlannerCoefficients) -> Plan:
+    """The plan without alternatives."""
     training = request.method != "inference"
     lora = request.method in ("lora", "qlora")
     targets = validate_lora_targets(shape, request.lora_targets or DEFAULT_LORA_TARGETS[shape.model_type]) \
         if lora else ()
-    pricer = _Pricer(shape, request, targets, c)
+    pricer = Pricer(shape, request, targets, c)
     usable = None if gpu is None else gpu.vram_bytes * (1 - c.safety_margin_fraction)
-    if training:
-        choice, reasons = _choose_training(pricer, usable)
-    else:
-        choice, reasons = _Choice(request.max_seq_len, 1, 0, "none"), {
-            "micro_batch_size": "one question at a time; max_seq_len is the prompt the KV cache holds"}
+    reasons: dict[str, str] = {}
+    choice: Choice | None = None
+    if not training:
+        choice = Choice(request.max_seq_len, 1, 0, "none")
+    elif usable is not None:
+        choice, reasons["optimizer"] = choose_training(pricer, usable)
+    choice = choice or least_memory(pricer)
     breakdown = pricer.breakdown(choice)
     peak = sum(breakdown.values())
     fits = usable is not None and peak <= usable
     if training:
-        reasons = {**_reasons_for(choice, request, shape.num_layers, fits), **reasons}
+        reasons.update(_reasons_for(choice, request, shape.num_layers, fits))
+    if usable is None:
+        reasons["micro_batch_size"] = "no GPU budget: the least memory these settings can use"
+    elif not training:
+        reasons["micro_batch_size"] = "one question at a time; max_seq_len is the prompt the KV cache holds"
     dtype, reasons["compute_dtype"] = compute_dtype_for(gpu)
-    reasons["fits"] = reasons.get("fits") or _fit_reason(peak, gpu, c, fits)
+    reasons["fits"] = _fit_reason(peak, gpu, c, fits)
     trainable = (shape.lora_parameters(targets, request.lora_r) if lora else
                  shape.total_params if request.method == "full" else 0)
     speed, hours = _estimate_time(shape, gpu, request, choice, trainable, c)
     reasons["estimated_tokens_per_second"] = _speed_reason(gpu, request, c)
+    accumulation = math.ceil(request.effective_batch_size / choice.micro_batch_size) if training else 1
     return Plan(
         model=shape.name, model_type=shape.model_type, method=request.method, compute_dtype=dtype,
         total_params=shape.total_params, trainable_params=trainable, lora_r=request.lora_r,
         lora_alpha=request.lora_alpha, lora_dropout=request.lora_dropout, lora_targets=targets,
         max_seq_len=choice.seq_len, micro_batch_size=choice.micro_batch_size,
-        gradient_accumulation_steps=math.ceil(request.effective_batch_size / choice.micro_batch_size) if training else 1,
-        effective_batch_size=request.effective_batch_size, gradient_checkpointing=choice.checkpoint_layers > 0,
-        checkpoint_layers=choice.checkpoint_layers, optimizer=choice.optimizer, peak_vram_bytes=peak,
-        vram_budget_bytes=gpu.vram_bytes if gpu else 0, fits=fits, breakdown=breakdown,
+        gradient_accumulation_steps=accumulation, effective_batch_size=request.effective_batch_size,
+        gradient_checkpointing=choice.checkpoint_layers > 0, checkpoint_layers=choice.checkpoint_layers,
+        optimizer=choice.optimizer, peak_vram_bytes=peak, vram_budget_bytes=gpu.vram_bytes if gpu else 0,
+        fits=fits, breakdown=breakdown,
         methods={key: sum(memory_breakdown(shape, pricer.setup(choice, method, dtype_name), c).values())
                  for key, (method, dtype_name) in METHOD_COMPARISON.items()},
         estimated_tokens_per_second=speed, estimated_hours=hours, reasons=reasons, gpu=gpu,
+        parameter_counts=shape.parameter_counts(),
     )
 
 
@@ -373,29 +299,13 @@ def _fit_reason(peak: int, gpu: GpuSpec | None, c: PlannerCoefficients, fits: bo
             f"{peak / GIB:.1f} GiB predicted peak exceeds the budget ({margin})")
 
 
-def training_flops_per_token(shape: ModelShape, method: str, checkpoint_fraction: float, context_tokens: int,
-                             trainable_params: int, c: PlannerCoefficients = COEFFICIENTS) -> float:
-    """Model FLOPs per trained token, counted as in PaLM (appendix B).
-
-    Each weight costs 2 FLOPs forward, 2 for its input's gradient and, when trained, 2 for its own gradient: 6N
-    for full fine-tuning, 4N for LoRA/QLoRA (frozen base) plus 6 per adapter parameter. Causal attention costs
-    2 x context x q_dim per layer forward and twice that backward. Checkpointed layers run their forward twice.
-    The head sees only the labelled positions.
-    """
-    matmul = shape.linear_weight_params + c.labelled_token_fraction * shape.vocab_size * shape.hidden_size
-    attention = 2 * shape.num_layers * context_tokens * shape.num_heads * shape.head_dim
-    adapters = 0 if method == "full" else trainable_params
-    forward = 2 * matmul + attention + 2 * adapters
-    backward = 2 * matmul + 2 * attention + 4 * adapters + (2 * matmul if method == "full" else 0)
-    return forward + backward + checkpoint_fraction * forward
-
-
-def _estimate_time(shape: ModelShape, gpu: GpuSpec | None, request: PlanRequest, choice: _Choice, trainable: int,
+def _estimate_time(shape: ModelShape, gpu: GpuSpec | None, request: PlanRequest, choice: Choice, trainable: int,
                    c: PlannerCoefficients) -> tuple[float | None, float | None]:
     if request.method == "inference" or gpu is None or gpu.bf16_tflops is None:
         return None, None
     flops = training_flops_per_token(shape, request.method, choice.checkpoint_layers / shape.num_layers,
-                                     min(request.mean_tokens_per_example, choice.seq_len), trainable, c)
+                                     min(request.mean_tokens_per_example, choice.seq_len), trainable,
+                                     c.labelled_token_fraction)
     speed = peak_tokens_per_second(flops, gpu.bf16_tflops, c.throughput_efficiency)
     tokens = request.dataset_tokens
     return speed, None if tokens is None else tokens * request.epochs / speed / 3600
@@ -432,7 +342,7 @@ def _alternatives(shape: ModelShape, gpu: GpuSpec | None, request: PlanRequest,
             candidates.append(("let the planner choose micro-batch and checkpointing", "drop --micro-batch / "
                                "--no-checkpointing", replace(request, micro_batch_size=None,
                                                              gradient_checkpointing=None), gpu))
-        seq = _longest_fitting_seq(shape, gpu, request, c)
+        seq = _shorter_sequence(shape, gpu, request, c)
         if seq is not None:
             candidates.append((f"sequences of {seq} tokens", f"--seq-len {seq}", replace(request, max_seq_len=seq),
                                gpu))
@@ -447,17 +357,12 @@ def _alternatives(shape: ModelShape, gpu: GpuSpec | None, request: PlanRequest,
     return found
 
 
-def _longest_fitting_seq(shape: ModelShape, gpu: GpuSpec, request: PlanRequest, c: PlannerCoefficients) -> int | None:
-    """Below the automatic floor: the longest multiple of SEQ_LEN_STEP at which one row fits."""
-    if request.method == "inference" or request.max_seq_len <= SEQ_LEN_STEP:
+def _shorter_sequence(shape: ModelShape, gpu: GpuSpec, request: PlanRequest, c: PlannerCoefficients) -> int | None:
+    if request.method == "inference":
         return None
     targets = validate_lora_targets(shape, request.lora_targets or DEFAULT_LORA_TARGETS[shape.model_type]) \
         if request.method in ("lora", "qlora") else ()
-    pricer = _Pricer(shape, replace(request, micro_batch_size=request.micro_batch_size or 1), targets, c)
-    usable = gpu.vram_bytes * (1 - c.safety_margin_fraction)
-    steps = _largest(1, (request.max_seq_len - 1) // SEQ_LEN_STEP,
-                     lambda n: _fit_at(pricer, n * SEQ_LEN_STEP, "paged_adamw_8bit", usable) is not None)
-    return None if steps is None else steps * SEQ_LEN_STEP
+    return longest_fitting_seq(Pricer(shape, request, targets, c), gpu.vram_bytes * (1 - c.safety_margin_fraction))
 
 
 def _smallest_gpu_that_fits(shape: ModelShape, request: PlanRequest, c: PlannerCoefficients,
@@ -471,3 +376,34 @@ def _smallest_gpu_that_fits(shape: ModelShape, request: PlanRequest, c: PlannerC
             return Alternative(f"a GPU with more memory, e.g. {model.name} ({model.vram_gib:g} GiB)",
                                f"--gpu \"{model.name}\"", plan.peak_vram_bytes)
     return None
+
+
+def cost_estimates(shape: ModelShape, request: PlanRequest, plan: Plan,
+                   coefficients: PlannerCoefficients = COEFFICIENTS) -> dict[str, Any]:
+    """Electricity for this plan on this card, and what the same run costs on cloud instances (dated prices)."""
+    tokens = request.dataset_tokens
+    trained_tokens = None if tokens is None else tokens * request.epochs
+    electricity = None
+    if plan.gpu and plan.gpu.watts and plan.estimated_hours is not None:
+        kwh = plan.gpu.watts * plan.estimated_hours / 1000
+        electricity = {"watts": plan.gpu.watts, "kwh": kwh, "price_per_kwh": request.price_per_kwh,
+                       "cost": kwh * request.price_per_kwh}
+    cloud = []
+    for instance in CLOUD_PRICES:
+        card = _decide(shape, GpuSpec.from_table(gpu_model(instance.gpu)), request, coefficients)
+        speed = (card.estimated_tokens_per_second or 0) * instance.gpu_count  # ideal data-parallel scaling
+        row: dict[str, Any] = {"provider": instance.provider, "instance": instance.instance, "gpu": instance.gpu,
+                               "gpu_count": instance.gpu_count, "usd_per_hour": instance.usd_per_hour,
+                               "fits": card.fits, "tokens_per_second": speed if card.fits else None,
+                               "hours": None, "usd": None}
+        if card.fits and speed and trained_tokens is not None:
+            row["hours"] = trained_tokens / speed / 3600
+            row["usd"] = row["hours"] * instance.usd_per_hour
+        cloud.append(row)
+    return {"trained_tokens": trained_tokens, "electricity": electricity, "cloud": cloud,
+            "cloud_prices_date": CLOUD_PRICES_DATE}
+
+
+def rules_of_thumb(total_params: int) -> dict[str, int]:
+    """The rule-of-thumb bytes for each compared method."""
+    return {key: int(bytes_per_param * total_params) for key, (bytes_per_param, _) in RULES_OF_THUMB.items()}

@@ -54,7 +54,7 @@ class PlannerCoefficients:
     allocator_slack_fraction: float = 0.05  # reserved - allocated with expandable segments (set by our CLI)
     safety_margin_fraction: float = 0.08  # share of VRAM the planner leaves unused (other apps, spikes)
     # --- Speed ---
-    throughput_efficiency: float = 0.30  # model-FLOPs utilisation; UNCALIBRATED (README: plain Trainer ~12%, Unsloth ~24%)
+    throughput_efficiency: float = 0.30  # model-FLOPs utilisation, UNCALIBRATED (README: HF Trainer ~12%, Unsloth ~24%)
 
 
 COEFFICIENTS = PlannerCoefficients()
@@ -292,9 +292,8 @@ def _inference_activation_bytes(shape: ModelShape, setup: Setup, c: PlannerCoeff
     """KV cache for the prompt plus the largest intermediates of one layer's prefill and the last token's logits."""
     a = c.activation_bytes
     kv_cache = setup.tokens * shape.num_layers * 2 * shape.attention_kv_heads * shape.head_dim * a
-    widest = max(shape.intermediate_size, sum(n_out for n_in, n_out in shape.linear_modules().values()
-                                              if n_in == shape.hidden_size and n_out != shape.intermediate_size))
-    working = setup.tokens * a * (2 * widest + 2 * shape.hidden_size)
+    widest = max(n_out for _, n_out in shape.linear_modules().values())
+    working = setup.tokens * a * (2 * widest + 2 * shape.hidden_size)  # a projection's input, output and residual
     if uses_math_attention(shape):
         working += setup.tokens * c.math_attention_bytes * shape.num_heads * setup.seq_len
     dequantized = 2 * shape.largest_linear_params if setup.weight_format in ("nf4", "int8") else 0

@@ -13,14 +13,20 @@ from pathlib import PureWindowsPath
 
 from falcon_desktop.probe_gpu import GpuInfo, NvmlReport, gigabytes
 from falcon_desktop.probe_system import FAIL, PASS, WARN, Check, first_line, installed_version, version_check
-from falcon_desktop.torch_build import OLDEST_SUPPORTED_DRIVER, TorchBuild, choose_torch_build, driver_branch
+from falcon_desktop.torch_build import (
+    OLDEST_SUPPORTED_CAPABILITY,
+    OLDEST_SUPPORTED_DRIVER,
+    TorchBuild,
+    choose_torch_build,
+    driver_branch,
+)
 
 # Falcon-7B QLoRA peaked at 6.4 GB reserved at batch 1 with checkpointing (H100, shared/README.md); ~0.5 GB more
 # for the CUDA context is an estimate. `falcon-desktop plan` gives the exact figure for a model and settings.
 QLORA_7B_MIN_FREE_BYTES = 7 * 2**30
-OLDEST_USABLE_CAPABILITY = (5, 0)  # the oldest GPUs any current PyTorch CUDA build carries kernels for
 BF16_CAPABILITY = (8, 0)  # Ampere and newer
-# NF4's mean relative error on N(0, 1) weights, blocksize 64, measured on CPU with bitsandbytes 0.50.2: 0.091.
+# NF4's mean relative error on N(0, 1) weights, blocksize 64, bitsandbytes 0.50.2: 0.091 measured on CPU and on
+# the H100.
 # A broken kernel returns garbage (error ~1) or NaN, far past this bound.
 NF4_MAX_RELATIVE_ERROR = 0.2
 
@@ -74,8 +80,9 @@ def gpu_check(gpu: GpuInfo) -> Check:
     if gpu.processes:
         parts.append("in use by " + ", ".join(gpu.processes))
     value = ", ".join(parts)
-    if gpu.compute_capability and gpu.compute_capability < OLDEST_USABLE_CAPABILITY:
-        return Check(name, FAIL, value, "This GPU is older than any current PyTorch build supports.")
+    if gpu.compute_capability and gpu.compute_capability < OLDEST_SUPPORTED_CAPABILITY:
+        oldest = f"{OLDEST_SUPPORTED_CAPABILITY[0]}.{OLDEST_SUPPORTED_CAPABILITY[1]}"
+        return Check(name, FAIL, value, f"Current PyTorch builds need compute capability {oldest}+: use a newer GPU.")
     if gpu.total_bytes < QLORA_7B_MIN_FREE_BYTES:
         return Check(
             name, WARN, value,

@@ -106,7 +106,7 @@ class Repl:
     def __init__(self, answerer: Answerer, console: Console | None = None,
                  read_line: Callable[[str], str] = input, context: str | None = None) -> None:
         self.answerer = answerer
-        self.console = console or Console(highlight=False)
+        self.console = console or Console(highlight=False, soft_wrap=True)  # the terminal wraps long lines itself
         self.read_line = read_line
         self.context = context
         self.dot = symbol(" · ", " - ")
@@ -127,8 +127,11 @@ class Repl:
                 except EOFError:
                     self.console.print()
                     return 0
-                if not self.handle(line.strip()):
-                    return 0
+                try:
+                    if not self.handle(line.strip()):
+                        return 0
+                except KeyboardInterrupt:  # outside the generation loop (e.g. while a passage loads)
+                    self.console.print("\n(stopped)")
         finally:
             save_history()
 

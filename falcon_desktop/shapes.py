@@ -89,9 +89,9 @@ class ModelShape:
     norms_per_layer: int
     gated_mlp: bool                  # SiLU(gate) * up -> down (Llama family) vs GELU MLP (Falcon)
     alibi: bool = False
-    parallel_attention: bool = False  # attention and MLP both read the layer input (Falcon) instead of in sequence
+    parallel_attention: bool = False  # attention and MLP both read the layer input (Falcon), not one another
     new_decoder_architecture: bool = False  # Falcon-40B's layout: grouped K/V, two layer norms
-    kv_heads_in_attention: int = 0   # heads of K/V as SDPA receives them (Falcon-40B broadcasts to all); 0: num_kv_heads
+    kv_heads_in_attention: int = 0   # K/V heads as SDPA gets them (Falcon-40B broadcasts to all); 0: num_kv_heads
     max_position_embeddings: int | None = None
     source: str = "config"           # "preset" | "directory" | "file" | "hub"
 

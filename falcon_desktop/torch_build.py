@@ -33,6 +33,7 @@ _CUDA_BUILDS: tuple[tuple[str, str, int, tuple[int, int]], ...] = (
     ("cu126", "12.6", 525, (5, 0)),
 )
 OLDEST_SUPPORTED_DRIVER = min(row[2] for row in _CUDA_BUILDS)
+OLDEST_SUPPORTED_CAPABILITY = min(row[3] for row in _CUDA_BUILDS)
 
 NVIDIA_SMI_TIMEOUT_S = 5.0
 

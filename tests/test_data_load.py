@@ -198,7 +198,7 @@ def test_missing_file_directory_and_offline_hub_name(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="is a directory"):
         load_records(tmp_path)
     # conftest sets HF_HUB_OFFLINE=1 and nothing is cached: one clear error, not a traceback or a retry loop.
-    with pytest.raises(UserError, match="Could not load the dataset 'rajpurkar/squad_v2'") as raised:
+    with pytest.raises(UserError, match="'squad_v2' is not a file here, and the Hugging Face Hub could not") as raised:
         load_records("squad_v2")
     assert "HF_HUB_OFFLINE" in raised.value.hint
 

@@ -21,6 +21,7 @@ from falcon_desktop.data import (
     tokenize_records,
 )
 from falcon_desktop.data.tokens import cut_context
+from falcon_desktop.errors import UserError
 from falcon_desktop.prompts import ABSTAIN
 
 EOS = "<|endoftext|>"
@@ -66,6 +67,9 @@ def test_configure_tokenizer_pads_with_eos_on_the_right() -> None:
     assert fresh.pad_token is None
     assert configure_tokenizer(fresh) is fresh
     assert (fresh.pad_token, fresh.pad_token_id, fresh.padding_side) == (EOS, fresh.eos_token_id, "right")
+    fresh.eos_token = None
+    with pytest.raises(UserError, match="has no end-of-sequence token"):
+        configure_tokenizer(fresh)
 
 
 def test_examples_follow_the_tokenization_rule_exactly(tokenizer) -> None:
@@ -189,16 +193,18 @@ def test_real_squad_with_the_falcon_tokenizer(shared_dir: Path) -> None:
     falcon = configure_tokenizer(PreTrainedTokenizerFast.from_pretrained(str(shared_dir / "data" / "falcon-7b")))
     records = load_records(shared_dir / "data" / "squad" / "dev-v2.0-half.json").records
     assert len(records) == 6078
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     report = tokenize_records(records, falcon, max_seq_len=512, use_cache=False)
-    seconds = time.perf_counter() - started
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     assert len(report.examples) == 6078 and report.dropped_too_long == 0
     assert encode_prompts(records, falcon) == falcon([r.prompt() for r in records]).input_ids
-    assert seconds < 30, f"tokenizing 6,078 questions took {seconds:.1f} s"
+    # CPU time of all threads, so a busy machine does not fail the test. Measured 2.4 s on the development box;
+    # SQuAD train (130k questions) is ~21x: under a minute of wall time wherever a few cores are free.
+    assert cpu_seconds < 6, f"tokenizing 6,078 questions took {cpu_seconds:.1f} CPU seconds"
     efficiencies = {}
     for batch_size in (16, 32, 64):
         steps = schedule_steps(report.lengths, batch_size, seed=0, epoch=0)
         for rows in (1, 4, 8):
             efficiencies[batch_size, rows] = padding_efficiency(steps, report.lengths, rows * 512)
-    print(f"\n6,078 questions tokenized in {seconds:.2f} s; padding efficiency (batch, rows): {efficiencies}")
+    print(f"\n6,078 questions tokenized in {seconds:.2f} s ({cpu_seconds:.2f} CPU s); padding efficiency (batch, rows): {efficiencies}")
     assert min(efficiencies.values()) > 0.95

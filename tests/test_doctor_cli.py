@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import io
 import json
-import os
 import subprocess
 import sys
 
@@ -42,15 +42,15 @@ def test_doctor_table_without_a_gpu(capsys):
 
 
 @no_gpu_only
-def test_doctor_survives_an_ascii_console():
+def test_doctor_survives_an_ascii_console(monkeypatch):
     # A Windows console redirected to a file is cp1252/ASCII: no UnicodeEncodeError, plain status marks.
-    env = os.environ | {"PYTHONIOENCODING": "ascii", "COLUMNS": "200"}
-    result = subprocess.run(
-        [sys.executable, "-m", "falcon_desktop", "doctor"], capture_output=True, env=env, timeout=120
-    )
-    assert result.returncode == 1, result.stderr
-    out = result.stdout.decode("ascii")
+    raw = io.BytesIO()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(raw, encoding="ascii"))
+    assert main(["doctor"]) == 1
+    sys.stdout.flush()
+    out = raw.getvalue().decode("ascii")
     assert "x FAIL  NVIDIA driver" in out and "+ PASS  Python" in out
+    assert "?" not in out.replace("(a hung driver?)", "")  # nothing was replaced for want of an encoding
 
 
 @pytest.mark.skipif(not HAS_GPU, reason="needs an NVIDIA GPU")

@@ -231,16 +231,7 @@ def test_nvml_report_json_round_trip(fake_nvml):
     assert NvmlReport.from_json(report.to_json()) == report
 
 
-def _nvml_present() -> bool:
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError:
-        return False
-    pynvml.nvmlShutdown()
-    return True
-
-
-@pytest.mark.skipif(_nvml_present(), reason="this machine has an NVIDIA driver")
+@pytest.mark.skipif(probe_nvml().driver_version is not None, reason="this machine has an NVIDIA driver")
 def test_real_machine_without_nvml_through_the_child_process():
     assert read_nvml().error_kind == "NVMLError_LibraryNotFound"
     report = probe_nvml()

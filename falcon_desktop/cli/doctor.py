@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from falcon_desktop.probe import DoctorReport
 
 EXAMPLES = """examples:
   falcon-desktop doctor                    # a table of checks and a verdict; exit 1 if any FAILs
@@ -33,8 +37,9 @@ def register(subparsers: argparse._SubParsersAction, formatter: type[argparse.He
     parser.set_defaults(run=run)
 
 
-def _print_report(report) -> None:
+def _print_report(report: DoctorReport) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     from falcon_desktop.console import out, symbol
 
@@ -43,8 +48,9 @@ def _print_report(report) -> None:
     table.add_column(no_wrap=True)
     table.add_column(no_wrap=True)
     table.add_column(overflow="fold")
-    for check in report.checks:
-        table.add_row(f"[{_STYLES[check.status]}]{marks[check.status]} {check.status}[/]", check.name, check.value)
+    for check in report.checks:  # Text, not markup: values quote error messages that may hold "[...]"
+        status = Text(f"{marks[check.status]} {check.status}", style=_STYLES[check.status])
+        table.add_row(status, Text(check.name), Text(check.value))
     # One line per distinct fix, naming the rows it mends (several rows share "no GPU", for one).
     fixes: dict[str, list[str]] = {}
     for check in report.checks:
@@ -53,23 +59,17 @@ def _print_report(report) -> None:
     console = out()
     console.print(table)
     if fixes:
-        console.print("\n[bold]To fix:[/bold]")
+        console.print("\nTo fix:", style="bold")
         for hint, names in fixes.items():
             console.print(f"  {', '.join(names)}: {hint}", markup=False)
-    console.print(f"\n[bold]{report.verdict}[/bold]", markup=True)
+    console.print("\n" + report.verdict, style="bold", markup=False)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.torch_command:
-        from falcon_desktop.console import print_json
-        from falcon_desktop.torch_build import choose_torch_build, detect_driver
+        from falcon_desktop.torch_build import main as print_torch_command
 
-        build = choose_torch_build(*detect_driver())
-        if args.json:
-            print_json(build.to_json())
-        else:
-            print(build.command())
-        return 0
+        return print_torch_command(["--json"] if args.json else [])
 
     from falcon_desktop.console import print_json
     from falcon_desktop.probe import run_checks

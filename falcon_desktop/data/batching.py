@@ -39,8 +39,7 @@ def schedule_steps(lengths: Sequence[int], effective_batch_size: int, seed: int,
     return steps
 
 
-def split_micro_batches(indices: Sequence[int], lengths: Sequence[int], token_budget: int) -> list[list[int]]:
-    """Consecutive groups of `indices` whose rows x longest row fit `token_budget`; an over-long row goes alone."""
+def _greedy_groups(indices: Sequence[int], lengths: Sequence[int], token_budget: int) -> list[list[int]]:
     groups: list[list[int]] = []
     current: list[int] = []
     longest = 0
@@ -54,6 +53,26 @@ def split_micro_batches(indices: Sequence[int], lengths: Sequence[int], token_bu
     if current:
         groups.append(current)
     return groups
+
+
+def split_micro_batches(indices: Sequence[int], lengths: Sequence[int], token_budget: int) -> list[list[int]]:
+    """Consecutive groups of `indices` whose rows x longest row fit `token_budget`; an over-long row goes alone.
+
+    The groups are as few as the budget allows and as even as possible: each micro-batch pays a fixed cost (the
+    4-bit weights are dequantized for every forward and backward, ~50 ms per pass for Falcon-7B on an H100), so a
+    step split 53 + 11 rows wastes most of that cost on the small group; 32 + 32 does not.
+    """
+    groups = _greedy_groups(indices, lengths, token_budget)
+    if len(groups) <= 1:
+        return groups
+    low, high = max(lengths[i] for i in indices), token_budget  # the smallest cap that still needs no more groups
+    while low < high:
+        middle = (low + high) // 2
+        if len(_greedy_groups(indices, lengths, middle)) <= len(groups):
+            high = middle
+        else:
+            low = middle + 1
+    return _greedy_groups(indices, lengths, low)
 
 
 def padding_efficiency(steps: Sequence[Sequence[int]], lengths: Sequence[int], token_budget: int) -> float:

@@ -70,7 +70,7 @@ def write(cache_key: str, report: TokenizeReport) -> None:
     os.replace(temporary, path)
 
 
-def read(cache_key: str, vocab_size: int) -> TokenizeReport | None:
+def read(cache_key: str) -> TokenizeReport | None:
     import numpy as np
 
     path = _path(cache_key)
@@ -83,7 +83,8 @@ def read(cache_key: str, vocab_size: int) -> TokenizeReport | None:
             dropped_too_long, windowed = stored["counts"].tolist()
     except (OSError, ValueError, KeyError):
         return None
-    interned = list(range(vocab_size))
+    # One int object per token id, shared by every example: tuples of them cost ~8 bytes a token.
+    interned = list(range(int(ids.max()) + 1 if len(ids) else 0))
     examples = []
     offset = 0
     for length, prompt_len, record_id in zip(lengths, prompt_lens, record_ids):

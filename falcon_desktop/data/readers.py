@@ -72,7 +72,7 @@ def decode(raw: bytes, label: str) -> str:
     if not raw.strip():
         raise UserError(f"{label} is empty.", "Check that the download or export finished.")
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")) or raw[:200].count(b"\x00") > len(raw[:200]) // 4:
-        _wrong_encoding(label, "UTF-16", "utf-16")
+        raise _wrong_encoding(label, "UTF-16", "utf-16")
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as error:
@@ -83,12 +83,11 @@ def decode(raw: bytes, label: str) -> str:
             name, codec = "Windows-1252 (cp1252)", "cp1252"
         except UnicodeDecodeError:
             name, codec = "Latin-1 (ISO-8859-1)", "latin-1"
-        _wrong_encoding(label, name, codec, f" (byte 0x{raw[error.start]:02x} at line {line}, column {column})")
-    raise AssertionError("unreachable")
+        raise _wrong_encoding(label, name, codec, f" (byte 0x{raw[error.start]:02x} at line {line}, column {column})") from None
 
 
-def _wrong_encoding(label: str, name: str, codec: str, where: str = "") -> None:
-    raise UserError(
+def _wrong_encoding(label: str, name: str, codec: str, where: str = "") -> UserError:
+    return UserError(
         f"{label} is not UTF-8{where}; it looks like {name} text.",
         "Convert it to UTF-8, e.g. python -c \"import pathlib; p = pathlib.Path(r'FILE'); "
         f"p.write_text(p.read_text(encoding='{codec}'), encoding='utf-8')\"".replace("FILE", label),
@@ -173,7 +172,9 @@ def read_hub(name: str) -> RawData:
             hint = "HF_HUB_OFFLINE is set and the dataset is not cached: unset it once to download, or pass a local file."
         else:
             hint = "Check the name and your network connection, or download the data and pass the local file."
-        raise UserError(f"Could not load the dataset '{dataset_name}' from the Hugging Face Hub ({detail}).", hint) from None
+        raise UserError(
+            f"'{name}' is not a file here, and the Hugging Face Hub could not load it as a dataset ({detail}).", hint
+        ) from None
     except ValueError as error:  # datasets' message for an unknown split lists the valid ones
         raise UserError(f"Could not load '{label}': {error}", "Name a split the dataset has, e.g. NAME:validation.") from None
     return RawData(label, rows=[(f"row {index}", row) for index, row in enumerate(dataset.to_list())])

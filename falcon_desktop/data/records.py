@@ -114,6 +114,13 @@ def _occurrences(context: str, text: str, low: int, high: int):
         position = context.find(text, position + 1, high)
 
 
+class _Rejected(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
 class RecordBuilder:
     """Validates raw fields into `QARecord`s and keeps the counts for the `LoadReport`."""
 
@@ -152,66 +159,19 @@ class RecordBuilder:
         `answers` are (text, answer_start) pairs, start None where the source gives none. With `locate_answers`
         False (chat), an answer is the reply text and need not appear in the context.
         """
-        for name, value in (("id", record_id), ("question", question), ("context", context)):
-            if value is None:
-                return self.reject(MISSING_FIELD, location, f"'{name}' is missing")
-        if isinstance(record_id, int) and not isinstance(record_id, bool):
-            record_id = str(record_id)
-        title = "" if title is None else title
-        for name, value in (("id", record_id), ("question", question), ("context", context), ("title", title)):
-            if not isinstance(value, str):
-                return self.reject(WRONG_TYPE, location, f"'{name}' should be text, not {type(value).__name__}")
-        if not isinstance(is_impossible, bool):
-            return self.reject(WRONG_TYPE, location, f"'is_impossible' should be true or false, not {is_impossible!r}")
-        if not question.strip():
-            return self.reject(EMPTY_QUESTION, location, f"question {record_id!r} is empty")
-        if context_required and not context.strip():
-            return self.reject(EMPTY_CONTEXT, location, f"question {record_id!r} has an empty context")
-        if record_id in self._seen_ids:
-            return self.reject(DUPLICATE_ID, location, f"id {record_id!r} was already used by an earlier question")
-
-        texts: list[str] = []
-        first_start: int | None = None
-        repaired = False
-        if not is_impossible:
-            for text, start in answers:
-                if text is None:
-                    continue
-                if not isinstance(text, str) or not (start is None or type(start) is int):
-                    return self.reject(WRONG_TYPE, location, f"answer {text!r} at {start!r} is not text + integer")
-                if not text.strip():
-                    continue
-                if not locate_answers:
-                    texts.append(text)
-                    continue
-                position, moved = locate_answer(context, text, start)
-                if position is None:
-                    continue
-                repaired |= moved
-                if not texts:
-                    first_start = position
-                texts.append(text)
-            if not texts:
-                if any(isinstance(text, str) and text.strip() for text, _ in answers):
-                    shown = next(text for text, _ in answers)
-                    return self.reject(ANSWER_NOT_IN_CONTEXT, location, f"answer {shown!r} does not occur in the context")
-                reason = NO_ANSWER if locate_answers else EMPTY_ANSWER
-                return self.reject(reason, location, f"question {record_id!r} is answerable but has no answer text")
-
+        try:
+            record_id, title = _checked_fields(record_id, title, context, question, is_impossible, context_required)
+            if record_id in self._seen_ids:
+                raise _Rejected(DUPLICATE_ID, f"id {record_id!r} was already used by an earlier question")
+            texts, first_start, repaired = (), None, False
+            if not is_impossible:
+                texts, first_start, repaired = _checked_answers(record_id, context, answers, locate_answers)
+        except _Rejected as rejected:
+            return self.reject(rejected.reason, location, rejected.detail)
         self._seen_ids.add(record_id)
         self.read += 1
         self.repaired += repaired
-        self.records.append(
-            QARecord(
-                id=record_id,
-                title=title,
-                context=context,
-                question=question,
-                answers=tuple(texts),
-                answer_start=first_start,
-                is_impossible=is_impossible,
-            )
-        )
+        self.records.append(QARecord(record_id, title, context, question, texts, first_start, is_impossible))
 
     def finish(self, strict: bool) -> LoadReport:
         report = LoadReport(
@@ -238,6 +198,57 @@ class RecordBuilder:
                 "Check that this is the file you meant; `falcon-desktop data inspect FILE` shows what it holds.",
             )
         return report
+
+
+def _checked_fields(
+    record_id: Any, title: Any, context: Any, question: Any, is_impossible: Any, context_required: bool
+) -> tuple[str, str]:
+    """(id, title) as text, or `_Rejected` naming the first field that is missing, mistyped or empty."""
+    for name, value in (("id", record_id), ("question", question), ("context", context)):
+        if value is None:
+            raise _Rejected(MISSING_FIELD, f"'{name}' is missing")
+    if isinstance(record_id, int) and not isinstance(record_id, bool):
+        record_id = str(record_id)
+    title = "" if title is None else title
+    for name, value in (("id", record_id), ("question", question), ("context", context), ("title", title)):
+        if not isinstance(value, str):
+            raise _Rejected(WRONG_TYPE, f"'{name}' should be text, not {type(value).__name__}")
+    if not isinstance(is_impossible, bool):
+        raise _Rejected(WRONG_TYPE, f"'is_impossible' should be true or false, not {is_impossible!r}")
+    if not question.strip():
+        raise _Rejected(EMPTY_QUESTION, f"question {record_id!r} is empty")
+    if context_required and not context.strip():
+        raise _Rejected(EMPTY_CONTEXT, f"question {record_id!r} has an empty context")
+    return record_id, title
+
+
+def _checked_answers(
+    record_id: str, context: str, answers: list[tuple[Any, Any]], locate: bool
+) -> tuple[tuple[str, ...], int | None, bool]:
+    """(answer texts kept, start of the first, whether any start was repaired) for an answerable question."""
+    texts: list[str] = []
+    first_start: int | None = None
+    repaired = False
+    for text, start in answers:
+        if text is None:
+            continue
+        if not isinstance(text, str) or not (start is None or type(start) is int):
+            raise _Rejected(WRONG_TYPE, f"answer {text!r} at {start!r} is not text + integer")
+        if not text.strip():
+            continue
+        position, moved = locate_answer(context, text, start) if locate else (None, False)
+        if locate and position is None:
+            continue
+        repaired |= moved
+        if not texts:
+            first_start = position
+        texts.append(text)
+    if texts:
+        return tuple(texts), first_start, repaired
+    unfound = [text for text, _ in answers if isinstance(text, str) and text.strip()]
+    if unfound:
+        raise _Rejected(ANSWER_NOT_IN_CONTEXT, f"answer {unfound[0]!r} does not occur in the context")
+    raise _Rejected(NO_ANSWER if locate else EMPTY_ANSWER, f"question {record_id!r} is answerable but has no answer text")
 
 
 def _group_key(record: QARecord, by_title: bool) -> str:

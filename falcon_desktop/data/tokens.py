@@ -59,15 +59,20 @@ def configure_tokenizer(tokenizer: Any) -> Any:
     Padding never reaches the loss (`collate` masks it), so reusing EOS is safe. Batched generation pads on the
     left instead; `ask` sets that itself.
     """
-    if tokenizer.eos_token is None:
-        raise UserError(
-            f"The tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no end-of-sequence token.",
-            "Use the tokenizer that belongs to the model; answers must end with EOS for generation to stop.",
-        )
+    _eos_id(tokenizer)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
     return tokenizer
+
+
+def _eos_id(tokenizer: Any) -> int:
+    if tokenizer.eos_token_id is None:
+        raise UserError(
+            f"The tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no end-of-sequence token.",
+            "Use the tokenizer that belongs to the model; answers must end with EOS for generation to stop.",
+        )
+    return tokenizer.eos_token_id
 
 
 def tokenize_records(records: Sequence[QARecord], tokenizer: Any, max_seq_len: int, use_cache: bool = True) -> TokenizeReport:
@@ -76,7 +81,7 @@ def tokenize_records(records: Sequence[QARecord], tokenizer: Any, max_seq_len: i
 
     key = cache.key(records, tokenizer, max_seq_len) if use_cache else None
     if key is not None:
-        cached = cache.read(key, vocab_size=len(tokenizer))
+        cached = cache.read(key)
         if cached is not None:
             return cached
     report = _tokenize(records, tokenizer, max_seq_len)
@@ -86,8 +91,7 @@ def tokenize_records(records: Sequence[QARecord], tokenizer: Any, max_seq_len: i
 
 
 def _tokenize(records: Sequence[QARecord], tokenizer: Any, max_seq_len: int) -> TokenizeReport:
-    configure_tokenizer(tokenizer)
-    eos_id = tokenizer.eos_token_id
+    eos_id = _eos_id(tokenizer)
     prompt_ids = encode_prompts(records, tokenizer)
     targets = sorted({record.target() for record in records})
     target_ids = dict(zip(targets, _encode(tokenizer, targets, add_special_tokens=False)))
@@ -159,7 +163,7 @@ def _window(
     """Prompt ids with the context cut to fit, for the records (index -> tokens too many) that can be made to fit."""
     fitted: dict[int, list[int]] = {}
     with_context = [index for index in overflow if records[index].context.strip()]
-    if not with_context:
+    if not with_context or not getattr(tokenizer, "is_fast", False):  # windows need the fast tokenizers' offsets
         return fitted
     contexts = list(dict.fromkeys(records[index].context for index in with_context))
     offsets = dict(zip(contexts, tokenizer(contexts, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]))
