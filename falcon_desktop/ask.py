@@ -18,6 +18,7 @@ from typing import Any
 
 from falcon_desktop.console import info, warn
 from falcon_desktop.errors import UserError
+from falcon_desktop.evaluate import iter_squad_questions, read_jsonl_objects, read_squad
 from falcon_desktop.decoding import GenerationSettings
 from falcon_desktop.generate import GenerationResult, answer_records, encode_prompt, stream_answer
 from falcon_desktop.prompts import is_abstention
@@ -112,18 +113,27 @@ class Answerer:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False).input_ids)
 
+    def _prompt_budget(self) -> int | None:
+        """Prompt tokens that leave room for the answer within the model's positions (at least half of them)."""
+        positions = getattr(self.model.config, "max_position_embeddings", None)
+        return max(positions - self.settings.max_new_tokens, positions // 2) if positions else None
+
     def ask(self, question: str, context: str | None, on_text: Callable[[str], None] = lambda _: None) -> GenerationResult:
         prompt = encode_prompt(self.tokenizer, question, context)
+        budget = self._prompt_budget()
+        if budget is not None and len(prompt) > budget:
+            warn(f"The prompt is {len(prompt):,} tokens; this model reads {budget:,} besides the answer, "
+                 "so only the beginning of the passage is used.")
+            prompt = encode_prompt(self.tokenizer, question, context, budget)
         with self._adapter_scope():
             return stream_answer(self.model, self.tokenizer, prompt, self.settings, on_text)
 
     def answer_all(self, questions: Sequence[Any], batch_size: int = 8,
                    on_progress: Callable[[int], None] | None = None) -> dict[str, str]:
         """{id: answer} for objects with id, question, context; long contexts are cut to fit the model."""
-        positions = getattr(self.model.config, "max_position_embeddings", None)
-        budget = positions - self.settings.max_new_tokens if positions else None
         with self._adapter_scope():
-            return answer_records(self.model, self.tokenizer, questions, budget, self.settings, batch_size, on_progress)
+            return answer_records(self.model, self.tokenizer, questions, self._prompt_budget(), self.settings,
+                                  batch_size, on_progress)
 
 
 def _same_model(first: str, second: str) -> bool:
@@ -170,32 +180,21 @@ def load_answerer(options: AskOptions) -> Answerer:
 # --------------------------------------------------------------------------------------------------- batch files
 def _read_jsonl_questions(path: Path) -> list[Question]:
     questions = []
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise UserError(
-                    f"{str(path)!r} line {number}, column {error.colno}: {error.msg}.", "Each line must be one JSON object."
-                ) from None
-            if not isinstance(row, dict) or not isinstance(row.get("question"), str) or not row["question"].strip():
-                raise UserError(
-                    f"{str(path)!r} line {number} has no 'question' text.",
-                    'Each line looks like {"id": "q1", "question": "...", "context": "..."} (id and context optional).',
-                )
-            context = row.get("context")
-            if context is not None and not isinstance(context, str):
-                raise UserError(f"{str(path)!r} line {number}: 'context' must be text.", "Give the passage as a string.")
-            questions.append(Question(str(row.get("id", f"line-{number}")), row["question"], context))
+    for number, row in read_jsonl_objects(path, "Input"):
+        if not isinstance(row.get("question"), str) or not row["question"].strip():
+            raise UserError(
+                f"{str(path)!r} line {number} has no 'question' text.",
+                'Each line looks like {"id": "q1", "question": "...", "context": "..."} (id and context optional).',
+            )
+        context = row.get("context")
+        if context is not None and not isinstance(context, str):
+            raise UserError(f"{str(path)!r} line {number}: 'context' must be text.", "Give the passage as a string.")
+        questions.append(Question(str(row.get("id", f"line-{number}")), row["question"], context))
     return questions
 
 
 def read_questions(path: str | Path) -> list[Any]:
     """Questions (id, question, context) from a JSONL file or a SQuAD JSON file."""
-    from falcon_desktop.evaluate import iter_squad_questions, read_squad
-
     path = Path(path)
     if not path.is_file():
         raise UserError(f"Input file {str(path)!r} does not exist.", "Check the path.")

@@ -34,7 +34,7 @@ def out() -> Console:
 
 def err() -> Console:
     """Console for progress, warnings and errors (stderr)."""
-    return Console(stderr=True, highlight=False)
+    return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def print_json(payload: Any) -> None:

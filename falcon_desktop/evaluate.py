@@ -159,10 +159,10 @@ def load_predictions(path: str | Path) -> dict[str, str]:
     return predictions
 
 
-def _load_jsonl_predictions(path: Path) -> dict[str, str]:
+def read_jsonl_objects(path: Path, what: str) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSONL file; UserError naming a bad line."""
     if not path.is_file():
-        raise UserError(f"Predictions file {str(path)!r} does not exist.", "Check the path.")
-    predictions: dict[str, str] = {}
+        raise UserError(f"{what} file {str(path)!r} does not exist.", "Check the path.")
     with path.open(encoding="utf-8") as lines:
         for number, line in enumerate(lines, start=1):
             if not line.strip():
@@ -173,12 +173,20 @@ def _load_jsonl_predictions(path: Path) -> dict[str, str]:
                 raise UserError(
                     f"{str(path)!r} line {number}, column {error.colno}: {error.msg}.", "Each line must be one JSON object."
                 ) from None
-            if not isinstance(row, dict) or not isinstance(row.get("id"), str) or not isinstance(row.get("answer"), str):
-                raise UserError(
-                    f"{str(path)!r} line {number} lacks a string 'id' and 'answer'.",
-                    'Each line looks like {"id": "q1", "answer": "France"}.',
-                )
-            predictions[row["id"]] = row["answer"]
+            if not isinstance(row, dict):
+                raise UserError(f"{str(path)!r} line {number} is not a JSON object.", "Each line must be one JSON object.")
+            yield number, row
+
+
+def _load_jsonl_predictions(path: Path) -> dict[str, str]:
+    predictions: dict[str, str] = {}
+    for number, row in read_jsonl_objects(path, "Predictions"):
+        if not isinstance(row.get("id"), str) or not isinstance(row.get("answer"), str):
+            raise UserError(
+                f"{str(path)!r} line {number} lacks a string 'id' and 'answer'.",
+                'Each line looks like {"id": "q1", "answer": "France"}.',
+            )
+        predictions[row["id"]] = row["answer"]
     return predictions
 
 

@@ -58,7 +58,7 @@ def encode_prompt(tokenizer: Any, question: str, context: str | None, max_prompt
     if max_prompt_tokens is None or len(ids) <= max_prompt_tokens or not context:
         return ids
     context_ids = tokenizer(context, add_special_tokens=False).input_ids
-    for _ in range(4):  # re-tokenising the cut text can merge differently; a few rounds always converge
+    for _ in range(4):  # re-tokenising the cut text can merge differently; a few rounds suffice in practice
         keep = len(context_ids) - (len(ids) - max_prompt_tokens)
         if keep <= 0:
             break

@@ -240,8 +240,11 @@ def set_checkpointing(model: nn.Module, checkpoint_layers: int) -> None:
     if checkpoint_layers <= 0:
         (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
         return
-    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-    enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    options = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
     for index, layer in enumerate(layers):
         layer.gradient_checkpointing = index < checkpoint_layers
 

@@ -32,12 +32,12 @@ METHOD_COMPARISON = {    # methods-dict key -> (method, inference dtype)
 }
 # The seeds' rules of thumb, bytes per parameter, printed beside the detailed figures.
 RULES_OF_THUMB: dict[str, tuple[float, str]] = {
-    "inference_fp32": (4.0, "4 B/param: 1B params -> 4 GB, 70B -> 280 GB"),
+    "inference_fp32": (4.0, "4 B/param: 1B -> 4 GB, 70B -> 280 GB"),
     "inference_bf16": (2.0, "2 B/param"),
     "inference_nf4": (0.5, "0.5 B/param"),
-    "full": (24.0, "~6x fp32 inference: 16 B/param of weights, grads and Adam states, plus activations"),
-    "lora": (2.0, "2 B/param of frozen 16-bit weights, plus adapters and activations"),
-    "qlora": (0.5, "0.5 B/param of frozen 4-bit weights, plus adapters and activations"),
+    "full": (24.0, "~6x fp32 inference: 16+ B/param + activations"),
+    "lora": (2.0, "2 B/param + adapters + activations"),
+    "qlora": (0.5, "0.5 B/param + adapters + activations"),
 }
 
 
@@ -55,7 +55,7 @@ class PlanRequest:
     effective_batch_size: int = 16            # examples per optimizer step
     examples: int | None = None               # dataset size, for time and cost ...
     tokens: int | None = None                 # ... or its size in tokens
-    mean_tokens_per_example: int = 230        # SQuAD v2 with context through the Falcon tokenizer: mean 214
+    mean_tokens_per_example: int = 230        # SQuAD v2 prompts average 214 Falcon tokens, + answer and EOS
     epochs: float = 1.0
     micro_batch_size: int | None = None       # force instead of choosing
     gradient_checkpointing: bool | None = None    # force on (all layers) / off instead of choosing
@@ -201,6 +201,12 @@ def validate_lora_targets(shape: ModelShape, targets: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(requested))
 
 
+def _lora_targets_for(shape: ModelShape, request: PlanRequest) -> tuple[str, ...]:
+    if request.method not in ("lora", "qlora"):
+        return ()
+    return validate_lora_targets(shape, request.lora_targets or DEFAULT_LORA_TARGETS[shape.model_type])
+
+
 def compute_dtype_for(gpu: GpuSpec | None) -> tuple[str, str]:
     """bf16 where the card has it (compute capability 8.0+), else fp16; with the reason."""
     if gpu is None or gpu.compute_capability is None:
@@ -218,7 +224,7 @@ def _reasons_for(choice: Choice, request: PlanRequest, layers: int, fits: bool) 
     if request.gradient_checkpointing is not None:
         checkpointing = "forced by --checkpointing/--no-checkpointing"
     elif not fits:
-        checkpointing = "does not fit: every layer checkpointed, the least memory"
+        checkpointing = "does not fit: as many layers checkpointed as help, the least memory"
     elif choice.checkpoint_layers == 0:
         checkpointing = "not needed: every layer keeps its activations (fastest)"
     else:
@@ -247,9 +253,7 @@ def make_plan(shape: ModelShape, gpu: GpuSpec | None, request: PlanRequest,
 def _decide(shape: ModelShape, gpu: GpuSpec | None, request: PlanRequest, c: PlannerCoefficients) -> Plan:
     """The plan without alternatives."""
     training = request.method != "inference"
-    lora = request.method in ("lora", "qlora")
-    targets = validate_lora_targets(shape, request.lora_targets or DEFAULT_LORA_TARGETS[shape.model_type]) \
-        if lora else ()
+    targets = _lora_targets_for(shape, request)
     pricer = Pricer(shape, request, targets, c)
     usable = None if gpu is None else gpu.vram_bytes * (1 - c.safety_margin_fraction)
     reasons: dict[str, str] = {}
@@ -258,6 +262,8 @@ def _decide(shape: ModelShape, gpu: GpuSpec | None, request: PlanRequest, c: Pla
         choice = Choice(request.max_seq_len, 1, 0, "none")
     elif usable is not None:
         choice, reasons["optimizer"] = choose_training(pricer, usable)
+    else:
+        reasons["optimizer"] = "paged 8-bit AdamW: the least memory (no GPU budget to fit)"
     choice = choice or least_memory(pricer)
     breakdown = pricer.breakdown(choice)
     peak = sum(breakdown.values())
@@ -267,11 +273,12 @@ def _decide(shape: ModelShape, gpu: GpuSpec | None, request: PlanRequest, c: Pla
     if usable is None:
         reasons["micro_batch_size"] = "no GPU budget: the least memory these settings can use"
     elif not training:
-        reasons["micro_batch_size"] = "one question at a time; max_seq_len is the prompt the KV cache holds"
+        reasons["micro_batch_size"] = "one question at a time"
+        reasons["max_seq_len"] = "the prompt (context + question) the KV cache holds"
     dtype, reasons["compute_dtype"] = compute_dtype_for(gpu)
     reasons["fits"] = _fit_reason(peak, gpu, c, fits)
-    trainable = (shape.lora_parameters(targets, request.lora_r) if lora else
-                 shape.total_params if request.method == "full" else 0)
+    trainable = (shape.total_params if request.method == "full" else
+                 shape.lora_parameters(targets, request.lora_r) if targets else 0)
     speed, hours = _estimate_time(shape, gpu, request, choice, trainable, c)
     reasons["estimated_tokens_per_second"] = _speed_reason(gpu, request, c)
     accumulation = math.ceil(request.effective_batch_size / choice.micro_batch_size) if training else 1
@@ -322,47 +329,39 @@ def _speed_reason(gpu: GpuSpec | None, request: PlanRequest, c: PlannerCoefficie
 
 def _alternatives(shape: ModelShape, gpu: GpuSpec | None, request: PlanRequest,
                   c: PlannerCoefficients) -> list[Alternative]:
-    """The nearest settings that fit: each changes one thing of the request."""
-    candidates: list[tuple[str, str, PlanRequest, GpuSpec | None]] = []
+    """The nearest settings that fit, each changing one thing of the request; then a card with more memory."""
+    candidates: list[tuple[str, str, PlanRequest]] = []
     if gpu is not None:
         if request.method in ("full", "lora"):
-            candidates.append(("QLoRA instead of " + request.method, "--method qlora",
-                               replace(request, method="qlora"), gpu))
+            candidates.append((f"QLoRA instead of {request.method}", "--method qlora",
+                               replace(request, method="qlora")))
         if request.method == "full":
-            candidates.append(("LoRA instead of full fine-tuning", "--method lora", replace(request, method="lora"),
-                               gpu))
+            candidates.append(("LoRA instead of full fine-tuning", "--method lora", replace(request, method="lora")))
         if request.method == "inference":
-            candidates += [(f"{dtype} weights", f"--inference-dtype {dtype}",
-                            replace(request, inference_dtype=dtype), gpu) for dtype in ("int8", "nf4")
-                           if dtype != request.inference_dtype]
-        if request.method in ("lora", "qlora") and request.lora_r > 4:
-            candidates += [(f"rank {r}", f"--lora-r {r}", replace(request, lora_r=r), gpu) for r in (8, 4)
+            candidates += [(f"{dtype} weights", f"--inference-dtype {dtype}", replace(request, inference_dtype=dtype))
+                           for dtype in ("int8", "nf4") if dtype != request.inference_dtype]
+        if request.method in ("lora", "qlora"):
+            candidates += [(f"rank {r}", f"--lora-r {r}", replace(request, lora_r=r)) for r in (8, 4)
                            if r < request.lora_r]
         if request.micro_batch_size is not None or request.gradient_checkpointing is False:
-            candidates.append(("let the planner choose micro-batch and checkpointing", "drop --micro-batch / "
-                               "--no-checkpointing", replace(request, micro_batch_size=None,
-                                                             gradient_checkpointing=None), gpu))
-        seq = _shorter_sequence(shape, gpu, request, c)
-        if seq is not None:
-            candidates.append((f"sequences of {seq} tokens", f"--seq-len {seq}", replace(request, max_seq_len=seq),
-                               gpu))
+            candidates.append(("let the planner choose micro-batch and checkpointing",
+                               "drop --micro-batch / --no-checkpointing",
+                               replace(request, micro_batch_size=None, gradient_checkpointing=None)))
+        if request.method != "inference":
+            usable = gpu.vram_bytes * (1 - c.safety_margin_fraction)
+            seq = longest_fitting_seq(Pricer(shape, request, _lora_targets_for(shape, request), c), usable)
+            if seq is not None:
+                candidates.append((f"sequences of {seq} tokens", f"--seq-len {seq}",
+                                   replace(request, max_seq_len=seq)))
     found = []
-    for summary, flags, alternative, card in candidates:
-        plan = _decide(shape, card, alternative, c)
+    for summary, flags, alternative in candidates:
+        plan = _decide(shape, gpu, alternative, c)
         if plan.fits:
             found.append(Alternative(summary, flags, plan.peak_vram_bytes))
     bigger = _smallest_gpu_that_fits(shape, request, c, above=gpu.vram_bytes if gpu else 0)
     if bigger is not None:
         found.append(bigger)
     return found
-
-
-def _shorter_sequence(shape: ModelShape, gpu: GpuSpec, request: PlanRequest, c: PlannerCoefficients) -> int | None:
-    if request.method == "inference":
-        return None
-    targets = validate_lora_targets(shape, request.lora_targets or DEFAULT_LORA_TARGETS[shape.model_type]) \
-        if request.method in ("lora", "qlora") else ()
-    return longest_fitting_seq(Pricer(shape, request, targets, c), gpu.vram_bytes * (1 - c.safety_margin_fraction))
 
 
 def _smallest_gpu_that_fits(shape: ModelShape, request: PlanRequest, c: PlannerCoefficients,
@@ -389,7 +388,7 @@ def cost_estimates(shape: ModelShape, request: PlanRequest, plan: Plan,
         electricity = {"watts": plan.gpu.watts, "kwh": kwh, "price_per_kwh": request.price_per_kwh,
                        "cost": kwh * request.price_per_kwh}
     cloud = []
-    for instance in CLOUD_PRICES:
+    for instance in CLOUD_PRICES if request.method != "inference" else ():
         card = _decide(shape, GpuSpec.from_table(gpu_model(instance.gpu)), request, coefficients)
         speed = (card.estimated_tokens_per_second or 0) * instance.gpu_count  # ideal data-parallel scaling
         row: dict[str, Any] = {"provider": instance.provider, "instance": instance.instance, "gpu": instance.gpu,

@@ -69,11 +69,18 @@ def largest(low: int, high: int, ok: Callable[[int], bool]) -> int | None:
     return low
 
 
+def most_useful_checkpoint_layers(layers: int) -> int:
+    """Checkpointing the last layer never pays: backward needs its activations at once, so it would recompute
+    them straight away while every checkpointed input is still kept. The least memory is at layers - 1."""
+    return max(layers - 1, 0)
+
+
 def fit_at(pricer: Pricer, seq_len: int, optimizer: str, usable: float) -> Choice | None:
     """The largest micro-batch that fits at this length, then the fewest checkpointed layers that fit it."""
     request, layers = pricer.request, pricer.shape.num_layers
     forced = request.gradient_checkpointing
-    fewest, most = (layers, layers) if forced else (0, 0) if forced is False else (0, layers)
+    fewest, most = ((layers, layers) if forced else (0, 0) if forced is False else
+                    (0, most_useful_checkpoint_layers(layers)))
 
     def fits(micro: int, ckpt: int) -> bool:
         return pricer.peak(Choice(seq_len, micro, ckpt, optimizer)) <= usable
@@ -103,9 +110,10 @@ def best_fit(pricer: Pricer, optimizer: str, usable: float) -> Choice | None:
 
 
 def least_memory(pricer: Pricer) -> Choice:
-    """The request's cheapest configuration: one row (or the forced micro-batch), every layer checkpointed."""
-    request = pricer.request
-    checkpointed = 0 if request.gradient_checkpointing is False else pricer.shape.num_layers
+    """The request's cheapest configuration: one row (or the forced micro-batch), all useful checkpointing."""
+    request, layers = pricer.request, pricer.shape.num_layers
+    forced = request.gradient_checkpointing
+    checkpointed = layers if forced else 0 if forced is False else most_useful_checkpoint_layers(layers)
     return Choice(request.max_seq_len, request.micro_batch_size or 1, checkpointed, "paged_adamw_8bit")
 
 

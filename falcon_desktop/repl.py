@@ -19,12 +19,12 @@ from rich.table import Table
 
 from falcon_desktop.ask import CLOSED_BOOK_NOTE, UNANSWERABLE_NOTE, Answerer
 from falcon_desktop.console import symbol
-from falcon_desktop.errors import UserError, explain
 from falcon_desktop.decoding import GenerationSettings, update_settings
+from falcon_desktop.errors import UserError, explain
 from falcon_desktop.generate import GenerationResult
 from falcon_desktop.paths import home
 from falcon_desktop.prompts import ABSTAIN, is_abstention
-from falcon_desktop.runs import list_runs
+from falcon_desktop.runs import list_runs, runs_table
 
 PROMPT = "> "
 PASTE_PROMPT = "... "
@@ -114,7 +114,7 @@ class Repl:
     # ---------------------------------------------------------------------------------------------------- loop
     def run(self) -> int:
         save_history = _enable_history()
-        self.console.print(f"[bold]falcon-desktop ask[/bold]{self.dot}{self.answerer.description}", markup=True)
+        self.console.print(f"[bold]falcon-desktop ask[/bold]{self.dot}{escape(self.answerer.description)}", markup=True)
         context = f"{len(self.context):,} characters" if self.context else "none (closed-book)"
         self.console.print(f"adapter: {self.answerer.active_label}{self.dot}context: {context}{self.dot}/help for commands")
         try:
@@ -247,16 +247,8 @@ class Repl:
         if not runs:
             self.console.print("No trained runs yet; `/adapter PATH` takes an adapter directory too.")
             return
-        active = self.answerer.adapters.get(self.answerer.active) if self.answerer.active else None
-        table = Table("", "run", "model", "EM", "F1", "status")
-        for run in runs:
-            is_active = active is not None and active.parent == run.path.resolve()
-            table.add_row(
-                "*" if is_active else "", run.name, run.model or "?",
-                f"{run.exact:.1f}" if run.exact is not None else "-", f"{run.f1:.1f}" if run.f1 is not None else "-",
-                run.status if run.has_adapter else f"{run.status} (no adapter)",
-            )
-        self.console.print(table)
+        in_use = self.answerer.adapters.get(self.answerer.active) if self.answerer.active else None
+        self.console.print(runs_table(runs, adapter_in_use=in_use))
 
     def _settings(self, argument: str) -> None:
         if argument:

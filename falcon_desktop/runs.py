@@ -122,6 +122,37 @@ def list_runs(root: Path | None = None) -> list[RunSummary]:
     return sorted(found, key=lambda run: (run.date or "", run.name))
 
 
+def _number(value: float | int | None, digits: int) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _short_model(model: str | None) -> str:
+    """A local directory by its name (the full path is in --json); a hub id as it is."""
+    if not model:
+        return "?"
+    path = Path(model)
+    return path.name if path.is_absolute() or path.exists() else model
+
+
+def runs_table(runs: list[RunSummary], title: str | None = None, adapter_in_use: Path | None = None):
+    """A rich table of runs; the run that `adapter_in_use` belongs to is starred."""
+    from rich.table import Table
+
+    active = run_dir_of(adapter_in_use) if adapter_in_use is not None else None
+    active = active.resolve() if active is not None else None
+    table = Table(title=title)
+    for header in ("run", "model", "date", "steps", "loss", "EM / F1 %", "status"):
+        table.add_column(header, no_wrap=header in ("run", "date"))
+    for run in runs:
+        scores = "-" if run.exact is None else f"{_number(run.exact, 1)} / {_number(run.f1, 1)}"
+        table.add_row(
+            f"* {run.name}" if run.path.resolve() == active else run.name,
+            _short_model(run.model), (run.date or "-")[:10], _number(run.steps, 0), _number(run.final_loss, 3),
+            scores, run.status if run.has_adapter else f"{run.status} (no adapter)",
+        )
+    return table
+
+
 def _known_runs_hint() -> str:
     usable = [run.name for run in list_runs() if run.has_adapter]
     if usable:

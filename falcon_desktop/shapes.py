@@ -294,9 +294,20 @@ def _hub_config_path(repo_id: str) -> Path:
                         "Check the id and your connection, or pass a local directory holding config.json.") from error
 
 
+def preset_name(model: str) -> str | None:
+    """The preset `model` names (case-insensitive), or None."""
+    return {name.lower(): name for name in PRESETS}.get(model.strip().lower())
+
+
+def model_reference(model: str) -> str:
+    """What to hand `from_pretrained`: a preset's Hub id, else `model` itself (a directory or a Hub id)."""
+    preset = preset_name(model)
+    return (PRESETS[preset].hub_id or model) if preset else model
+
+
 def load_shape(model: str) -> ModelShape:
     """A preset name, a directory (or file) holding config.json, or a Hugging Face id."""
-    preset = {name.lower(): name for name in PRESETS}.get(model.strip().lower())
+    preset = preset_name(model)
     if preset:
         return shape_from_config(preset_config(preset), preset, "preset")
     path = Path(model).expanduser()

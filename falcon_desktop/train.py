@@ -195,10 +195,12 @@ def setup(config: TrainConfig, plan: Plan, resume: bool) -> Session:
 
 
 def _fit_plan_to_device(plan: Plan, device: torch.device) -> Plan:
-    """On the CPU there is no VRAM to plan for: no checkpointing, plain AdamW (bitsandbytes' optimizers are CUDA)."""
+    """On the CPU there is no VRAM to plan for: a whole step per micro-batch, no checkpointing, plain AdamW
+    (bitsandbytes' 8-bit optimizers are CUDA-only)."""
     if device.type == "cuda":
         return plan
-    return replace(plan, checkpoint_layers=0, gradient_checkpointing=False, optimizer="adamw", compute_dtype="float32")
+    return replace(plan, micro_batch_size=max(plan.micro_batch_size, plan.effective_batch_size), checkpoint_layers=0,
+                   gradient_checkpointing=False, optimizer="adamw", compute_dtype="float32")
 
 
 def _prepare_data(config: TrainConfig, plan: Plan, tokenizer) -> tuple[list, list, dict]:

@@ -53,6 +53,25 @@ def test_split_micro_batches_fills_the_budget_in_order() -> None:
     assert split_micro_batches([], lengths, token_budget=60) == []
 
 
+def test_micro_batches_are_as_few_as_greedy_and_more_even() -> None:
+    lengths = [100] * 64
+    groups = split_micro_batches(range(64), lengths, token_budget=5300)  # greedy would give 53 + 11 rows
+    assert [len(group) for group in groups] == [32, 32]
+    # A row longer than the budget must not raise the cap for the rows before it.
+    assert split_micro_batches([0, 1, 2], [40, 40, 100], token_budget=60) == [[0], [1], [2]]
+
+
+def test_micro_batches_never_exceed_the_budget_on_random_steps() -> None:
+    rng = random.Random(5)
+    for _ in range(200):
+        lengths = sorted(rng.randint(1, 120) for _ in range(rng.randint(1, 40)))
+        budget = rng.randint(50, 600)
+        groups = split_micro_batches(range(len(lengths)), lengths, budget)
+        assert [i for group in groups for i in group] == list(range(len(lengths)))
+        for group in groups:
+            assert len(group) == 1 or len(group) * max(lengths[i] for i in group) <= budget
+
+
 def test_padding_efficiency_counts_rows_times_longest() -> None:
     lengths = [10, 20, 30, 40]
     # budget 80: [10, 20] -> 2 x 20 = 40 computed, [30, 40] -> 2 x 40 = 80 computed; real = 100.

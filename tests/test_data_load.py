@@ -255,7 +255,10 @@ def test_parquet_rows(tmp_path: Path) -> None:
 
 
 def test_guanaco_chat_gives_one_record_per_assistant_turn(tmp_path: Path) -> None:
-    text = "### Human: Hi there ### Assistant: Hello! How can I help? ### Human: Name a fast bird. ### Assistant: The peregrine falcon."
+    text = (
+        "### Human: Hi there ### Assistant: Hello! How can I help? "
+        "### Human: Name a fast bird. ### Assistant: The peregrine falcon."
+    )
     path = tmp_path / "chat.jsonl"
     path.write_text(json.dumps({"text": text}) + "\n" + json.dumps({"text": "### Human: only a question"}) + "\n", encoding="utf-8")
     report = load_records(path)
@@ -270,7 +273,8 @@ def test_guanaco_chat_gives_one_record_per_assistant_turn(tmp_path: Path) -> Non
 
 def test_prompt_response_rows(tmp_path: Path) -> None:
     path = tmp_path / "pr.jsonl"
-    path.write_text(json.dumps({"prompt": "Say hi", "response": "Hi!"}) + "\n" + json.dumps({"prompt": "Empty", "response": ""}) + "\n", encoding="utf-8")
+    rows = [{"prompt": "Say hi", "response": "Hi!"}, {"prompt": "Empty", "response": ""}]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     report = load_records(path)
     assert report.format == "prompt-response"
     record = report.records[0]

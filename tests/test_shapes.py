@@ -12,7 +12,7 @@ import pytest
 
 from falcon_desktop.errors import UserError
 from falcon_desktop.shapes import (
-    DEFAULT_LORA_TARGETS, LORA_TARGETS, PRESETS, load_shape, preset_config, shape_from_config,
+    DEFAULT_LORA_TARGETS, LORA_TARGETS, PRESETS, load_shape, model_reference, preset_config, shape_from_config,
 )
 
 PRESET_DIR = Path(__file__).resolve().parents[1] / "falcon_desktop" / "assets" / "presets"
@@ -211,6 +211,12 @@ def test_load_shape_preset_names_are_case_insensitive_and_hub_ids_of_presets_wor
     assert load_shape("Falcon-7B").name == "falcon-7b"
     by_id = load_shape("tiiuae/falcon-7b")
     assert by_id.name == "tiiuae/falcon-7b" and by_id.total_params == PUBLISHED_TOTALS["falcon-7b"]
+
+
+def test_model_reference_turns_presets_into_hub_ids():
+    assert model_reference("Falcon-7B") == "tiiuae/falcon-7b"
+    assert model_reference("qwen2-7b") == "Qwen/Qwen2-7B"
+    assert model_reference("./my-model") == "./my-model" and model_reference("org/model") == "org/model"
 
 
 def test_load_shape_from_directory_and_file(tmp_path):

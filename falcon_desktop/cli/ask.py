@@ -26,11 +26,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
     defaults = GenerationSettings()
     parser.add_argument("--adapter", metavar="RUN_OR_PATH", help="trained run name (see `falcon-desktop runs`), run directory or adapter directory")
-    parser.add_argument("--model", metavar="BASE", help="base model directory or hub id (default: the adapter's own base)")
+    parser.add_argument("--model", metavar="BASE", help="base model directory or hub id; None: the base the adapter was trained on")
     parser.add_argument("--device", default="auto", help="cuda, cuda:1, cpu, or auto (first GPU, else CPU)")
     parser.add_argument("--quantize", action=argparse.BooleanOptionalAction, default=None,
-                        help="4-bit NF4 base; --no-quantize loads 16-bit (faster on a GPU with room for it; "
-                             "default: as the adapter was trained)")
+                        help="4-bit NF4 base; --no-quantize loads 16-bit (faster on a GPU with room for it); "
+                             "None: as the adapter's run trained")
     parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens, help="longest answer in tokens")
     parser.add_argument("--sampling", action="store_true", help="sample instead of greedy decoding")
     parser.add_argument("--temperature", type=float, default=defaults.temperature, help="with --sampling")

@@ -31,10 +31,12 @@ def register(subparsers: argparse._SubParsersAction, formatter: type[argparse.He
         epilog=EXAMPLES, formatter_class=formatter,
     )
     inspect.add_argument("source", metavar="FILE_OR_NAME", help="a data file, a `datasets` name, or `demo`")
-    inspect.add_argument("--model", metavar="DIR_OR_ID", help="model directory or hub id whose tokenizer measures token lengths")
-    inspect.add_argument("--seq-len", type=int, metavar="N", default=512, help="maximum tokens per example (longer contexts are windowed)")
+    inspect.add_argument("--model", metavar="DIR_OR_ID", help="model directory or hub id whose tokenizer counts tokens")
+    inspect.add_argument("--seq-len", type=int, metavar="N", default=512,
+                         help="maximum tokens per example (longer contexts are windowed)")
     inspect.add_argument("--effective-batch-size", type=int, metavar="N", default=16, help="examples per optimizer step")
-    inspect.add_argument("--micro-batch-size", type=int, metavar="N", default=4, help="rows of --seq-len tokens per forward pass (the token budget)")
+    inspect.add_argument("--micro-batch-size", type=int, metavar="N", default=4,
+                         help="rows of --seq-len tokens per forward pass (sets the token budget)")
     inspect.add_argument("--seed", type=int, metavar="N", default=42, help="shuffling seed for the batches measured")
     inspect.add_argument("--strict", action="store_true", help="fail if any record would be dropped")
     inspect.add_argument("--json", action="store_true", help="print one JSON object instead of tables")

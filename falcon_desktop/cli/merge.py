@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction, formatter: type[argparse.He
     )
     parser.add_argument("--adapter", required=True, metavar="RUN_OR_PATH", help="run name, run directory or adapter directory")
     parser.add_argument("--output", required=True, metavar="DIR", help="directory for the merged model")
-    parser.add_argument("--model", metavar="BASE", help="base model directory or hub id (default: the adapter's own base)")
+    parser.add_argument("--model", metavar="BASE", help="base model directory or hub id; None: the base the adapter was trained on")
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"), help="dtype of the saved weights")
     parser.add_argument("--device", default="cpu", help="where to merge: cpu, or cuda when the 16-bit model fits in VRAM")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty --output")

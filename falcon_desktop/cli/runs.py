@@ -25,18 +25,12 @@ def register(subparsers: argparse._SubParsersAction, formatter: type[argparse.He
     parser.set_defaults(run=run)
 
 
-def _number(value: float | int | None, digits: int) -> str:
-    return "-" if value is None else f"{value:,.{digits}f}"
-
-
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from rich.table import Table
-
     from falcon_desktop.console import info, out, print_json
     from falcon_desktop.paths import runs_dir
-    from falcon_desktop.runs import list_runs
+    from falcon_desktop.runs import list_runs, runs_table
 
     root = Path(args.dir).expanduser() if args.dir else runs_dir()
     runs = list_runs(root)
@@ -46,12 +40,5 @@ def run(args: argparse.Namespace) -> int:
     if not runs:
         info(f"No runs under {root} yet. `falcon-desktop demo` makes one in about a minute.")
         return 0
-    table = Table("run", "model", "date", "steps", "final loss", "EM %", "F1 %", "status", title=f"Runs in {root}")
-    for run in runs:
-        status = run.status if run.has_adapter else f"{run.status} (no adapter)"
-        table.add_row(
-            run.name, run.model or "?", (run.date or "-").replace("T", " "), _number(run.steps, 0),
-            _number(run.final_loss, 4), _number(run.exact, 1), _number(run.f1, 1), status,
-        )
-    out().print(table)
+    out().print(runs_table(runs, title=f"Runs in {root}"))
     return 0

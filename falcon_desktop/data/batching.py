@@ -65,7 +65,8 @@ def split_micro_batches(indices: Sequence[int], lengths: Sequence[int], token_bu
     groups = _greedy_groups(indices, lengths, token_budget)
     if len(groups) <= 1:
         return groups
-    low, high = max(lengths[i] for i in indices), token_budget  # the smallest cap that still needs no more groups
+    # The smallest cap that still needs no more groups; never above the budget, even when one row is longer.
+    low, high = min(max(lengths[i] for i in indices), token_budget), token_budget
     while low < high:
         middle = (low + high) // 2
         if len(_greedy_groups(indices, lengths, middle)) <= len(groups):

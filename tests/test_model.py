@@ -1,0 +1,86 @@
+"""Loading really quantizes Falcon, the check catches a model that is not, and the attention fast path is exact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from falcon_desktop.attention import causal_fast_path
+from falcon_desktop.errors import UserError
+from falcon_desktop.model import (
+    ModelSettings,
+    add_lora,
+    backbone_and_head,
+    load_base_model,
+    set_checkpointing,
+    verify_quantization,
+)
+
+
+def test_falcon_loads_with_every_linear_layer_in_nf4(tiny_model_dir: Path) -> None:
+    import bitsandbytes as bnb
+
+    loaded = load_base_model(ModelSettings(str(tiny_model_dir), device="cpu"))
+    quantized = [n for n, m in loaded.model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert len(quantized) == loaded.quantization.quantized_layers == 8  # 4 per layer x 2 layers
+    assert all(m.weight.quant_state.quant_type == "nf4" for n, m in loaded.model.named_modules()
+               if isinstance(m, bnb.nn.Linear4bit))
+
+
+def test_the_transformers_trap_is_detected(tiny_model_dir: Path) -> None:
+    """transformers' own 4-bit path leaves FalconLinear in full precision; verify_quantization must refuse it."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    model = AutoModelForCausalLM.from_pretrained(
+        tiny_model_dir, quantization_config=BitsAndBytesConfig(load_in_4bit=True), device_map={"": "cpu"}
+    )
+    with pytest.raises(UserError, match="left unquantized"):
+        verify_quantization(model)
+
+
+def test_lora_on_exactly_the_requested_layers(tiny_model_dir: Path) -> None:
+    loaded = load_base_model(ModelSettings(str(tiny_model_dir), device="cpu"))
+    model = add_lora(loaded.model, ["query_key_value"], r=4, alpha=8, dropout=0.0)
+    assert sorted(model.targeted_module_names) == [f"transformer.h.{i}.self_attention.query_key_value" for i in (0, 1)]
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 2 * 4 * (64 + 64 + 2 * 16)
+    with pytest.raises(UserError, match="'nope'") as raised:  # one typo among valid names is not dropped silently
+        add_lora(load_base_model(ModelSettings(str(tiny_model_dir), device="cpu")).model, ["dense", "nope"], 4, 8, 0.0)
+    assert "dense_4h_to_h" in raised.value.hint
+
+
+@pytest.mark.parametrize("checkpoint_layers", [0, 1, 2])
+def test_fast_attention_path_matches_transformers(tiny_model_dir: Path, checkpoint_layers: int) -> None:
+    loaded = load_base_model(ModelSettings(str(tiny_model_dir), quantize=False, device="cpu"))
+    model = add_lora(loaded.model, ["query_key_value"], r=4, alpha=8, dropout=0.0)
+    set_checkpointing(model, checkpoint_layers)
+    backbone, _ = backbone_and_head(model)
+    input_ids = torch.randint(0, 1000, (3, 24), generator=torch.Generator().manual_seed(0))
+    model.train()
+    reference = backbone(input_ids=input_ids, use_cache=False).last_hidden_state
+    reference.sum().backward()
+    reference_grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+    model.zero_grad()
+    with causal_fast_path(model):
+        fast = backbone(input_ids=input_ids, use_cache=False).last_hidden_state
+        fast.sum().backward()
+    torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-5)
+    for got, expected in zip((p.grad for p in model.parameters() if p.requires_grad), reference_grads):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_checkpointing_only_the_first_layers(tiny_model_dir: Path) -> None:
+    from falcon_desktop.model import decoder_layers
+
+    model = load_base_model(ModelSettings(str(tiny_model_dir), device="cpu")).model
+    set_checkpointing(model, 1)
+    assert [layer.gradient_checkpointing for layer in decoder_layers(model)] == [True, False]
+    set_checkpointing(model, 0)
+    assert not any(layer.gradient_checkpointing for layer in decoder_layers(model))
+
+
+def test_a_directory_without_config_is_a_user_error(tmp_path: Path) -> None:
+    (tmp_path / "weights.bin").write_bytes(b"")
+    with pytest.raises(UserError, match="config.json"):
+        load_base_model(ModelSettings(str(tmp_path), device="cpu"))

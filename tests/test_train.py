@@ -1,0 +1,130 @@
+"""The trainer end to end on the tiny Falcon: the real CLI, model, data, quantization and checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from falcon_desktop.cli import main
+from falcon_desktop.tiny import asset_path
+
+DEMO = str(asset_path("demo-squad.json"))
+
+
+def _train(model: Path, output: Path, *extra: str) -> int:
+    return main(["train", "--model", str(model), "--data", DEMO, "--output", str(output), "--batch-size", "8",
+                 "--learning-rate", "3e-3", *extra])
+
+
+def test_train_writes_a_complete_run_directory(tiny_model_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert _train(tiny_model_dir, run, "--max-steps", "12", "--save-every", "5", "--eval-examples", "4") == 0
+
+    assert {p.name for p in run.iterdir()} == {"adapter", "checkpoints", "loss.png", "metrics.jsonl", "run.json"}
+    assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json"} <= {p.name for p in (run / "adapter").iterdir()}
+    # every 5 steps and at the end, the newest two kept
+    assert [p.name for p in sorted((run / "checkpoints").iterdir())] == ["step-000010", "step-000012"]
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [r["step"] for r in history] == list(range(1, 13))
+    first, last = sum(r["loss"] for r in history[:3]) / 3, sum(r["loss"] for r in history[-3:]) / 3
+    assert last < first - 0.1, (first, last)
+    card = json.loads((run / "run.json").read_text(encoding="utf-8"))
+    assert card["status"] == "finished" and card["steps"] == 12
+    assert card["quantization"]["quantized_layers"] == card["quantization"]["linear_layers"] == 8
+    assert set(card["metrics"]) >= {"eval_before", "eval_after", "final_loss"}
+    assert card["metrics"]["eval_after"]["total"] == 4
+    assert card["data"]["fingerprint"] and card["trainable_params"] == card["plan"]["trainable_params"]
+
+
+def test_adapter_loads_in_plain_peft(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    run = tmp_path / "run"
+    assert _train(tiny_model_dir, run, "--max-steps", "3", "--eval-examples", "0") == 0
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), run / "adapter")
+    trained = load_file(str(run / "adapter" / "adapter_model.safetensors"))
+    assert any("lora_B" in name and tensor.abs().sum() > 0 for name, tensor in trained.items())
+    logits = model(input_ids=torch.tensor([[5, 6, 7]])).logits
+    assert logits.shape == (1, 3, model.config.vocab_size)
+
+
+def _adapter_weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "adapter" / "adapter_model.safetensors"))
+
+
+def test_ctrl_c_then_resume_matches_an_uninterrupted_run(tiny_model_dir: Path, tmp_path: Path) -> None:
+    steps = ["--max-steps", "40", "--save-every", "100", "--eval-examples", "0"]
+    reference = tmp_path / "reference"
+    assert _train(tiny_model_dir, reference, *steps) == 0
+
+    interrupted = tmp_path / "interrupted"
+    command = [sys.executable, "-m", "falcon_desktop", "train", "--model", str(tiny_model_dir), "--data", DEMO,
+               "--output", str(interrupted), "--batch-size", "8", "--learning-rate", "3e-3", *steps]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy())
+    metrics = interrupted / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if metrics.exists() and len(metrics.read_text(encoding="utf-8").splitlines()) >= 3:
+            process.send_signal(signal.SIGINT)
+            break
+        time.sleep(0.02)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr.decode(errors="replace")[-2000:]
+    card = json.loads((interrupted / "run.json").read_text(encoding="utf-8"))
+    stopped_at = card["steps"]
+    assert card["status"] == "interrupted" and 3 <= stopped_at < 40
+    assert (interrupted / "checkpoints" / f"step-{stopped_at:06d}").is_dir()
+
+    assert main(["train", "--resume", str(interrupted)]) == 0
+    resumed, expected = _adapter_weights(interrupted), _adapter_weights(reference)
+    assert resumed.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(resumed[name], expected[name], rtol=0, atol=1e-6, msg=name)
+    losses = [json.loads(line)["loss"] for line in metrics.read_text(encoding="utf-8").splitlines()]
+    reference_losses = [json.loads(line)["loss"] for line in (reference / "metrics.jsonl").read_text().splitlines()]
+    assert losses == pytest.approx(reference_losses, abs=1e-5)
+
+
+def test_unknown_lora_target_names_the_valid_ones(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
+    code = _train(tiny_model_dir, tmp_path / "run", "--lora-targets", "query_key_valuedense", "--max-steps", "1")
+    assert code == 1
+    error = capsys.readouterr().err
+    assert "query_key_valuedense" in error and "dense_h_to_4h" in error
+
+
+def test_missing_data_file_is_one_clear_error(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
+    code = main(["train", "--model", str(tiny_model_dir), "--data", str(tmp_path / "nope.json"),
+                 "--output", str(tmp_path / "run"), "--max-steps", "1"])
+    assert code == 1
+    error = capsys.readouterr().err
+    assert "nope.json" in error and "Traceback" not in error
+
+
+def test_resume_refuses_a_directory_that_is_not_a_run(tmp_path: Path, capsys) -> None:
+    assert main(["train", "--resume", str(tmp_path)]) == 1
+    assert "not a run directory" in capsys.readouterr().err
+
+
+def test_diverging_loss_stops_with_a_message_and_keeps_the_last_checkpoint(tiny_model_dir: Path, tmp_path: Path,
+                                                                            capsys) -> None:
+    run = tmp_path / "run"
+    code = _train(tiny_model_dir, run, "--max-steps", "30", "--save-every", "1", "--eval-examples", "0",
+                  "--learning-rate", "1e9")
+    card = json.loads((run / "run.json").read_text(encoding="utf-8"))
+    if card["status"] == "finished":
+        pytest.skip("this torch build kept the loss finite at lr 1e9")
+    assert code == 1 and card["status"] == "diverged"
+    assert "NaN" in capsys.readouterr().err
+    last = sorted((run / "checkpoints").iterdir())[-1]
+    assert int(last.name.split("-")[1]) == card["steps"]
+    assert all(torch.isfinite(t).all() for t in load_file(str(last / "adapter_model.safetensors")).values())
