@@ -167,9 +167,10 @@ def run_ours(args: argparse.Namespace) -> dict:
     from falcon_desktop.train import TrainConfig, run_training
 
     shape = load_shape(args.model)
-    gpu = GpuSpec(name=f"{args.vram:g} GiB cap on {torch.cuda.get_device_name()}", vram_bytes=int(args.vram * GIB),
-                  compute_capability=torch.cuda.get_device_capability(), bf16_tflops=H100_BF16_PEAK / 1e12,
-                  watts=None, source="--vram")
+    on_gpu = torch.cuda.is_available()
+    gpu = GpuSpec(name=f"{args.vram:g} GiB cap on {torch.cuda.get_device_name() if on_gpu else 'cpu'}",
+                  vram_bytes=int(args.vram * GIB), compute_capability=torch.cuda.get_device_capability() if on_gpu
+                  else None, bf16_tflops=H100_BF16_PEAK / 1e12, watts=None, source="--vram")
     request = PlanRequest(method="qlora", lora_targets=tuple(args.targets.split(",")), max_seq_len=args.seq_len,
                           effective_batch_size=args.effective_batch, micro_batch_size=args.micro_batch,
                           gradient_checkpointing=args.checkpointing)
@@ -284,7 +285,8 @@ def main() -> None:
     if args.command == "matrix":
         result = run_matrix(args)
     else:
-        cap_memory(args.vram)
+        if torch.cuda.is_available():
+            cap_memory(args.vram)
         result = run_hf(args) if args.command == "hf" else run_ours(args)
     result["args"] = {k: v for k, v in vars(args).items()}
     Path(args.result).parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,45 @@
+"""The GPU benchmark's arithmetic, checked on the CPU: warm-up exclusion, real tokens, padding efficiency, MFU."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("gpu_bench", ROOT / "benchmarks" / "gpu_bench.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_summary_skips_warmup_and_counts_real_tokens() -> None:
+    bench = _bench()
+    warmup = [{"seconds": 100.0, "real_tokens": 1, "padded_tokens": 1, "samples": 1, "loss": 9.0}] * bench.WARMUP_STEPS
+    timed = [{"seconds": 2.0, "real_tokens": 8000, "padded_tokens": 10000, "samples": 40, "loss": 1.0}] * 5
+    summary = bench.summarise("x", warmup + timed, params=1_000_000_000, extra={})
+    assert summary["timed_steps"] == 5 and summary["steps"] == 5 + bench.WARMUP_STEPS
+    assert summary["real_tokens_per_second"] == 4000.0
+    assert summary["samples_per_second"] == 20.0
+    assert summary["padding_efficiency"] == 0.8
+    assert summary["mfu"] == pytest.approx(round(4 * 1e9 * 4000 / bench.H100_BF16_PEAK, 4))
+    assert summary["losses"] == [9.0] * bench.WARMUP_STEPS + [1.0] * 5
+
+
+def test_ours_runs_end_to_end_on_the_tiny_model(tiny_model_dir: Path, tmp_path: Path) -> None:
+    result = tmp_path / "ours.json"
+    data = ROOT / "falcon_desktop" / "assets" / "demo-squad.json"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_bench.py"), "ours", "--model", str(tiny_model_dir),
+                    "--data", str(data), "--steps", "5", "--effective-batch", "8", "--result", str(result)],
+                   check=True, capture_output=True, timeout=300)
+    summary = json.loads(result.read_text(encoding="utf-8"))
+    assert summary["name"] == "ours" and summary["steps"] == 5 and summary["timed_steps"] == 2
+    assert 0.5 < summary["padding_efficiency"] <= 1.0
+    assert summary["real_tokens_per_second"] > 0 and len(summary["losses"]) == 5
