@@ -149,7 +149,7 @@ def setup(config: TrainConfig, plan: Plan, resume: bool) -> Session:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if trainable != plan.trainable_params:
         warn(f"peft trains {trainable:,} parameters; the plan counted {plan.trainable_params:,}.")
-    info(f"Trainable parameters: {trainable:,} of {sum(p.numel() for p in model.parameters()):,} "
+    info(f"Trainable parameters: {trainable:,} of {plan.total_params:,} "
          f"(LoRA r={plan.lora_r} on {', '.join(plan.lora_targets)}).")
 
     steps_per_epoch = math.ceil(len(examples) / plan.effective_batch_size)
