@@ -158,20 +158,34 @@ def _optimizer_state_bytes(elements: int, optimizer: str, c: PlannerCoefficients
     return 8 * elements
 
 
-def _residual_bytes(setup: Setup, c: PlannerCoefficients) -> float:
-    """The residual stream between layers: fp32 in full fine-tuning (fp32 master embeddings), else compute dtype."""
-    return 4.0 if setup.method == "full" else c.activation_bytes
+def _fp32_projections(shape: ModelShape, setup: Setup, c: PlannerCoefficients) -> bool:
+    """Whether Falcon's LayerNorm-fed projections (query_key_value, dense_h_to_4h) come out in fp32.
+
+    bitsandbytes' Linear4bit returns its output in its input's dtype, and CUDA autocast runs layer_norm in fp32: in
+    QLoRA those projections are fp32, and so, through GELU and dense_4h_to_h, is the residual stream. FalconLinear
+    adds its bias after the matmul, so with fp32 biases (full fine-tuning) its outputs are fp32 too.
+    """
+    if shape.model_type != "falcon":
+        return False
+    if setup.method == "qlora":
+        return c.layer_norm_output_bytes > c.activation_bytes
+    return setup.method == "full" and bool(shape.biased_linears)
 
 
-def _layer_norm_input_bytes(setup: Setup, c: PlannerCoefficients) -> float:
-    return max(c.layer_norm_input_bytes, _residual_bytes(setup, c))
+def _residual_bytes(shape: ModelShape, setup: Setup, c: PlannerCoefficients) -> float:
+    """The residual stream: fp32 in full fine-tuning (fp32 master embeddings) and in Falcon QLoRA (see above)."""
+    return 4.0 if setup.method == "full" or _fp32_projections(shape, setup, c) else c.activation_bytes
+
+
+def _layer_norm_input_bytes(shape: ModelShape, setup: Setup, c: PlannerCoefficients) -> float:
+    return max(c.layer_norm_input_bytes, _residual_bytes(shape, setup, c))
 
 
 def _norm_bytes_per_token(shape: ModelShape, setup: Setup, c: PlannerCoefficients) -> float:
     """One norm: its kept input (and, for RMSNorm in full fine-tuning, the normalised x) plus its statistics."""
     h = shape.hidden_size
     if shape.norm_kind == "layernorm":
-        return h * _layer_norm_input_bytes(setup, c) + c.layer_norm_stats_bytes
+        return h * _layer_norm_input_bytes(shape, setup, c) + c.layer_norm_stats_bytes
     kept = h * c.rms_norm_input_bytes + c.rms_norm_stats_bytes
     if setup.method == "full":  # `weight * x` keeps the fp32 normalised x for the weight's gradient
         kept += 4 * h
@@ -181,9 +195,10 @@ def _norm_bytes_per_token(shape: ModelShape, setup: Setup, c: PlannerCoefficient
 def _layer_norms_bytes_per_token(shape: ModelShape, setup: Setup, c: PlannerCoefficients) -> float:
     """A layer's norms. Falcon-40B's two parallel LayerNorms read one tensor: without a cast they keep it once."""
     total = shape.norms_per_layer * _norm_bytes_per_token(shape, setup, c)
+    residual = _residual_bytes(shape, setup, c)
     if (shape.parallel_attention and shape.norms_per_layer == 2 and shape.norm_kind == "layernorm"
-            and _layer_norm_input_bytes(setup, c) == _residual_bytes(setup, c)):
-        total -= shape.hidden_size * _residual_bytes(setup, c)
+            and _layer_norm_input_bytes(shape, setup, c) == residual):
+        total -= shape.hidden_size * residual
     return total
 
 
@@ -199,11 +214,6 @@ def uses_math_attention(shape: ModelShape) -> bool:
     (seq x seq) probabilities of every head. Llama-family models pass `enable_gqa=True` when there is no mask.
     """
     return shape.model_type == "falcon" and shape.attention_kv_heads != shape.num_heads
-
-
-def _fp32_projections(shape: ModelShape, setup: Setup) -> bool:
-    """FalconLinear adds its bias after the bf16 matmul: with fp32 biases (full fine-tuning) its outputs are fp32."""
-    return setup.method == "full" and shape.model_type == "falcon" and bool(shape.biased_linears)
 
 
 def attention_bytes_per_token(shape: ModelShape, seq_len: int, c: PlannerCoefficients = COEFFICIENTS,
@@ -229,7 +239,7 @@ def layer_activation_bytes_per_token(shape: ModelShape, setup: Setup, c: Planner
     """Bytes one decoder layer keeps for backward per token when it is NOT checkpointed."""
     a, f = c.activation_bytes, shape.intermediate_size
     kept = _layer_norms_bytes_per_token(shape, setup, c)
-    fp32_projections = _fp32_projections(shape, setup)
+    fp32_projections = _fp32_projections(shape, setup, c)
     kept += attention_bytes_per_token(shape, setup.seq_len, c, fp32_projections)
     kept += (4 if fp32_projections else a) * f * (3 if shape.gated_mlp else 1)  # SiLU in, out and up / GELU input
     if setup.method == "full":  # each linear keeps the bf16 (cast) input its weight gradient needs ...
@@ -248,24 +258,28 @@ def _lora_input_bytes(shape: ModelShape, setup: Setup, c: PlannerCoefficients) -
     Each adapter keeps its own copy of its input in the compute dtype: with dropout because it draws its own mask;
     without, because peft's 16-bit layer casts the input to the fp32 adapter dtype (autocast casts it back, a new
     tensor each time), and so does autocast for an fp32 input such as a LayerNorm output. Only QLoRA adapters
-    without dropout reading a compute-dtype tensor use that tensor itself, so adapters on one input share it.
+    without dropout reading a compute-dtype tensor use that tensor itself, so adapters on one input share it (and
+    o_proj's is a view of the attention output that SDPA keeps anyway).
     """
     modules, inputs = shape.linear_modules(), shape.linear_inputs()
     if setup.lora_dropout > 0:
         return sum((c.lora_input_bytes + c.dropout_mask_bytes) * modules[name][0] for name in setup.lora_targets)
-    norm_fed = {"attention_norm", "mlp_norm"}
+    fp32_norm_output = _norm_output_bytes(shape, c) != c.activation_bytes
     copies: dict[str, str] = {}
     for name in setup.lora_targets:
-        shared = setup.method == "qlora" and (inputs[name] not in norm_fed
-                                              or _norm_output_bytes(shape, c) == c.activation_bytes)
-        copies[inputs[name] if shared else name] = name
+        source = inputs[name]
+        if setup.method != "qlora" or (source in ("attention_norm", "mlp_norm") and fp32_norm_output):
+            copies[name] = name  # its own cast copy
+        elif source != "attention_output" or uses_math_attention(shape):
+            copies[source] = name  # the input itself, shared by the adapters that read it
+        # else: a view of SDPA's output, which the attention already keeps
     return sum(c.lora_input_bytes * modules[name][0] for name in copies.values())
 
 
 def kept_activation_bytes(shape: ModelShape, setup: Setup, c: PlannerCoefficients = COEFFICIENTS) -> float:
     """What the forward pass leaves for backward: the first `checkpoint_layers` layers keep only their input."""
     k = setup.checkpoint_layers
-    per_token = (k * _residual_bytes(setup, c) * shape.hidden_size
+    per_token = (k * _residual_bytes(shape, setup, c) * shape.hidden_size
                  + (shape.num_layers - k) * layer_activation_bytes_per_token(shape, setup, c)
                  + _norm_bytes_per_token(shape, setup, c))  # the final norm
     alibi_mask = 0.0

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from falcon_desktop.errors import UserError
@@ -108,17 +108,28 @@ def summarize_run(run_dir: Path) -> RunSummary:
     )
 
 
+def _is_run(directory: Path) -> bool:
+    return (directory / RUN_CARD).is_file() or _has_adapter(directory / ADAPTER_DIR) or _has_adapter(directory)
+
+
+def _visible_dirs(directory: Path) -> list[Path]:
+    return [child for child in directory.iterdir() if child.is_dir() and not child.name.startswith(".")]
+
+
 def list_runs(root: Path | None = None) -> list[RunSummary]:
-    """Every run under `root` (default: paths.runs_dir()), oldest first."""
+    """Every run under `root` (default: paths.runs_dir()), oldest first.
+
+    A folder that is not a run itself may group runs one level down (e.g. `demo/run`); they are named by their
+    path below `root`, which is also how `--adapter` finds them.
+    """
     root = Path(root) if root is not None else runs_dir()
     if not root.is_dir():
         return []
-    found = [
-        summarize_run(child)
-        for child in root.iterdir()
-        if child.is_dir() and not child.name.startswith(".")
-        and ((child / RUN_CARD).is_file() or _has_adapter(child / ADAPTER_DIR) or _has_adapter(child))
-    ]
+    found = []
+    for child in _visible_dirs(root):
+        for directory in [child] if _is_run(child) else [d for d in _visible_dirs(child) if _is_run(d)]:
+            summary = summarize_run(directory)
+            found.append(replace(summary, name=directory.relative_to(root).as_posix()))
     return sorted(found, key=lambda run: (run.date or "", run.name))
 
 
@@ -176,6 +187,10 @@ def resolve_adapter(reference: str | Path) -> Path:
     for candidate in (path, path / ADAPTER_DIR):
         if _has_adapter(candidate):
             return candidate
+    grouped = [d.name for d in _visible_dirs(path) if _has_adapter(d) or _has_adapter(d / ADAPTER_DIR)]
+    if grouped:
+        choices = ", ".join(f"{str(reference).rstrip('/')}/{name}" for name in grouped)
+        raise UserError(f"{str(path)!r} is a folder of runs, not a run.", f"Pass one of: {choices}.")
     status = (read_json_file(path / RUN_CARD) or {}).get("status")
     raise UserError(
         f"{str(path)!r} holds no adapter (no {ADAPTER_CONFIG} in it or in {ADAPTER_DIR}/)"

@@ -30,6 +30,8 @@ def runs_root(run_a: Path, isolated_home: Path) -> Path:
     shutil.copytree(run_a / "adapter", root / "bare")
     (root / "broken").mkdir()
     (root / "broken" / "run.json").write_text("{not json", encoding="utf-8")
+    shutil.copytree(run_a, root / "group" / "nested")  # a folder of runs, as the demo writes
+    (root / "group" / "base-model").mkdir()
     return root
 
 
@@ -39,6 +41,7 @@ def test_resolve_adapter_accepts_name_run_dir_and_adapter_dir(runs_root: Path, t
     assert resolve_adapter(runs_root / "run-a") == expected
     assert resolve_adapter(expected) == expected
     assert resolve_adapter(expected / "adapter_config.json") == expected
+    assert resolve_adapter("group/nested") == runs_root / "group" / "nested" / "adapter"
     monkeypatch.chdir(runs_root)
     assert resolve_adapter("bare") == Path("bare")  # a relative path wins over a run name
 
@@ -46,9 +49,12 @@ def test_resolve_adapter_accepts_name_run_dir_and_adapter_dir(runs_root: Path, t
 def test_resolve_adapter_errors_name_what_exists(runs_root: Path):
     with pytest.raises(UserError, match="No run or adapter directory named 'nope'") as error:
         resolve_adapter("nope")
-    assert "run-a" in error.value.hint and "bare" in error.value.hint and "stopped" not in error.value.hint
+    assert "run-a" in error.value.hint and "group/nested" in error.value.hint and "stopped" not in error.value.hint
     with pytest.raises(UserError, match="holds no adapter .*its run's status is 'running'"):
         resolve_adapter("stopped")
+    with pytest.raises(UserError, match="is a folder of runs, not a run") as error:
+        resolve_adapter("group")
+    assert error.value.hint == "Pass one of: group/nested."
 
 
 def test_base_model_comes_from_the_run_card_then_peft(runs_root: Path, tiny_model_dir: Path):
@@ -60,7 +66,7 @@ def test_base_model_comes_from_the_run_card_then_peft(runs_root: Path, tiny_mode
 def test_runs_lists_every_run_with_its_metrics(runs_root: Path, capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "160")
     runs = {run.name: run for run in list_runs()}
-    assert sorted(runs) == ["bare", "broken", "run-a", "stopped"]
+    assert sorted(runs) == ["bare", "broken", "group/nested", "run-a", "stopped"]
     assert (runs["run-a"].status, runs["run-a"].steps, runs["run-a"].exact, runs["run-a"].f1) == ("finished", 7, 10.0, 12.5)
     assert runs["run-a"].final_loss == 3.5 and runs["run-a"].has_adapter
     assert (runs["stopped"].status, runs["stopped"].has_adapter) == ("running", False)
