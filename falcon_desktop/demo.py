@@ -59,7 +59,7 @@ def run_demo(settings: DemoSettings) -> dict:
     question, context = _first_question()
     answer = _one_answer(config.output, question, context)
     info(f"[bold]5. Ask[/bold]  Q: {question}")
-    out().print(f"          A: {answer!r}", markup=False)
+    out().print(f"          A: {answer}", markup=False)
     info(f"\nRun directory: {config.output}\nTry: falcon-desktop ask --adapter {config.output}")
     return card
 
@@ -83,4 +83,6 @@ def _doctor_verdict() -> None:
 def _one_answer(run_dir: Path, question: str, context: str) -> str:
     from falcon_desktop.ask import AskOptions, load_answerer
 
-    return load_answerer(AskOptions(adapter=str(run_dir), device="cpu")).ask(question, context).text
+    from falcon_desktop.ask import display_answer
+
+    return display_answer(load_answerer(AskOptions(adapter=str(run_dir), device="cpu")).ask(question, context).text)

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from falcon_desktop.console import warn
 from falcon_desktop.errors import UserError
 from falcon_desktop.prompts import is_abstention
 
@@ -223,8 +224,6 @@ def score_predictions(dataset: Any, predictions: Mapping[str, str]) -> dict:
         exact[question_id] = max(exact_score(gold, prediction) for gold in golds)
         f1[question_id] = max(f1_score(gold, prediction) for gold in golds)
     if missing:
-        from falcon_desktop.console import warn
-
         shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
         warn(f"{len(missing)} of {len(gold_by_id)} questions have no prediction ({shown}); they are scored as wrong.")
 

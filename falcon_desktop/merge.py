@@ -116,7 +116,7 @@ def merge_adapter(options: MergeOptions) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from falcon_desktop.model import _check_model_reference, load_adapter, resolve_device
+    from falcon_desktop.model import check_model_reference, load_adapter, resolve_device
 
     if options.dtype not in DTYPES:
         raise UserError(f"Unknown --dtype {options.dtype!r}.", f"Choose one of: {', '.join(DTYPES)}.")
@@ -124,7 +124,7 @@ def merge_adapter(options: MergeOptions) -> Path:
     base = options.model or base_model_of(adapter_dir)
     if not base:
         raise UserError(f"The adapter in {str(adapter_dir)!r} does not name its base model.", "Pass --model BASE.")
-    _check_model_reference(base)  # a moved or mistyped local base fails here with a message, not a traceback
+    check_model_reference(base)  # a moved or mistyped local base fails here with a message, not a traceback
     output = Path(options.output).expanduser()
     _check_output(output, options.overwrite)
     device = resolve_device(options.device)

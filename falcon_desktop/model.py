@@ -80,7 +80,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
 
 
-def _check_model_reference(reference: str) -> None:
+def check_model_reference(reference: str) -> None:
     path = Path(reference).expanduser()
     looks_like_path = path.is_absolute() or reference.startswith((".", "~")) or path.exists()
     if looks_like_path and not (path / "config.json").is_file():
@@ -99,7 +99,7 @@ def load_tokenizer(reference: str, trust_remote_code: bool = False):
 
     from falcon_desktop.data import configure_tokenizer
 
-    _check_model_reference(reference)
+    check_model_reference(reference)
     tokenizer = AutoTokenizer.from_pretrained(reference, trust_remote_code=trust_remote_code)
     return configure_tokenizer(tokenizer)
 

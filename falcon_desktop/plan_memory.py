@@ -1,15 +1,20 @@
 """How many bytes of VRAM a training or inference setup holds at its peak, component by component.
 
 The model describes OUR trainer (`train.py`, CONTRACTS.md "How the trainer spends memory"): frozen base weights
-(NF4 double-quant blocksize 64, or 16-bit), fp32 LoRA A/B, autocast in the compute dtype, SDPA with `is_causal` and
-no mask, the LM head applied only to labelled positions, and gradient checkpointing of the FIRST
-`checkpoint_layers` decoder layers. Peak = weights + adapters + gradients + optimizer states + activations at the
-start of backward + the loss buffer + CUDA context + allocator slack. Pure Python: no torch import.
+(NF4 double-quant blocksize 64, or 16-bit), fp32 LoRA A/B, autocast in the compute dtype, flash SDPA with
+`is_causal` and no mask (Falcon through `attention.py`'s fast path), the LM head applied only to labelled positions,
+and gradient checkpointing of the FIRST `checkpoint_layers` decoder layers. Peak = weights + adapters + gradients +
+optimizer states + activations + the loss buffer + CUDA context + allocator slack. Pure Python: no torch import.
 
-Every figure comes from `COEFFICIENTS`, one table. They are FIRST-PRINCIPLES VALUES, NOT YET CALIBRATED: each is
-what PyTorch / peft / bitsandbytes store per element as read from their code (and, for activations, what autograd's
-saved-tensor hooks report on the CPU for tiny models, tests/test_plan.py). The lead calibrates them against
-`torch.cuda.max_memory_reserved` on an H100; change them here only, with the measurement that justifies it.
+Every figure comes from `COEFFICIENTS`, one table. Where each stands:
+- Per-element sizes are first principles (what PyTorch, peft and bitsandbytes store, read from their code) and were
+  checked byte for byte against autograd's saved tensors, per row of tokens, for every architecture: on an H100
+  (LoRA and QLoRA, tiny models) and on the CPU in tests/test_plan.py. NF4 weights and constants equal
+  bitsandbytes' storage exactly.
+- The two MLP-gradient counts (the backward working set) were fitted to the H100 memory matrix of Falcon-7B and a
+  ~1B Llama (benchmarks/planner_accuracy.py: 22 runs, every one within 10% of max_memory_reserved, worst +8.6%).
+- cuda_context_bytes, allocator_slack_fraction, safety_margin_fraction and throughput_efficiency are estimates.
+Change a figure only here, with the measurement that justifies it.
 """
 
 from __future__ import annotations
@@ -36,8 +41,9 @@ class PlannerCoefficients:
     layer_norm_stats_bytes: float = 8.0  # per token per LayerNorm: fp32 mean and rstd
     rms_norm_stats_bytes: float = 4.0    # per token per RMSNorm: fp32 rstd
     flash_lse_bytes: float = 4.0         # flash / efficient SDPA keep an fp32 log-sum-exp per head per token
-    math_attention_bytes: float = 4.0    # the math SDPA fallback upcasts q, k, v and the probabilities to fp32
-    backward_working_layers: float = 1.0  # gradients of one layer's activations exist while that layer backpropagates
+    math_attention_bytes: float = 4.0    # generation's math SDPA fallback (Falcon) keeps fp32 probabilities
+    gelu_mlp_gradient_tensors: int = 2   # MLP-width gradients alive in a layer's backward: GELU's input and output;
+    gated_mlp_gradient_tensors: int = 4  # SwiGLU's down input, SiLU output, up and gate (fitted, see above)
     # --- Loss (the head runs on labelled positions only: answer tokens + EOS) ---
     labelled_token_fraction: float = 0.03  # SQuAD: ~5 labelled of ~230 tokens per example, rounded up
     loss_bytes_per_logit: float = 14.0   # bf16 head output (2) + fp32 copy (4) + log-softmax kept (4) + its grad (4)
@@ -54,7 +60,7 @@ class PlannerCoefficients:
     allocator_slack_fraction: float = 0.05  # reserved - allocated with expandable segments (set by our CLI)
     safety_margin_fraction: float = 0.08  # share of VRAM the planner leaves unused (other apps, spikes)
     # --- Speed ---
-    throughput_efficiency: float = 0.30  # model-FLOPs utilisation, UNCALIBRATED (README: HF Trainer ~12%, Unsloth ~24%)
+    throughput_efficiency: float = 0.30  # FLOPs utilisation, uncalibrated for consumer cards (H100 runs: 0.32-0.33)
 
 
 COEFFICIENTS = PlannerCoefficients()
@@ -206,33 +212,32 @@ def _norm_output_bytes(shape: ModelShape, c: PlannerCoefficients) -> float:
     return c.layer_norm_output_bytes if shape.norm_kind == "layernorm" else c.activation_bytes
 
 
-def uses_math_attention(shape: ModelShape) -> bool:
-    """True where PyTorch's SDPA falls back to its math kernel for this architecture as transformers calls it.
+def generation_uses_math_attention(shape: ModelShape) -> bool:
+    """True where transformers' own attention (used for generation) falls back to PyTorch's math SDPA kernel.
 
-    transformers' FalconAttention hands SDPA a single K/V head for multi-query models without `enable_gqa`; the
-    fused kernels require equal head counts, so PyTorch takes the math path, which upcasts to fp32 and stores the
-    (seq x seq) probabilities of every head. Llama-family models pass `enable_gqa=True` when there is no mask.
+    transformers' FalconAttention hands SDPA a single K/V head for multi-query models without `enable_gqa`, and a
+    materialised mask; the fused kernels refuse both, so PyTorch takes the math path, which upcasts to fp32 and
+    stores the (seq x seq) probabilities of every head. Training never takes it: attention.py's fast path calls
+    flash SDPA with `is_causal` and the K/V head broadcast. Llama-family models pass `enable_gqa=True` themselves.
     """
     return shape.model_type == "falcon" and shape.attention_kv_heads != shape.num_heads
 
 
-def attention_bytes_per_token(shape: ModelShape, seq_len: int, c: PlannerCoefficients = COEFFICIENTS,
+def attention_bytes_per_token(shape: ModelShape, c: PlannerCoefficients = COEFFICIENTS,
                               fp32_projections: bool = False) -> float:
-    """What SDPA keeps for backward, per token of one layer (q, k, v, output, log-sum-exp; or the math kernel's)."""
+    """What flash SDPA keeps for backward in training, per token of one layer: q, k and v as SDPA receives them,
+    its output and an fp32 log-sum-exp per head (no mask: rows are right-padded and attention is causal)."""
     q_dim = shape.num_heads * shape.head_dim
-    if uses_math_attention(shape):  # q, and k/v expanded to every head, in fp32, plus a probability row per head
-        return c.math_attention_bytes * (3 * q_dim + shape.num_heads * seq_len)
     kv_dim = shape.attention_kv_heads * shape.head_dim
-    qkv = q_dim + 2 * kv_dim
-    if shape.model_type == "falcon" and not shape.new_decoder_architecture and not fp32_projections:
+    if fp32_projections:  # autocast casts them to bf16 copies; a broadcast K/V head becomes a full-size copy
+        qkv = 3 * q_dim
+    elif shape.model_type == "falcon" and not shape.new_decoder_architecture and shape.num_kv_heads == shape.num_heads:
         # q, k and v are views of the fused qkv output, which therefore stays alive whole; RoPE (not ALiBi) gives q
-        # and k their own rotated copies. (fp32 projections are cast for SDPA instead: plain copies.)
-        qkv += 0 if shape.alibi else q_dim + kv_dim
-    kept = c.activation_bytes * (qkv + q_dim) + c.flash_lse_bytes * shape.num_heads
-    if shape.model_type == "falcon" and not shape.alibi:
-        # Falcon always builds a (batch, 1, seq, seq) boolean causal mask; SDPA keeps a float copy per layer.
-        kept += c.activation_bytes * seq_len
-    return kept
+        # and k their own rotated copies.
+        qkv = q_dim + 2 * kv_dim + (0 if shape.alibi else q_dim + kv_dim)
+    else:
+        qkv = q_dim + 2 * kv_dim
+    return c.activation_bytes * (qkv + q_dim) + c.flash_lse_bytes * shape.num_heads
 
 
 def layer_activation_bytes_per_token(shape: ModelShape, setup: Setup, c: PlannerCoefficients = COEFFICIENTS) -> float:
@@ -240,13 +245,12 @@ def layer_activation_bytes_per_token(shape: ModelShape, setup: Setup, c: Planner
     a, f = c.activation_bytes, shape.intermediate_size
     kept = _layer_norms_bytes_per_token(shape, setup, c)
     fp32_projections = _fp32_projections(shape, setup, c)
-    kept += attention_bytes_per_token(shape, setup.seq_len, c, fp32_projections)
+    kept += attention_bytes_per_token(shape, c, fp32_projections)
     kept += (4 if fp32_projections else a) * f * (3 if shape.gated_mlp else 1)  # SiLU in, out and up / GELU input
     if setup.method == "full":  # each linear keeps the bf16 (cast) input its weight gradient needs ...
-        inputs = shape.linear_inputs()
-        shares_attention_output = not uses_math_attention(shape)  # ... but o_proj's is a view of SDPA's output
+        inputs = shape.linear_inputs()  # ... but o_proj's is a view of SDPA's output, kept above
         kept += a * sum(n_in for name, (n_in, _) in shape.linear_modules().items()
-                        if not (shares_attention_output and inputs[name] == "attention_output"))
+                        if inputs[name] != "attention_output")
     elif _is_lora(setup):
         kept += _lora_input_bytes(shape, setup, c) + len(setup.lora_targets) * a * setup.lora_r
     return kept
@@ -270,7 +274,7 @@ def _lora_input_bytes(shape: ModelShape, setup: Setup, c: PlannerCoefficients) -
         source = inputs[name]
         if setup.method != "qlora" or (source in ("attention_norm", "mlp_norm") and fp32_norm_output):
             copies[name] = name  # its own cast copy
-        elif source != "attention_output" or uses_math_attention(shape):
+        elif source != "attention_output":
             copies[source] = name  # the input itself, shared by the adapters that read it
         # else: a view of SDPA's output, which the attention already keeps
     return sum(c.lora_input_bytes * modules[name][0] for name in copies.values())
@@ -292,14 +296,18 @@ def _training_activation_bytes(shape: ModelShape, setup: Setup, c: PlannerCoeffi
     """Kept activations plus what backward adds at its peak.
 
     Backward frees the kept layers before it reaches the checkpointed ones, which then recompute one at a time: only
-    when every layer is checkpointed does a recomputed layer coexist with all that is kept. Each layer's backward
-    also holds gradients of its activations, and QLoRA dequantizes one weight to 16-bit per matmul.
+    when every layer is checkpointed does a recomputed layer coexist with all that is kept. QLoRA dequantizes one
+    weight to 16-bit per matmul. A layer's backward holds gradients of its MLP-width tensors; the loss buffer is
+    freed before that, so only what the working set needs beyond the loss buffer is added here.
     """
     one_layer = setup.tokens * layer_activation_bytes_per_token(shape, setup, c)
     recompute = one_layer if setup.checkpoint_layers == shape.num_layers else 0.0
     dequantized = 2 * shape.largest_linear_params if setup.weight_format == "nf4" else 0
-    return (kept_activation_bytes(shape, setup, c) + recompute + c.backward_working_layers * one_layer
-            + dequantized)
+    hidden_bytes = 4.0 if _fp32_projections(shape, setup, c) else c.activation_bytes
+    gradients = c.gated_mlp_gradient_tensors if shape.gated_mlp else c.gelu_mlp_gradient_tensors
+    working = setup.tokens * gradients * shape.intermediate_size * hidden_bytes
+    beyond_loss = max(0.0, working - _loss_buffer_bytes(shape, setup, c))
+    return kept_activation_bytes(shape, setup, c) + recompute + dequantized + beyond_loss
 
 
 def _inference_activation_bytes(shape: ModelShape, setup: Setup, c: PlannerCoefficients) -> float:
@@ -308,7 +316,7 @@ def _inference_activation_bytes(shape: ModelShape, setup: Setup, c: PlannerCoeff
     kv_cache = setup.tokens * shape.num_layers * 2 * shape.attention_kv_heads * shape.head_dim * a
     widest = max(n_out for _, n_out in shape.linear_modules().values())
     working = setup.tokens * a * (2 * widest + 2 * shape.hidden_size)  # a projection's input, output and residual
-    if uses_math_attention(shape):
+    if generation_uses_math_attention(shape):
         working += setup.tokens * c.math_attention_bytes * shape.num_heads * setup.seq_len
     dequantized = 2 * shape.largest_linear_params if setup.weight_format in ("nf4", "int8") else 0
     logits = setup.micro_batch_size * shape.vocab_size * 4

@@ -13,7 +13,8 @@ from falcon_desktop.console import info, out
 from falcon_desktop.errors import UserError
 from falcon_desktop.plan import Plan, make_plan
 from falcon_desktop.shapes import load_shape
-from falcon_desktop.train import RUN_CARD, TrainConfig
+from falcon_desktop.runs import RUN_CARD
+from falcon_desktop.train import TrainConfig
 
 
 def default_run_dir(model: str) -> Path:
