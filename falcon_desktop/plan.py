@@ -323,7 +323,7 @@ def _speed_reason(gpu: GpuSpec | None, request: PlanRequest, c: PlannerCoefficie
         return "no estimate for inference (memory-bandwidth bound, not modelled)"
     if gpu is None or gpu.bf16_tflops is None:
         return "no estimate: the card's peak FLOPS are unknown (pass --gpu NAME)"
-    return (f"{c.throughput_efficiency:.0%} (uncalibrated) of {gpu.name}'s {gpu.bf16_tflops:g} TFLOPS peak / "
+    return (f"{c.throughput_efficiency:.0%} (calibrated on an H100) of {gpu.name}'s {gpu.bf16_tflops:g} TFLOPS peak / "
             "model FLOPs per token")
 
 

@@ -60,7 +60,10 @@ class PlannerCoefficients:
     allocator_slack_fraction: float = 0.05  # reserved - allocated with expandable segments (set by our CLI)
     safety_margin_fraction: float = 0.08  # share of VRAM the planner leaves unused (other apps, spikes)
     # --- Speed ---
-    throughput_efficiency: float = 0.30  # FLOPs utilisation, uncalibrated for consumer cards (H100 runs: 0.32-0.33)
+    # Calibrated on the H100 (docs/benchmarks.md): Falcon-7B QLoRA under a 24 GiB cap measured 7,934 tok/s
+    # (32 rows, 31 checkpointed layers) and 8,605 (28 rows, 28 layers), where 0.30 predicted ~6,100: 0.40 is
+    # within 5% of both. Consumer cards (less bandwidth per FLOP) are not yet measured.
+    throughput_efficiency: float = 0.40
 
 
 COEFFICIENTS = PlannerCoefficients()
@@ -68,7 +71,6 @@ COEFFICIENTS = PlannerCoefficients()
 TRAINING_METHODS = ("full", "lora", "qlora")
 METHODS = ("inference", *TRAINING_METHODS)
 INFERENCE_DTYPES = ("fp32", "bf16", "fp16", "int8", "nf4")
-OPTIMIZERS = ("paged_adamw_8bit", "adamw_8bit", "adamw_fused", "adamw")
 COMPONENTS = ("weights", "quant_constants", "lora_weights", "gradients", "optimizer", "activations", "loss_buffer",
               "cuda_context", "allocator_slack")
 

@@ -25,8 +25,10 @@ def default_run_dir(model: str) -> Path:
 def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     if not args.data:
         raise UserError("No training data given.", "Pass --data FILE (SQuAD JSON) or a `datasets` name.")
+    from falcon_desktop.shapes import model_reference
+
     return TrainConfig(
-        model=args.model,
+        model=model_reference(args.model),  # a preset name such as falcon-7b becomes its Hub id
         data=args.data,
         output=Path(args.output).expanduser() if args.output else default_run_dir(args.model),
         epochs=args.epochs,

@@ -208,14 +208,15 @@ def test_training_attention_is_linear_in_length_and_generation_quadratic_for_fal
     single K/V head sends SDPA to its math kernel and its (seq x seq) fp32 probabilities."""
     falcon = load_shape("falcon-7b")
 
-    def kept_per_token(seq_len: int) -> float:
-        return kept_activation_bytes(falcon, Setup("qlora", seq_len, lora_targets=("query_key_value",))) / seq_len
+    def activations(method: str, seq_len: int) -> int:
+        targets = ("query_key_value",) if method != "inference" else ()
+        return memory_breakdown(falcon, Setup(method, seq_len, lora_targets=targets))["activations"]
 
-    def generation_per_token(seq_len: int) -> float:
-        return memory_breakdown(falcon, Setup("inference", seq_len))["activations"] / seq_len
+    def curvature(method: str) -> int:  # second difference over evenly spaced lengths: 0 for a straight line
+        return activations(method, 3072) - 2 * activations(method, 2048) + activations(method, 1024)
 
-    assert kept_per_token(2048) == pytest.approx(kept_per_token(512), rel=1e-12)
-    assert generation_per_token(2048) > 2 * generation_per_token(512)
+    assert abs(curvature("qlora")) <= 2  # rounding
+    assert curvature("inference") > 10**8
 
 
 def test_memory_model_is_within_ten_percent_of_the_h100_matrix():
@@ -261,8 +262,9 @@ def test_every_preset_and_method_plans(name, method):
     assert plan.breakdown["weights"] > 0 and plan.breakdown["cuda_context"] == COEFFICIENTS.cuda_context_bytes
     assert set(plan.methods) == {"inference_fp32", "inference_bf16", "inference_nf4", "full", "lora", "qlora"}
     assert plan.methods["inference_nf4"] < plan.methods["inference_bf16"] < plan.methods["inference_fp32"]
-    if plan.total_params > 10**8:  # in a tiny model NF4's per-tensor constants outweigh what 4 bits save
-        assert plan.methods["qlora"] < plan.methods["lora"] < plan.methods["full"]
+    if plan.total_params > 10**8:  # a tiny model's adapters and their activations outweigh its weights
+        assert max(plan.methods["qlora"], plan.methods["lora"]) < plan.methods["full"]
+    # QLoRA is not always below LoRA: Falcon's 4-bit projections return fp32 activations (plan_memory.py).
     assert plan.fits == (plan.peak_vram_bytes <= 24 * GIB * (1 - COEFFICIENTS.safety_margin_fraction))
     assert Plan.from_json(plan.to_json()) == plan
     if method == "inference":
