@@ -31,7 +31,7 @@ def run_demo(settings: DemoSettings) -> dict:
     info("[bold]falcon-desktop demo[/bold]: a tiny random model shows the mechanics, not quality.\n")
     _doctor_verdict()
 
-    model_dir = build_tiny_model(settings.output / "tiny-falcon")
+    model_dir = build_tiny_model(settings.output / "tiny-falcon")  # inside the run, so one folder holds the demo
     info(f"[bold]1. Model[/bold]  tiny Falcon (random weights) written to {model_dir}")
 
     plan = make_plan(
@@ -43,7 +43,7 @@ def run_demo(settings: DemoSettings) -> dict:
 
     info(f"[bold]3. Train[/bold]  {settings.steps} steps on the shipped SQuAD sample")
     config = TrainConfig(
-        model=str(model_dir), data=str(asset_path("demo-squad.json")), output=settings.output / "run",
+        model=str(model_dir), data=str(asset_path("demo-squad.json")), output=settings.output,
         max_steps=settings.steps, learning_rate=3e-3, save_every=10, eval_fraction=0.2, eval_examples=12,
         device="cpu", seed=settings.seed,
     )

@@ -99,6 +99,11 @@ def gpu_model(name: str) -> GpuModel:
     )
 
 
+# Words that make a different card, not a different name for the same one: an "RTX 4060" is not an
+# "RTX 4060 Ti 16GB" (8 GB vs 16), so a name matches an entry only if both have the same of these words.
+VARIANT_WORDS = frozenset({"ti", "super", "laptop", "mobile", "max-q"})
+
+
 def match_gpu(name: str, total_bytes: int | None = None) -> GpuModel | list[str] | None:
     """The entry for `name`, or the names it could mean (ambiguous), or None (nothing matches).
 
@@ -111,7 +116,8 @@ def match_gpu(name: str, total_bytes: int | None = None) -> GpuModel | list[str]
     exact = [gpu for gpu in GPUS if _tokens(gpu.name) == query]
     if exact:
         return exact[0]
-    matches = [gpu for gpu in GPUS if _tokens(gpu.name) <= query or query <= _tokens(gpu.name)]
+    matches = [gpu for gpu in GPUS if (_tokens(gpu.name) <= query or query <= _tokens(gpu.name))
+               and _tokens(gpu.name) & VARIANT_WORDS == query & VARIANT_WORDS]
     if total_bytes is not None and len(matches) > 1:
         closest = min(abs(gpu.vram_gib * GIB - total_bytes) for gpu in matches)
         matches = [gpu for gpu in matches if abs(gpu.vram_gib * GIB - total_bytes) == closest]

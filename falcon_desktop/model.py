@@ -93,6 +93,35 @@ def check_model_reference(reference: str) -> None:
         )
 
 
+LEGACY_FALCON_TYPES = ("RefinedWeb", "RefinedWebModel")
+LEGACY_FALCON_KEYS = {"n_head": "num_attention_heads", "n_layer": "num_hidden_layers", "n_head_kv": "num_kv_heads"}
+
+
+def load_config(reference: str, trust_remote_code: bool = False):
+    """The model's config; Falcon's original `RefinedWebModel` configs load as transformers' native FalconConfig.
+
+    Early Falcon checkpoints name custom code in `auto_map`, which transformers refuses without trust_remote_code.
+    transformers' own Falcon implements the same architecture and reads the legacy keys (n_head, n_layer), so we
+    use it and drop `auto_map` rather than run the repository's Python.
+    """
+    from transformers import AutoConfig, FalconConfig
+    from transformers.utils import cached_file
+
+    if not trust_remote_code:
+        import json
+
+        config_file = cached_file(reference, "config.json")
+        raw = json.loads(Path(config_file).read_text(encoding="utf-8"))
+        if raw.get("model_type") in LEGACY_FALCON_TYPES:
+            raw.pop("auto_map", None)
+            raw["model_type"] = "falcon"
+            for legacy, native in LEGACY_FALCON_KEYS.items():
+                if legacy in raw:
+                    raw[native] = raw.pop(legacy)
+            return FalconConfig.from_dict(raw)
+    return AutoConfig.from_pretrained(reference, trust_remote_code=trust_remote_code)
+
+
 def load_tokenizer(reference: str, trust_remote_code: bool = False):
     """The model's tokenizer, with a pad token and right padding for training."""
     from transformers import AutoTokenizer
@@ -156,16 +185,17 @@ def verify_quantization(model: nn.Module) -> QuantizationReport:
 
 def load_base_model(settings: ModelSettings) -> LoadedModel:
     """Tokenizer and base model on the chosen device; 4-bit NF4 when `settings.quantize`, verified."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.compute_dtype, device)
     tokenizer = load_tokenizer(settings.model, settings.trust_remote_code)
-    config = AutoConfig.from_pretrained(settings.model, trust_remote_code=settings.trust_remote_code)
-    kwargs: dict = {"dtype": dtype, "device_map": {"": str(device)}, "trust_remote_code": settings.trust_remote_code}
+    config = load_config(settings.model, settings.trust_remote_code)
+    kwargs: dict = {"dtype": dtype, "device_map": {"": str(device)}, "trust_remote_code": settings.trust_remote_code,
+                    "config": config}
     if settings.quantize:
         kwargs["quantization_config"] = _quantization_config(dtype)
-    is_falcon = config.model_type in ("falcon", "RefinedWeb", "RefinedWebModel")
+    is_falcon = config.model_type == "falcon"
     patch = _falcon_linear_as_nn_linear() if (settings.quantize and is_falcon) else contextlib.nullcontext()
     with patch:
         model = AutoModelForCausalLM.from_pretrained(settings.model, attn_implementation="sdpa", **kwargs)

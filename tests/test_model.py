@@ -84,3 +84,31 @@ def test_a_directory_without_config_is_a_user_error(tmp_path: Path) -> None:
     (tmp_path / "weights.bin").write_bytes(b"")
     with pytest.raises(UserError, match="config.json"):
         load_base_model(ModelSettings(str(tmp_path), device="cpu"))
+
+
+def test_legacy_refinedweb_config_loads_without_remote_code(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Falcon's original config (model_type RefinedWebModel, n_head/n_layer, auto_map) must not need remote code."""
+    import json
+    import shutil
+
+    legacy = tmp_path / "legacy"
+    shutil.copytree(tiny_model_dir, legacy)
+    config = json.loads((legacy / "config.json").read_text(encoding="utf-8"))
+    config.update(model_type="RefinedWebModel", architectures=["RWForCausalLM"], n_head=config.pop("num_attention_heads"),
+                  n_layer=config.pop("num_hidden_layers"), auto_map={"AutoModelForCausalLM": "modelling_RW.RWForCausalLM"})
+    (legacy / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    loaded = load_base_model(ModelSettings(str(legacy), device="cpu"))
+    assert type(loaded.model).__name__ == "FalconForCausalLM" and loaded.quantization.quantized_layers == 8
+
+
+def test_real_falcon_7b_legacy_config_has_the_published_parameter_count(shared_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from transformers import FalconForCausalLM
+
+    from falcon_desktop.model import load_config
+
+    shutil.copy(shared_dir / "data" / "falcon-7b" / "config.json", tmp_path / "config.json")
+    with torch.device("meta"):
+        model = FalconForCausalLM(load_config(str(tmp_path)))
+    assert sum(p.numel() for p in model.parameters()) == 6_921_720_704

@@ -62,30 +62,39 @@ def _adapter_weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run / "adapter" / "adapter_model.safetensors"))
 
 
+def _train_command(model: Path, output: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "falcon_desktop", "train", "--model", str(model), "--data", DEMO,
+            "--output", str(output), "--batch-size", "8", "--learning-rate", "3e-3", *extra]
+
+
 def test_ctrl_c_then_resume_matches_an_uninterrupted_run(tiny_model_dir: Path, tmp_path: Path) -> None:
+    # Every run is a fresh process, as a user's would be: in-process state left by other tests (a library's lazy
+    # set-up drawing from the RNG, say) must not make the reference differ from the interrupted run.
     steps = ["--max-steps", "40", "--save-every", "100", "--eval-examples", "0"]
     reference = tmp_path / "reference"
-    assert _train(tiny_model_dir, reference, *steps) == 0
+    subprocess.run(_train_command(tiny_model_dir, reference, *steps), check=True, capture_output=True, timeout=300)
 
     interrupted = tmp_path / "interrupted"
-    command = [sys.executable, "-m", "falcon_desktop", "train", "--model", str(tiny_model_dir), "--data", DEMO,
-               "--output", str(interrupted), "--batch-size", "8", "--learning-rate", "3e-3", *steps]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy())
-    metrics = interrupted / "metrics.jsonl"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        if metrics.exists() and len(metrics.read_text(encoding="utf-8").splitlines()) >= 3:
-            process.send_signal(signal.SIGINT)
-            break
-        time.sleep(0.02)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stderr.decode(errors="replace")[-2000:]
+    command = _train_command(tiny_model_dir, interrupted, *steps)
+    log = tmp_path / "stderr.txt"  # a file, not a pipe: a full pipe would block the child before it trains
+    with log.open("wb") as stderr:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, env=os.environ.copy())
+        metrics = interrupted / "metrics.jsonl"
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and process.poll() is None:
+            if metrics.exists() and len(metrics.read_text(encoding="utf-8").splitlines()) >= 3:
+                process.send_signal(signal.SIGINT)
+                break
+            time.sleep(0.02)
+        process.wait(timeout=240)
+    assert process.returncode == 130, log.read_text(encoding="utf-8", errors="replace")[-2000:]
     card = json.loads((interrupted / "run.json").read_text(encoding="utf-8"))
     stopped_at = card["steps"]
     assert card["status"] == "interrupted" and 3 <= stopped_at < 40
     assert (interrupted / "checkpoints" / f"step-{stopped_at:06d}").is_dir()
 
-    assert main(["train", "--resume", str(interrupted)]) == 0
+    subprocess.run([sys.executable, "-m", "falcon_desktop", "train", "--resume", str(interrupted)], check=True,
+                   capture_output=True, timeout=300)
     resumed, expected = _adapter_weights(interrupted), _adapter_weights(reference)
     assert resumed.keys() == expected.keys()
     for name in expected:

@@ -15,7 +15,7 @@ def register(subparsers: argparse._SubParsersAction, formatter: type[argparse.He
         "demo", help="run doctor -> plan -> train -> eval -> ask offline on a tiny model", description=__doc__,
         epilog=EXAMPLES, formatter_class=formatter,
     )
-    parser.add_argument("--output", help="where to write the tiny model and the run (default: runs/demo)")
+    parser.add_argument("--output", help="the run directory, which also holds the tiny model (default: runs/demo)")
     parser.add_argument("--steps", type=int, default=30, help="training steps")
     parser.set_defaults(run=run)
 
