@@ -16,7 +16,6 @@ import contextlib
 from collections.abc import Iterator
 from types import MethodType
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 

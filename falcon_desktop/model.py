@@ -10,7 +10,6 @@ biases), then `verify_quantization` checks every linear layer and fails loudly i
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -301,6 +300,3 @@ def load_adapter(model: nn.Module, adapter_dir: Path, name: str = "default"):
         return model
     return PeftModel.from_pretrained(model, str(adapter_dir), adapter_name=name, is_trainable=False)
 
-
-def environment_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "") in ("1", "true", "True")

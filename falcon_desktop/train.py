@@ -119,6 +119,7 @@ class Session:
     scaler: torch.amp.GradScaler
     state: TrainerState
     card: dict = field(default_factory=dict)
+    schedules: dict[int, list[list[int]]] = field(default_factory=dict)  # epoch -> its steps' example indices
 
 
 
@@ -322,7 +323,9 @@ def fit(s: Session) -> str:
 def _step_indices(s: Session, step: int) -> list[int]:
     """The examples of global step `step`: a pure function of (seed, epoch), which is what makes resume exact."""
     epoch, index = divmod(step, s.steps_per_epoch)
-    return schedule_steps(s.lengths, s.plan.effective_batch_size, s.config.seed, epoch)[index]
+    if epoch not in s.schedules:  # one shuffle per epoch, not per step
+        s.schedules[epoch] = schedule_steps(s.lengths, s.plan.effective_batch_size, s.config.seed, epoch)
+    return s.schedules[epoch][index]
 
 
 @dataclass(frozen=True)
