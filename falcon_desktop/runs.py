@@ -46,6 +46,15 @@ def read_json_file(path: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
+def read_run_card(run_dir: Path) -> dict:
+    """The run card of `run_dir`; a UserError when the directory is not a run (resume needs a real one)."""
+    card = read_json_file(Path(run_dir) / RUN_CARD)
+    if card is None:
+        raise UserError(f"{run_dir} is not a run directory (no readable {RUN_CARD}).",
+                        "Pass the --output of an earlier `falcon-desktop train` run.")
+    return card
+
+
 def run_dir_of(adapter_dir: Path) -> Path | None:
     """The run directory an adapter belongs to (the one holding run.json), if any."""
     adapter_dir = Path(adapter_dir)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import shutil
 import signal
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -37,8 +38,8 @@ from falcon_desktop.data import (
 from falcon_desktop.errors import UserError
 from falcon_desktop.loss import answer_loss_sum, count_label_tokens
 from falcon_desktop.metrics import MetricsLog, Stopwatch, TrainingDisplay, plot_losses, vram_now
-from falcon_desktop.runs import RUN_CARD
 from falcon_desktop.model import ModelSettings, add_lora, backbone_and_head, load_base_model, set_checkpointing
+from falcon_desktop.runs import RUN_CARD, read_run_card
 
 if TYPE_CHECKING:
     from falcon_desktop.plan import Plan
@@ -158,7 +159,7 @@ def setup(config: TrainConfig, plan: Plan, resume: bool) -> Session:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, config.warmup_fraction))
     state = TrainerState(token_budget=plan.micro_batch_size * plan.max_seq_len)
 
-    card = _read_card(run) if resume else {}
+    card = read_run_card(run.root) if resume else {}
     checkpoints = list_checkpoints(run.checkpoints)
     if resume and checkpoints:
         if card.get("data", {}).get("fingerprint") not in (None, data_card["fingerprint"]):
@@ -170,8 +171,6 @@ def setup(config: TrainConfig, plan: Plan, resume: bool) -> Session:
         run.metrics.truncate_after(state.step)
         info(f"Resuming {run.root} at step {state.step} of {total_steps}.")
     elif not resume:  # a fresh run in a reused directory must not inherit the old run's state
-        import shutil
-
         shutil.rmtree(run.checkpoints, ignore_errors=True)
         for stale in (run.metrics.path, run.card):
             stale.unlink(missing_ok=True)
@@ -241,14 +240,6 @@ def warmup_cosine(total_steps: int, warmup_fraction: float):
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return factor
-
-
-def _read_card(run: RunDir) -> dict:
-    import json
-
-    if not run.card.is_file():
-        raise UserError(f"{run.root} holds no {RUN_CARD}.", "Pass a run directory made by `falcon-desktop train`.")
-    return json.loads(run.card.read_text(encoding="utf-8"))
 
 
 # ----------------------------------------------------------------------------------------------------------- fit

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -13,7 +12,7 @@ from falcon_desktop.console import info, out
 from falcon_desktop.errors import UserError
 from falcon_desktop.plan import Plan, make_plan
 from falcon_desktop.shapes import load_shape
-from falcon_desktop.runs import RUN_CARD
+from falcon_desktop.runs import read_run_card
 from falcon_desktop.train import TrainConfig
 
 
@@ -76,10 +75,7 @@ def plan_for_training(args: argparse.Namespace, config: TrainConfig) -> Plan:
 
 def resume_settings(args: argparse.Namespace) -> tuple[TrainConfig, Plan]:
     run_dir = Path(args.resume).expanduser()
-    card_path = run_dir / RUN_CARD
-    if not card_path.is_file():
-        raise UserError(f"{run_dir} is not a run directory (no {RUN_CARD}).", "Pass the --output of an earlier run.")
-    card = json.loads(card_path.read_text(encoding="utf-8"))
+    card = read_run_card(run_dir)
     if card.get("status") == "finished" and not args.max_steps:
         raise UserError(f"The run in {run_dir} already finished.", "Pass --max-steps N to train it further.")
     config = TrainConfig.from_json({**card["train"], "output": str(run_dir)})
