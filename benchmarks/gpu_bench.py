@@ -4,10 +4,12 @@ One process per run (clean memory statistics). Subcommands:
   make-model  --shape falcon-7b|llama-1b --tokenizer DIR --out DIR   random weights of the real shape, bf16 safetensors
   hf          --recipe seed|careful ...                              transformers Trainer (the baseline)
   ours        ...                                                    falcon-desktop's planner + trainer
+  compare     --model DIR --data FILE --out DIR                      seed recipe, careful user and ours, one after
+                                                                     the other, then the comparison table
 Every run writes one JSON result: real (non-padding) tokens/s after warm-up, samples/s, peak allocated/reserved VRAM,
 padding efficiency, MFU = 4 x params x tokens/s / bf16 peak (LoRA: forward 2N + input-gradient backward 2N; the
 recomputation of checkpointed layers is not counted as useful work), and the loss per step.
-`benchmarks/run_gpu.sh` chains them; results are committed under benchmarks/results/.
+`compare` is the headline in one command; results are committed under benchmarks/results/.
 """
 
 from __future__ import annotations
@@ -61,6 +63,11 @@ def make_model(args: argparse.Namespace) -> None:
     print(json.dumps({"shape": args.shape, "params": sum(p.numel() for p in model.parameters()), "dir": str(out)}))
 
 
+def _synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def load_examples(model_dir: str, data: str, max_seq_len: int):
     from falcon_desktop.data import load_records, tokenize_records
     from falcon_desktop.model import load_tokenizer
@@ -104,7 +111,7 @@ def run_hf(args: argparse.Namespace) -> dict:
     from falcon_desktop.model import ModelSettings, load_base_model
 
     tokenizer, examples = load_examples(args.model, args.data, args.seq_len)
-    model = load_base_model(ModelSettings(args.model, quantize=True, device="cuda:0")).model
+    model = load_base_model(ModelSettings(args.model, quantize=True, device="auto")).model
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
     model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05,
                                              target_modules=["query_key_value"], task_type="CAUSAL_LM"))
@@ -130,11 +137,11 @@ def run_hf(args: argparse.Namespace) -> dict:
 
     class Timer(TrainerCallback):
         def on_step_begin(self, *a, **k):
-            torch.cuda.synchronize()
+            _synchronize()
             self.start = time.perf_counter()
 
         def on_step_end(self, *a, **k):
-            torch.cuda.synchronize()
+            _synchronize()
             step_log.append({"seconds": time.perf_counter() - self.start, "real_tokens": pending["real"],
                              "padded_tokens": pending["padded"], "samples": pending["samples"], "loss": math.nan})
             pending.update(real=0, padded=0, samples=0)
@@ -150,6 +157,7 @@ def run_hf(args: argparse.Namespace) -> dict:
             gradient_checkpointing=True, optim="paged_adamw_8bit", learning_rate=2e-4, lr_scheduler_type="cosine",
             warmup_steps=max(1, round(0.03 * args.steps)), bf16=True, max_steps=args.steps, logging_steps=1,
             report_to=[], save_strategy="no", dataloader_num_workers=0, remove_unused_columns=False, seed=42,
+            use_cpu=not torch.cuda.is_available(),  # the CPU test of this harness
         )
         Trainer(model=model, args=training_args, train_dataset=rows, data_collator=collate,
                 callbacks=[Timer()]).train()
@@ -248,6 +256,48 @@ def run_matrix(args: argparse.Namespace) -> dict:
             "footprint_bytes": loaded.quantization.footprint_bytes, "rows": rows_out}
 
 
+COMPARED = (  # (result file, subcommand arguments): the issue's two baselines, then ours with its own plan
+    ("hf-seed.json", ["hf", "--recipe", "seed"]),
+    ("hf-careful.json", ["hf", "--recipe", "careful", "--batch", "16", "--accumulation", "4"]),
+    ("ours.json", ["ours", "--effective-batch", "64"]),
+)
+
+
+def comparison(results: dict[str, dict]) -> dict:
+    """Speed-ups over both baselines and a markdown table, from the three runs' results."""
+    ours = results["ours.json"]["real_tokens_per_second"]
+    rows = ["| run | real tokens/s | samples/s | peak reserved | padding efficiency | MFU | x ours |",
+            "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, result in results.items():
+        speed = result["real_tokens_per_second"]
+        rows.append(f"| {result['name']} | {speed:,.0f} | {result['samples_per_second']:.2f} | "
+                    f"{result['peak_reserved_bytes'] / 1e9:.2f} GB | {result['padding_efficiency']:.1%} | "
+                    f"{result['mfu']:.1%} | {ours / speed:.2f} |")
+    return {
+        "device": results["ours.json"]["device"],
+        "real_tokens_per_second": {r["name"]: r["real_tokens_per_second"] for r in results.values()},
+        "speedup_over_seed": round(ours / results["hf-seed.json"]["real_tokens_per_second"], 2),
+        "speedup_over_careful": round(ours / results["hf-careful.json"]["real_tokens_per_second"], 2),
+        "table": "\n".join(rows),
+    }
+
+
+def run_compare(args: argparse.Namespace) -> dict:
+    """Each run in its own process (clean memory statistics, same cap), then the comparison."""
+    import subprocess
+
+    out = Path(args.out)
+    results = {}
+    for filename, command in COMPARED:
+        subprocess.run([sys.executable, __file__, *command, "--model", args.model, "--data", args.data,
+                        "--steps", str(args.steps), "--vram", str(args.vram), "--result", str(out / filename)],
+                       check=True)
+        results[filename] = json.loads((out / filename).read_text(encoding="utf-8"))
+    summary = comparison(results)
+    print(summary["table"])
+    return summary
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -263,6 +313,12 @@ def main() -> None:
         run.add_argument("--seq-len", type=int, default=512)
         run.add_argument("--vram", type=float, default=24.0, help="emulated card size in GiB")
         run.add_argument("--result", required=True)
+    compare = sub.add_parser("compare")
+    compare.add_argument("--model", required=True)
+    compare.add_argument("--data", required=True)
+    compare.add_argument("--steps", type=int, default=30)
+    compare.add_argument("--vram", type=float, default=24.0, help="emulated card size in GiB")
+    compare.add_argument("--out", required=True, help="folder for the three results and comparison.json")
     matrix = sub.add_parser("matrix")
     matrix.add_argument("--model", required=True)
     matrix.add_argument("--configs", required=True, help='space-separated "seq:rows:checkpoint_layers:targets"')
@@ -281,6 +337,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.command == "make-model":
         make_model(args)
+        return
+    if args.command == "compare":
+        Path(args.out, "comparison.json").write_text(json.dumps(run_compare(args), indent=2) + "\n", encoding="utf-8")
         return
     if args.command == "matrix":
         result = run_matrix(args)

@@ -18,8 +18,9 @@ from typing import Any
 
 from falcon_desktop.console import info, warn
 from falcon_desktop.errors import UserError
-from falcon_desktop.evaluate import iter_squad_questions, read_jsonl_objects, read_squad
 from falcon_desktop.decoding import GenerationSettings
+from falcon_desktop.evaluate import iter_squad_questions, read_jsonl_objects, read_squad
+from falcon_desktop.fast_decode import StreamingDecoder
 from falcon_desktop.generate import GenerationResult, answer_records, encode_prompt, stream_answer
 from falcon_desktop.prompts import is_abstention
 from falcon_desktop.runs import adapter_label, base_model_of, resolve_adapter, run_card_of
@@ -71,6 +72,7 @@ class Answerer:
         self.settings = settings
         self.adapters: dict[str, Path] = {}   # peft adapter name -> directory, in load order
         self.active: str | None = None        # None: the base model alone
+        self._decoder: StreamingDecoder | None = None
 
     @property
     def description(self) -> str:
@@ -125,8 +127,10 @@ class Answerer:
             warn(f"The prompt is {len(prompt):,} tokens; this model reads {budget:,} besides the answer, "
                  "so only the beginning of the passage is used.")
             prompt = encode_prompt(self.tokenizer, question, context, budget)
+        if self._decoder is None or self._decoder.model is not self.model:  # the first adapter wraps the model
+            self._decoder = StreamingDecoder(self.model)
         with self._adapter_scope():
-            return stream_answer(self.model, self.tokenizer, prompt, self.settings, on_text)
+            return stream_answer(self._decoder, self.tokenizer, prompt, self.settings, on_text, self.active)
 
     def answer_all(self, questions: Sequence[Any], batch_size: int = 8,
                    on_progress: Callable[[int], None] | None = None) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""A training fast path for Falcon's attention: flash SDPA instead of a materialised 71-head score matrix.
+"""Falcon's attention made fast for training (flash SDPA) and recordable for decoding (CUDA graphs).
 
 transformers' Falcon always materialises the causal mask (to add ALiBi onto it) and hands SDPA a single key/value
 head for Falcon-7B's 71 query heads. Either one keeps SDPA off its flash kernel; together they make the math
@@ -8,6 +8,10 @@ can drop it, broadcast the key/value head to every query head, and call SDPA wit
 
 The fast path is on only inside `causal_fast_path(model)` (the trainer's forward and backward, where recomputed
 layers run again); generation, which needs the padding mask and the KV cache, takes transformers' own code.
+
+For decoding, `make_graph_safe` swaps one detail of that code: Falcon splits the fused QKV projection with list
+indices (`x[..., [-2], :]`), which copies a CPU index tensor to the GPU at every call, and such copies cannot be
+recorded in a CUDA graph. Slices select the same heads without it.
 """
 
 from __future__ import annotations
@@ -69,3 +73,30 @@ def causal_fast_path(model: nn.Module) -> Iterator[None]:
         for module in modules:
             setattr(module, _FLAG, False)
 
+
+
+def _split_heads_by_slicing(self, fused_qkv):
+    """transformers' `FalconAttention._split_heads`, with slices where it indexes by lists (same values)."""
+    batch, length, _ = fused_qkv.shape
+    if self.new_decoder_architecture:
+        qkv = fused_qkv.view(batch, length, -1, self.num_heads // self.num_kv_heads + 2, self.head_dim)
+        query, key, value = qkv[:, :, :, :-2], qkv[:, :, :, -2:-1], qkv[:, :, :, -1:]
+        key, value = key.expand(query.shape), value.expand(query.shape)
+        return tuple(x.flatten(2, 3) for x in (query, key, value))
+    if not self.multi_query:
+        qkv = fused_qkv.view(batch, length, self.num_heads, 3, self.head_dim)
+        return qkv[..., 0, :], qkv[..., 1, :], qkv[..., 2, :]
+    qkv = fused_qkv.view(batch, length, self.num_heads + 2, self.head_dim)
+    return qkv[..., :-2, :], qkv[..., -2:-1, :], qkv[..., -1:, :]
+
+
+def make_graph_safe(model: nn.Module) -> int:
+    """Let every Falcon attention module of `model` be recorded in a CUDA graph; returns how many were changed."""
+    from transformers.models.falcon.modeling_falcon import FalconAttention
+
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, FalconAttention):
+            module._split_heads = MethodType(_split_heads_by_slicing, module)
+            changed += 1
+    return changed

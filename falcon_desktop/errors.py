@@ -49,6 +49,12 @@ def explain(error: BaseException) -> UserError | None:
     for cls in type(error).__mro__:
         if cls.__name__ in _KNOWN:
             message, hint = _KNOWN[cls.__name__]
-            detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            detail = first_line(error) if str(error).strip() else ""
             return UserError(f"{message} ({detail})" if detail else message, hint)
     return None
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's message cut to its first line (library errors often append pages of context)."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__

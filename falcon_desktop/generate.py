@@ -3,26 +3,27 @@
 Prompts are encoded exactly as training encodes the prompt part (`tokenizer(prompt).input_ids`, the tokenizer's
 default special tokens). Batches are left-padded so every row's answer starts at the same position. Generation stops
 at EOS, or where the text reaches one of `prompts.STOP_STRINGS` (a model that has not learned EOS yet goes on to
-write a fake next "###" block), or at `max_new_tokens`. Streaming runs `model.generate` in the calling thread, so a
-Ctrl-C (KeyboardInterrupt) lands between two decoding steps and ends only that answer.
+write a fake next "###" block), or at `max_new_tokens`. Streaming runs in the calling thread, so a Ctrl-C
+(KeyboardInterrupt) lands between two decoding steps and ends only that answer.
 
-Speed work (a static KV cache, CUDA graphs, `torch.compile`) belongs in `_generate`, the single call into the model.
+One answer at a time (the REPL, `--question`) goes through `fast_decode.StreamingDecoder` (static KV cache, CUDA
+graphs); batches go through transformers' `generate`, where throughput rather than latency counts.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 from transformers import StoppingCriteria
-from transformers.generation.streamers import BaseStreamer
 
 from falcon_desktop.decoding import GenerationSettings
 from falcon_desktop.errors import UserError
+from falcon_desktop.fast_decode import StreamingDecoder
 from falcon_desktop.prompts import STOP_STRINGS, QAPrompt, clean_generation
 
 # Tokens re-decoded at each step to look for a stop string: "\n###" is at most a few tokens, even byte by byte.
@@ -95,8 +96,8 @@ class _StopStrings(StoppingCriteria):
         return torch.tensor([_cut_at_stop(text)[1] for text in texts], dtype=torch.bool, device=input_ids.device)
 
 
-class _AnswerStreamer(BaseStreamer):
-    """Receives tokens from `generate` (the prompt first) and passes on the newly visible answer text.
+class _AnswerText:
+    """Receives the answer's tokens one by one and passes on the newly visible text; says when to stop.
 
     Decoding is incremental (the offsets scheme of text-generation-inference): only the tokens since the last
     complete piece are decoded, together with one token before them so that a SentencePiece word keeps its leading
@@ -108,21 +109,21 @@ class _AnswerStreamer(BaseStreamer):
         self.on_text = on_text
         self.token_ids: list[int] = []
         self.first_token_at: float | None = None
-        self._prompt_seen = False
         self._text = ""          # everything decoded so far
         self._shown = ""         # what `on_text` has received
         self._prefix_offset = 0  # decoding restarts here: the token before the undecoded ones
         self._read_offset = 0    # tokens before this are in `_text`
 
-    def put(self, value: torch.Tensor) -> None:
-        if not self._prompt_seen:
-            self._prompt_seen = True
-            return
+    def add(self, token_id: int) -> bool:
+        """Take one new token; True when the answer is over (EOS, or a stop string reached)."""
         if self.first_token_at is None:
             self.first_token_at = time.perf_counter()
-        self.token_ids.extend(value.reshape(-1).tolist())
+        self.token_ids.append(token_id)
+        if token_id == self.tokenizer.eos_token_id:
+            return True
         self._decode_new_tokens()
         self._emit(final=False)
+        return _cut_at_stop(self._text)[1]
 
     def end(self) -> None:
         self._emit(final=True)
@@ -166,22 +167,27 @@ def _inference(model: torch.nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def _generate(model: torch.nn.Module, tokenizer: Any, batch: Sequence[Sequence[int]], settings: GenerationSettings,
-              streamer: _AnswerStreamer | None = None) -> torch.Tensor:
+def _answer_budget(model: torch.nn.Module, prompt_length: int, settings: GenerationSettings) -> int:
+    """New tokens allowed after a prompt: `max_new_tokens`, or fewer where the model's positions run out."""
+    positions = getattr(model.config, "max_position_embeddings", None) or prompt_length + settings.max_new_tokens
+    if prompt_length >= positions:
+        raise UserError(
+            f"The prompt is {prompt_length:,} tokens; this model reads at most {positions:,}.",
+            "Shorten the context (/context with a shorter passage).",
+        )
+    return min(settings.max_new_tokens, positions - prompt_length)
+
+
+def _generate(model: torch.nn.Module, tokenizer: Any, batch: Sequence[Sequence[int]],
+              settings: GenerationSettings) -> torch.Tensor:
     """Left-pad `batch`, run the model, return only the new tokens [rows, new]."""
     pad_id = _pad_id(tokenizer)
     width = max(len(ids) for ids in batch)
     device = _input_device(model)
-    positions = getattr(model.config, "max_position_embeddings", None) or width + settings.max_new_tokens
-    if width >= positions:
-        raise UserError(
-            f"The prompt is {width:,} tokens; this model reads at most {positions:,}.",
-            "Shorten the context (/context with a shorter passage).",
-        )
     input_ids = torch.tensor([[pad_id] * (width - len(ids)) + list(ids) for ids in batch], device=device)
     attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in batch], device=device)
     options: dict[str, Any] = {
-        "max_new_tokens": min(settings.max_new_tokens, positions - width),
+        "max_new_tokens": _answer_budget(model, width, settings),
         "do_sample": settings.sampling,
         "pad_token_id": pad_id,
         "eos_token_id": tokenizer.eos_token_id,
@@ -194,7 +200,7 @@ def _generate(model: torch.nn.Module, tokenizer: Any, batch: Sequence[Sequence[i
             torch.manual_seed(settings.seed)
     if settings.repetition_penalty != 1.0:
         options["repetition_penalty"] = settings.repetition_penalty
-    output = model.generate(input_ids=input_ids, attention_mask=attention_mask, streamer=streamer, **options)
+    output = model.generate(input_ids=input_ids, attention_mask=attention_mask, **options)
     return output[:, width:]
 
 
@@ -213,22 +219,27 @@ def _decode_answer(tokenizer: Any, token_ids: Sequence[int]) -> tuple[str, str]:
     return clean_generation(raw), raw
 
 
-def stream_answer(model: torch.nn.Module, tokenizer: Any, prompt_ids: Sequence[int], settings: GenerationSettings,
-                  on_text: Callable[[str], None]) -> GenerationResult:
-    """Generate one answer, handing each newly visible piece of text to `on_text`; Ctrl-C ends it early."""
-    streamer = _AnswerStreamer(tokenizer, on_text)
+def stream_answer(decoder: StreamingDecoder, tokenizer: Any, prompt_ids: Sequence[int], settings: GenerationSettings,
+                  on_text: Callable[[str], None], variant: Hashable = None) -> GenerationResult:
+    """Generate one answer, handing each newly visible piece of text to `on_text`; Ctrl-C ends it early.
+
+    `variant` names the adapter state in use (see `StreamingDecoder`).
+    """
+    answer = _AnswerText(tokenizer, on_text)
     started = time.perf_counter()
     interrupted = False
-    with _inference(model):
+    with _inference(decoder.model):
         try:
-            _generate(model, tokenizer, [prompt_ids], settings, streamer)
+            decoder.generate(prompt_ids, _answer_budget(decoder.model, len(prompt_ids), settings), settings,
+                             answer.add, variant)
         except KeyboardInterrupt:
             interrupted = True
+    answer.end()
     finished = time.perf_counter()
-    text, raw = _decode_answer(tokenizer, streamer.token_ids)
-    first = (streamer.first_token_at or finished) - started
-    reason = "interrupted" if interrupted else _stop_reason(streamer.token_ids, raw, tokenizer.eos_token_id)
-    return GenerationResult(text, len(streamer.token_ids), first, finished - started, reason)
+    text, raw = _decode_answer(tokenizer, answer.token_ids)
+    first = (answer.first_token_at or finished) - started
+    reason = "interrupted" if interrupted else _stop_reason(answer.token_ids, raw, tokenizer.eos_token_id)
+    return GenerationResult(text, len(answer.token_ids), first, finished - started, reason)
 
 
 def generate_batch(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[Sequence[int]],

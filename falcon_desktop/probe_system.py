@@ -17,6 +17,7 @@ from importlib import metadata
 from pathlib import Path
 
 from falcon_desktop import paths
+from falcon_desktop.errors import first_line
 from falcon_desktop.probe_gpu import gigabytes
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
@@ -41,11 +42,6 @@ class Check:
     status: str  # PASS | WARN | FAIL
     value: str
     hint: str = ""
-
-
-def first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
 
 
 def python_check(version: tuple[int, int, int], pointer_bits: int) -> Check:

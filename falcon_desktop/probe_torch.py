@@ -11,8 +11,9 @@ import math
 import warnings
 from pathlib import PureWindowsPath
 
+from falcon_desktop.errors import first_line
 from falcon_desktop.probe_gpu import GpuInfo, NvmlReport, gigabytes
-from falcon_desktop.probe_system import FAIL, PASS, WARN, Check, first_line, installed_version, version_check
+from falcon_desktop.probe_system import FAIL, PASS, WARN, Check, installed_version, version_check
 from falcon_desktop.torch_build import (
     OLDEST_SUPPORTED_CAPABILITY,
     OLDEST_SUPPORTED_DRIVER,

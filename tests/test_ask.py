@@ -21,6 +21,7 @@ from rich.console import Console
 from falcon_desktop.ask import UNANSWERABLE_NOTE, AskOptions, load_answerer
 from falcon_desktop.cli import main
 from falcon_desktop.decoding import GenerationSettings
+from falcon_desktop.fast_decode import StreamingDecoder
 from falcon_desktop.generate import GenerationResult, encode_prompt, generate_batch, stream_answer
 from falcon_desktop.repl import Repl, _AnswerPrinter
 
@@ -62,7 +63,8 @@ def test_left_padded_batch_equals_one_by_one(answerer):
 def test_streamed_pieces_add_up_to_the_answer_and_are_timed(answerer):
     pieces: list[str] = []
     prompt = encode_prompt(answerer.tokenizer, QUESTION, PASSAGE)
-    result = stream_answer(answerer.model, answerer.tokenizer, prompt, GenerationSettings(max_new_tokens=12), pieces.append)
+    decoder = StreamingDecoder(answerer.model)
+    result = stream_answer(decoder, answerer.tokenizer, prompt, GenerationSettings(max_new_tokens=12), pieces.append)
     assert "".join(pieces) == result.text
     assert 1 <= result.new_tokens <= 12
     assert 0 < result.first_token_seconds <= result.total_seconds

@@ -43,3 +43,31 @@ def test_ours_runs_end_to_end_on_the_tiny_model(tiny_model_dir: Path, tmp_path: 
     assert summary["name"] == "ours" and summary["steps"] == 5 and summary["timed_steps"] == 2
     assert 0.5 < summary["padding_efficiency"] <= 1.0
     assert summary["real_tokens_per_second"] > 0 and len(summary["losses"]) == 5
+
+
+def _result(name: str, tokens_per_second: float) -> dict:
+    return {"name": name, "device": "H100", "real_tokens_per_second": tokens_per_second, "samples_per_second": 1.0,
+            "peak_reserved_bytes": 10**9, "padding_efficiency": 0.5, "mfu": 0.1}
+
+
+def test_comparison_speedups_and_table() -> None:
+    bench = _bench()
+    summary = bench.comparison({"hf-seed.json": _result("hf-seed", 500.0), "hf-careful.json": _result("hf-careful", 2000.0),
+                                "ours.json": _result("ours", 8000.0)})
+    assert summary["speedup_over_seed"] == 16.0 and summary["speedup_over_careful"] == 4.0
+    assert summary["table"].splitlines()[2].startswith("| hf-seed | 500 |") and summary["table"].endswith("| 1.00 |")
+
+
+def test_committed_comparison_matches_its_runs() -> None:
+    results = ROOT / "benchmarks" / "results"
+    runs = {name: json.loads((results / name).read_text(encoding="utf-8")) for name, _ in _bench().COMPARED}
+    assert _bench().comparison(runs) == json.loads((results / "comparison.json").read_text(encoding="utf-8"))
+
+
+def test_compare_runs_baselines_and_ours_in_one_command(tiny_model_dir: Path, tmp_path: Path) -> None:
+    data = ROOT / "falcon_desktop" / "assets" / "demo-squad.json"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_bench.py"), "compare", "--model", str(tiny_model_dir),
+                    "--data", str(data), "--steps", "4", "--out", str(tmp_path)], check=True, capture_output=True, timeout=600)
+    summary = json.loads((tmp_path / "comparison.json").read_text(encoding="utf-8"))
+    assert set(summary["real_tokens_per_second"]) == {"hf-seed", "hf-careful", "ours"}
+    assert summary["speedup_over_seed"] > 0 and "| ours |" in summary["table"]

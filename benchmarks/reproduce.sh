@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Every GPU figure in docs/benchmarks.md and docs/planner.md, from the repository root on a CUDA machine:
+#   OUT=benchmarks/results bash benchmarks/reproduce.sh
+# It needs .bench-data/ (the Falcon tokenizer files, the SQuAD v2 dev half and a ~170-token context.txt):
+#   mkdir -p .bench-data && cp ../shared/data/falcon-7b/* ../shared/data/squad/dev-v2.0-half.json .bench-data/
+# About 12 minutes on an H100. The lent test machine runs it in parts (a 10-minute limit per call); the models
+# made in step 1 live in $MODELS.
+set -euo pipefail
+OUT=${OUT:?set OUT to the folder for the JSON results}
+MODELS=${MODELS:-$HOME/m}
+export PYTHONUNBUFFERED=1 PYTORCH_ALLOC_CONF=expandable_segments:True
+D=.bench-data/dev-v2.0-half.json
+mkdir -p "$OUT" "$MODELS"
+
+# 1. Random-weight models of the real shapes (no download), bf16 safetensors plus the Falcon tokenizer.
+python3 benchmarks/gpu_bench.py make-model --shape falcon-7b --tokenizer .bench-data --out "$MODELS/falcon-7b"
+python3 benchmarks/gpu_bench.py make-model --shape llama-1b --tokenizer .bench-data --out "$MODELS/llama-1b"
+
+# 2. The headline: seed recipe, careful user and falcon-desktop's own plan, each under a 24 GiB cap
+#    -> hf-seed.json, hf-careful.json, ours.json, comparison.json (the table).
+python3 benchmarks/gpu_bench.py compare --model "$MODELS/falcon-7b" --data $D --steps 30 --out "$OUT"
+
+# 3. Memory and speed of one optimizer step over (sequence length : rows : checkpointed layers : LoRA targets),
+#    uncapped: the planner's accuracy table (python benchmarks/planner_accuracy.py) and the levers table.
+Q=query_key_value; A=query_key_value,dense,dense_h_to_4h,dense_4h_to_h
+python3 benchmarks/gpu_bench.py matrix --model "$MODELS/falcon-7b" --steps 3 --result "$OUT/matrix-falcon-7b.json" --configs \
+ "512:16:32:$Q 512:16:0:$Q 512:16:16:$Q 512:8:0:$Q 256:16:0:$Q 1024:4:32:$Q 1024:4:0:$Q 2048:2:32:$Q 2048:2:0:$Q 512:16:32:$A 512:16:0:$A 512:32:32:$Q 512:4:0:$Q"
+Q=q_proj,v_proj; A=q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj
+python3 benchmarks/gpu_bench.py matrix --model "$MODELS/llama-1b" --steps 3 --result "$OUT/matrix-llama-1b.json" --configs \
+ "512:16:22:$A 512:16:0:$A 256:16:0:$A 1024:8:22:$A 1024:8:0:$A 2048:4:22:$A 2048:4:11:$A 512:4:0:$Q 512:32:22:$A"
+
+# 4. `ask`: time to first token and decoding tokens/s, plain generate vs ours, NF4 and bf16 -> ask-speed.json.
+python3 benchmarks/ask_speed.py --model "$MODELS/falcon-7b" --context-file .bench-data/context.txt --repeats 3 \
+ --result "$OUT/ask-speed.json"
+
+# 5. The plots in docs/img/ (loss curves, throughput) from the committed results.
+python3 benchmarks/plot_results.py
