@@ -6,9 +6,12 @@ becomes a FAIL row instead of a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import PureWindowsPath
 
 from falcon_desktop.errors import first_line
@@ -239,6 +242,27 @@ def native_library_check(library: object, device: str) -> Check:
     return Check(name, PASS, value)
 
 
+@contextlib.contextmanager
+def _compile_deferred() -> Iterator[None]:
+    """`torch.compile` as the identity while bitsandbytes is first imported.
+
+    bitsandbytes wraps its pure-PyTorch fallback kernels in `torch.compile` when imported, which imports dynamo and
+    inductor: most of the ~10 s its import took on the H100 machine. The checks below use its native library, not
+    those fallbacks; bitsandbytes itself runs them uncompiled wherever compiling fails.
+    """
+    import torch
+
+    if "bitsandbytes" in sys.modules:
+        yield
+        return
+    compile_function = torch.compile
+    torch.compile = lambda model=None, **options: model if model is not None else (lambda function: function)
+    try:
+        yield
+    finally:
+        torch.compile = compile_function
+
+
 def bitsandbytes_checks(minimum: str | None, device: str) -> list[Check]:
     """bitsandbytes' version, the native library it loaded, and a real NF4 round trip on `device` ("cuda:0"/"cpu")."""
     # bitsandbytes logs a library load failure with a full traceback; the row below reports it instead.
@@ -246,8 +270,9 @@ def bitsandbytes_checks(minimum: str | None, device: str) -> list[Check]:
     level = logger.level
     logger.setLevel(logging.CRITICAL)
     try:
-        import bitsandbytes
-        import bitsandbytes.cextension
+        with _compile_deferred():
+            import bitsandbytes
+            import bitsandbytes.cextension
     except Exception as error:  # a broken install raises anything from ImportError to RuntimeError
         return [Check(
             "bitsandbytes", FAIL, f"cannot be imported: {first_line(error)}",

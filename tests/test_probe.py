@@ -611,3 +611,18 @@ def test_probe_module_does_not_import_torch():
     code = "import sys, falcon_desktop.probe; print('torch' in sys.modules, 'pynvml' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["False", "False"]
+
+
+def test_bitsandbytes_check_does_not_import_the_compiler():
+    """bitsandbytes' import-time torch.compile wrappers pull in inductor (seconds); the doctor defers them."""
+    import subprocess
+
+    code = ("import sys, torch\n"
+            "compile_function = torch.compile\n"
+            "from falcon_desktop.probe_torch import bitsandbytes_checks\n"
+            "rows = bitsandbytes_checks(None, 'cpu')\n"
+            "assert [r.name for r in rows] == ['bitsandbytes', 'bitsandbytes library', '4-bit round trip'], rows\n"
+            "assert rows[-1].status == 'PASS', rows\n"
+            "assert 'torch._inductor.compile_fx' not in sys.modules\n"
+            "assert torch.compile is compile_function\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
