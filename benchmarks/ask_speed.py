@@ -56,7 +56,9 @@ def _summary(runs: list[tuple[float, float, int]]) -> dict:
 
 
 def _plain_generate(model, prompt_ids: list[int], new_tokens: int, repeats: int) -> dict:
-    input_ids = torch.tensor([prompt_ids], device=model.get_input_embeddings().weight.device)
+    from falcon_desktop.fast_decode import input_device
+
+    input_ids = torch.tensor([prompt_ids], device=input_device(model))
     runs = []
     for _ in range(repeats + 1):
         clock = _Clock()

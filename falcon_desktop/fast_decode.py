@@ -2,8 +2,8 @@
 
 Why: at batch 1 a 7B model's decoding step is a few thousand small kernels, and plain `generate` spends its time
 launching them from Python (13.8 tokens/s measured on an H100 in NF4, docs/benchmarks.md, where memory
-bandwidth allows ~770). The
-step is recorded once as a CUDA graph and replayed per token, which removes that launch cost. Replay needs every
+bandwidth allows ~770). The step is recorded once as a CUDA graph and replayed per token, which removes that
+launch cost. Replay needs every
 tensor at a fixed address, hence transformers' `StaticCache`, whose length is rounded up to `_CACHE_BUCKET` so a
 few recordings serve all prompts. `torch.compile` is not used: it needs Triton, which Windows lacks by default.
 
@@ -59,6 +59,11 @@ def choose_token(logits: torch.Tensor, history: torch.Tensor, settings: Generati
     return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)
 
 
+def input_device(model: torch.nn.Module) -> torch.device:
+    """Where the model's inputs go: the device of its embeddings (the first of several with `device_map`)."""
+    return model.get_input_embeddings().weight.device
+
+
 def _last_logits(model: torch.nn.Module, input_ids: torch.Tensor, cache: Any, keep: int | torch.Tensor = 1) -> torch.Tensor:
     output = model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=keep)
     return output.logits[:, -1, :]
@@ -110,8 +115,11 @@ class _CacheSlot:
         self.cache = StaticCache(config=model.config, max_cache_len=cache_length)
         self.cache_length = cache_length
         self.device = device
-        self.pool = pool                  # a CUDA graph memory pool shared with other slots; None: no graphs
-        self.pad_prompts = pad_prompts and _can_rewind(self.cache)
+        # Recording and padded prompts both rewind the cache; a transformers whose static cache cannot be rewound
+        # gets neither.
+        rewindable = _can_rewind(self.cache)
+        self.pool = pool if rewindable else None  # a CUDA graph memory pool shared with other slots; None: no graphs
+        self.pad_prompts = pad_prompts and rewindable
         self.token = torch.zeros((1, 1), dtype=torch.long, device=device)
         self.step_recording: _Recording | None = None
         self.prompt_recordings: dict[int, tuple[torch.Tensor, torch.Tensor, _Recording]] = {}
@@ -153,8 +161,7 @@ class _CacheSlot:
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
             for _ in range(2):
-                if _can_rewind(self.cache):
-                    _set_cache_length(self.cache, 0)
+                _set_cache_length(self.cache, 0)
                 forward()
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
@@ -172,7 +179,7 @@ class StreamingDecoder:
 
     def __init__(self, model: torch.nn.Module, cuda_graphs: bool | None = None, pad_prompts: bool | None = None) -> None:
         self.model = model
-        self.device = model.get_input_embeddings().weight.device
+        self.device = input_device(model)
         self.cuda_graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
         self.pad_prompts = self.cuda_graphs if pad_prompts is None else pad_prompts  # only graphs need fixed lengths
         self._pool = None
@@ -222,7 +229,5 @@ class StreamingDecoder:
             self._pool = torch.cuda.graph_pool_handle()
         slot = _CacheSlot(self.model, cache_length, self.device, self._pool if self.cuda_graphs else None,
                           self.pad_prompts)
-        if not _can_rewind(slot.cache):  # a transformers whose static cache we cannot rewind
-            slot.pool = None
         self._slots[key] = slot
         return slot

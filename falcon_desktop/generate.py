@@ -23,7 +23,7 @@ from transformers import StoppingCriteria
 
 from falcon_desktop.decoding import GenerationSettings
 from falcon_desktop.errors import UserError
-from falcon_desktop.fast_decode import StreamingDecoder
+from falcon_desktop.fast_decode import StreamingDecoder, input_device
 from falcon_desktop.prompts import STOP_STRINGS, QAPrompt, clean_generation
 
 # Tokens re-decoded at each step to look for a stop string: "\n###" is at most a few tokens, even byte by byte.
@@ -123,7 +123,7 @@ class _AnswerText:
             return True
         self._decode_new_tokens()
         self._emit(final=False)
-        return _cut_at_stop(self._text)[1]
+        return _cut_at_stop(self._text)[1]  # unstripped: an answer that opens with a stop string stops too
 
     def end(self) -> None:
         self._emit(final=True)
@@ -149,10 +149,6 @@ def _pad_id(tokenizer: Any) -> int:
     if pad is None:
         raise UserError("The tokenizer has neither a pad nor an EOS token.", "Use the tokenizer saved with the model.")
     return int(pad)
-
-
-def _input_device(model: torch.nn.Module) -> torch.device:
-    return model.get_input_embeddings().weight.device
 
 
 @contextlib.contextmanager
@@ -183,7 +179,7 @@ def _generate(model: torch.nn.Module, tokenizer: Any, batch: Sequence[Sequence[i
     """Left-pad `batch`, run the model, return only the new tokens [rows, new]."""
     pad_id = _pad_id(tokenizer)
     width = max(len(ids) for ids in batch)
-    device = _input_device(model)
+    device = input_device(model)
     input_ids = torch.tensor([[pad_id] * (width - len(ids)) + list(ids) for ids in batch], device=device)
     attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in batch], device=device)
     options: dict[str, Any] = {
