@@ -150,9 +150,9 @@ def _same_model(first: str, second: str) -> bool:
 def _default_compute_dtype() -> str:
     import torch
 
-    if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
-        return "float16"  # compute capability < 8.0 has no bf16 tensor cores
-    return "bfloat16"
+    from falcon_desktop.hardware import compute_dtype_for_capability
+
+    return compute_dtype_for_capability(torch.cuda.get_device_capability(0) if torch.cuda.is_available() else None)
 
 
 def load_answerer(options: AskOptions) -> Answerer:

@@ -53,8 +53,8 @@ def run_demo(settings: DemoSettings) -> dict:
     after = card["metrics"].get("eval_after", {})
     info(f"[bold]4. Eval[/bold]  held-out EM/F1 before {before.get('exact', 0):.1f}/{before.get('f1', 0):.1f}, "
          f"after {after.get('exact', 0):.1f}/{after.get('f1', 0):.1f} (a random tiny model: these scores mean nothing)")
-    history = card["metrics"].get("final_loss")
-    info(f"          training loss at the end: {history}")
+    final_loss = card["metrics"].get("final_loss")
+    info(f"          training loss at the end: {final_loss}")
 
     question, context = _first_question()
     answer = _one_answer(config.output, question, context)
@@ -81,8 +81,6 @@ def _doctor_verdict() -> None:
 
 
 def _one_answer(run_dir: Path, question: str, context: str) -> str:
-    from falcon_desktop.ask import AskOptions, load_answerer
-
-    from falcon_desktop.ask import display_answer
+    from falcon_desktop.ask import AskOptions, display_answer, load_answerer
 
     return display_answer(load_answerer(AskOptions(adapter=str(run_dir), device="cpu")).ask(question, context).text)

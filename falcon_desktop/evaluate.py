@@ -192,10 +192,6 @@ def _load_jsonl_predictions(path: Path) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------------------------------ scoring
-def missing_predictions(dataset: Any, predictions: Mapping[str, str]) -> list[str]:
-    return [question_id for question_id in _gold_by_id(dataset) if question_id not in predictions]
-
-
 def _mean_percent(scores: Iterable[float], count: int) -> float:
     return 100.0 * sum(scores) / count
 

@@ -1,4 +1,4 @@
-"""Where falcon-desktop keeps its files: runs, logs, caches.
+"""Where falcon-desktop keeps its files: runs and caches.
 
 The root is `FALCON_DESKTOP_HOME` when set, else the platform's user data directory (platformdirs: e.g.
 `%LOCALAPPDATA%\\falcon-desktop` on Windows, `~/.local/share/falcon-desktop` on Linux). Hugging Face keeps its own
@@ -31,10 +31,6 @@ def runs_dir() -> Path:
 def cache_dir() -> Path:
     """Processed datasets and other derived files that can be rebuilt."""
     return home() / "cache"
-
-
-def logs_dir() -> Path:
-    return home() / "logs"
 
 
 def hf_cache_dir() -> Path:

@@ -17,7 +17,8 @@ from typing import Any
 
 from falcon_desktop.errors import UserError
 from falcon_desktop.hardware import (
-    CLOUD_PRICES, CLOUD_PRICES_DATE, GIB, GPUS, GpuModel, gpu_model, peak_tokens_per_second,
+    CLOUD_PRICES, CLOUD_PRICES_DATE, GIB, GPUS, GpuModel, compute_dtype_for_capability, gpu_model,
+    peak_tokens_per_second,
 )
 from falcon_desktop.plan_memory import COEFFICIENTS, INFERENCE_DTYPES, METHODS, PlannerCoefficients, memory_breakdown
 from falcon_desktop.plan_search import (
@@ -165,11 +166,11 @@ class Plan:
         names = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(data) - set(names))
         if unknown:
-            warn(f"plan.json has keys this version of falcon-desktop does not know: {', '.join(unknown)} (ignored).")
+            warn(f"The saved plan has keys this version of falcon-desktop does not know: {', '.join(unknown)} (ignored).")
         required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING]
         missing = [name for name in required if name not in data]
         if missing:
-            raise UserError(f"plan.json lacks {', '.join(missing)}.", "Make a new plan with `falcon-desktop plan`.")
+            raise UserError(f"The saved plan lacks {', '.join(missing)}.", "Start a new run: its plan is made afresh.")
         values = {name: data[name] for name in names if name in data}
         values["lora_targets"] = tuple(values["lora_targets"])
         gpu = values["gpu"]
@@ -209,12 +210,14 @@ def _lora_targets_for(shape: ModelShape, request: PlanRequest) -> tuple[str, ...
 
 def compute_dtype_for(gpu: GpuSpec | None) -> tuple[str, str]:
     """bf16 where the card has it (compute capability 8.0+), else fp16; with the reason."""
-    if gpu is None or gpu.compute_capability is None:
-        return "bfloat16", "bf16 assumed (needs compute capability 8.0+; the card's is unknown)"
-    cc = ".".join(map(str, gpu.compute_capability))
-    if gpu.compute_capability >= (8, 0):
-        return "bfloat16", f"compute capability {cc} has bf16: fp16's range without its overflow"
-    return "float16", f"compute capability {cc} lacks bf16: fp16 with loss scaling"
+    capability = gpu.compute_capability if gpu else None
+    dtype = compute_dtype_for_capability(capability)
+    if capability is None:
+        return dtype, "bf16 assumed (needs compute capability 8.0+; the card's is unknown)"
+    cc = ".".join(map(str, capability))
+    if dtype == "bfloat16":
+        return dtype, f"compute capability {cc} has bf16: fp16's range without its overflow"
+    return dtype, f"compute capability {cc} lacks bf16: fp16 with loss scaling"
 
 
 def _reasons_for(choice: Choice, request: PlanRequest, layers: int, fits: bool) -> dict[str, str]:
