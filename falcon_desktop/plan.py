@@ -13,11 +13,11 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from falcon_desktop.errors import UserError
 from falcon_desktop.hardware import (
-    CLOUD_PRICES, CLOUD_PRICES_DATE, GIB, GPUS, GpuModel, compute_dtype_for_capability, gpu_model,
+    CLOUD_PRICES, CLOUD_PRICES_DATE, GIB, GPUS, GpuModel, compute_dtype_for_capability, gpu_model, match_gpu,
     peak_tokens_per_second,
 )
 from falcon_desktop.plan_memory import COEFFICIENTS, INFERENCE_DTYPES, METHODS, PlannerCoefficients, memory_breakdown
@@ -25,6 +25,9 @@ from falcon_desktop.plan_search import (
     Choice, Pricer, choose_training, least_memory, longest_fitting_seq, training_flops_per_token,
 )
 from falcon_desktop.shapes import ALL_LINEAR, DEFAULT_LORA_TARGETS, ModelShape, valid_lora_targets
+
+if TYPE_CHECKING:
+    from falcon_desktop.probe_gpu import GpuInfo
 
 METHOD_COMPARISON = {    # methods-dict key -> (method, inference dtype)
     "inference_fp32": ("inference", "fp32"), "inference_bf16": ("inference", "bf16"),
@@ -110,6 +113,29 @@ class GpuSpec:
     def from_table(cls, model: GpuModel, source: str = "table", vram_bytes: int | None = None) -> GpuSpec:
         return cls(model.name, vram_bytes if vram_bytes is not None else int(model.vram_gib * GIB),
                    model.compute_capability, model.bf16_tflops, model.watts, source)
+
+    @classmethod
+    def from_probe(cls, info: GpuInfo) -> GpuSpec:
+        """A GPU as NVML reports it: its FREE memory is the budget; the table adds the speed and what NVML lacks."""
+        known = match_gpu(info.name, info.total_bytes)
+        known = known if isinstance(known, GpuModel) else None
+        return cls(
+            name=info.name, vram_bytes=info.free_bytes,
+            compute_capability=info.compute_capability or (known.compute_capability if known else None),
+            bf16_tflops=known.bf16_tflops if known else None,
+            watts=info.power_limit_watts or (known.watts if known else None), source="nvml",
+        )
+
+
+def detected_gpu() -> GpuSpec | None:
+    """The first GPU NVML reports; None without one (or without a working probe)."""
+    try:
+        from falcon_desktop.probe import detect_gpus
+
+        gpus = detect_gpus()
+    except Exception:  # noqa: BLE001 - no probe, no driver, a wedged NVML: all mean "plan without a GPU"
+        return None
+    return GpuSpec.from_probe(gpus[0]) if gpus else None
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction, formatter: type[argparse.He
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from falcon_desktop.training_setup import plan_for_training, resume_settings, train_config_from_args
+    from falcon_desktop.cli.train_setup import plan_for_training, resume_settings, train_config_from_args
 
     if args.resume:
         config, plan = resume_settings(args)
