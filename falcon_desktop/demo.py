@@ -65,12 +65,11 @@ def run_demo(settings: DemoSettings) -> dict:
 
 
 def _first_question() -> tuple[str, str]:
-    import json
-
+    from falcon_desktop.data.questions import read_questions
     from falcon_desktop.tiny import asset_path
 
-    paragraph = json.loads(asset_path("demo-squad.json").read_text(encoding="utf-8"))["data"][0]["paragraphs"][0]
-    return paragraph["qas"][0]["question"], paragraph["context"]
+    first = read_questions(asset_path("demo-squad.json"))[0]
+    return first.question, first.context
 
 
 def _doctor_verdict() -> None:
