@@ -8,6 +8,7 @@ cache (`HF_HOME`, `HF_HUB_CACHE`); we never move it, only report it.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 APP_NAME = "falcon-desktop"
@@ -26,6 +27,12 @@ def home() -> Path:
 def runs_dir() -> Path:
     """Training runs, one directory each."""
     return home() / "runs"
+
+
+def new_run_dir(model: str) -> Path:
+    """A fresh run directory for `model` under runs_dir(), named after the model and the time."""
+    name = Path(model.rstrip("/\\")).name or "model"
+    return runs_dir() / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def cache_dir() -> Path:

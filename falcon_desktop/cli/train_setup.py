@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,11 +14,6 @@ from falcon_desktop.plan import Plan, make_plan
 from falcon_desktop.shapes import load_shape
 from falcon_desktop.runs import read_run_card
 from falcon_desktop.train import TrainConfig
-
-
-def default_run_dir(model: str) -> Path:
-    name = Path(model.rstrip("/\\")).name or "model"
-    return paths.runs_dir() / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 # TrainConfig field -> the `train` flag's attribute. A flag left at None takes TrainConfig's default, so the
@@ -38,7 +32,7 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         model=model_reference(args.model),  # a preset name such as falcon-7b becomes its Hub id
         data=args.data,
-        output=Path(args.output).expanduser() if args.output else default_run_dir(args.model),
+        output=Path(args.output).expanduser() if args.output else paths.new_run_dir(args.model),
         quantize=not args.no_quantize,
         strict_data=args.strict,
         trust_remote_code=args.trust_remote_code,
