@@ -59,7 +59,8 @@ def run_install_sh(*args: str | Path, env: dict[str, str]) -> subprocess.Complet
 
 def installer_env(home: Path) -> dict[str, str]:
     """This environment with HOME moved to `home`, so the launcher lands there, and none of our overrides set."""
-    overrides = {"XDG_DATA_HOME", "FALCON_DESKTOP_VENV", "FALCON_DESKTOP_BIN"}
+    # PYTHONPATH too: a developer's (pointing at a checkout) would decide which falcon_desktop the venv imports.
+    overrides = {"XDG_DATA_HOME", "FALCON_DESKTOP_VENV", "FALCON_DESKTOP_BIN", "PYTHONPATH"}
     env = {name: value for name, value in os.environ.items() if name not in overrides}
     # Keep pip's download cache where it was: the test is about the installer, not about downloading.
     env.setdefault("PIP_CACHE_DIR", str(Path.home() / ".cache" / "pip"))
@@ -155,7 +156,6 @@ def test_install_sh_with_an_unreachable_index_keeps_the_installed_torch(tmp_path
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
     env = installer_env(tmp_path / "home")
-    env.pop("PYTHONPATH", None)
     subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index",
                     str(fake_torch_wheel(tmp_path / "wheels", "2.13.0+cpu"))], check=True, env=env)
     env["PATH"] = f"{fake_nvidia_smi(tmp_path / 'bin', '560.94, 8.9')}{os.pathsep}{env['PATH']}"
@@ -210,7 +210,7 @@ def test_install_sh_installs_upgrades_and_uninstalls(tmp_path: Path) -> None:
     assert version.stdout.strip() == f"falcon-desktop {__version__}"
     imported_from = subprocess.run(
         [str(venv / "bin" / "python"), "-c", "import falcon_desktop; print(falcon_desktop.__file__)"],
-        capture_output=True, text=True, encoding="utf-8", check=True, cwd=tmp_path,
+        capture_output=True, text=True, encoding="utf-8", check=True, cwd=tmp_path, env=env,
     ).stdout.strip()
     assert Path(imported_from).is_relative_to(venv), imported_from
 
