@@ -237,3 +237,25 @@ def test_smollm2_header_gives_the_published_parameter_count():
     preset = load_shape("smollm2-135m")
     assert shape.total_params == preset.total_params == 134_515_008
     assert (shape.num_layers, shape.num_heads, shape.num_kv_heads, shape.tie_word_embeddings) == (30, 9, 3, True)
+
+
+def test_extractive_answers_stop_at_their_first_line_end(tiny_model_dir):
+    """eval's stop rule: a model that keeps talking after its one-line answer is cut there (issue #15 speed)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from falcon_desktop.decoding import EXTRACTIVE
+    from falcon_desktop.generate import _decode_answer, _StopStrings
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    prompt = tokenizer("### Answer:\n").input_ids
+    rows = ["France\nThe falcon is", "\n\nFrance", "France and Spain"]
+    encoded = [tokenizer(text, add_special_tokens=False).input_ids for text in rows]
+    width = max(map(len, encoded))
+    batch = torch.tensor([prompt + ids + [tokenizer.eos_token_id] * (width - len(ids)) for ids in encoded])
+    stops = _StopStrings(tokenizer, len(prompt), single_line=True)(batch[:, : len(prompt) + width], None)
+    assert stops.tolist() == [True, False, False]
+    assert not _StopStrings(tokenizer, len(prompt))(batch, None).any()  # `ask` keeps multi-line answers
+    assert _decode_answer(tokenizer, encoded[0], single_line=True)[0] == "France"
+    assert _decode_answer(tokenizer, encoded[0])[0] == "France\nThe falcon is"
+    assert EXTRACTIVE.single_line and EXTRACTIVE.max_new_tokens == 32
