@@ -303,7 +303,7 @@ def modelfile(gguf_path: Path, stop_tokens: list[str]) -> str:
     example = QAPrompt("{{ .Prompt }}", "{{ .System }}").render()
     bare = QAPrompt("{{ .Prompt }}").render()
     template = "{{ if .System }}" + example + "{{ else }}" + bare + "{{ end }}"
-    lines = [f"FROM ./{gguf_path.name}", f'TEMPLATE """{template}"""', 'PARAMETER stop "\\n###"']
+    lines = [f"FROM ./{gguf_path.name}", f'TEMPLATE """{template}"""', 'PARAMETER stop "###"']  # no answer contains it
     lines += [f'PARAMETER stop "{token}"' for token in stop_tokens]
     lines += ["PARAMETER temperature 0", "PARAMETER num_predict 64", ""]
     return "\n".join(lines)
