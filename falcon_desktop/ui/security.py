@@ -13,7 +13,7 @@ import hashlib
 import secrets
 from collections.abc import Iterable
 
-from starlette.datastructures import URL, Headers
+from starlette.datastructures import URL, Headers, QueryParams
 from starlette.responses import PlainTextResponse, RedirectResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -62,9 +62,8 @@ class LocalSessionGuard:
         if scope.get("method", "GET") != "GET" and origin and hostname(URL(origin).netloc) not in self.hosts:
             await PlainTextResponse("Cross-origin request refused.", 400)(scope, receive, send)
             return
-        url = URL(scope=scope)
-        if self._valid(url.query_params.get("token")):
-            response = RedirectResponse(url.remove_query_params("token").path or "/", 303)
+        if self._valid(QueryParams(scope.get("query_string", b"")).get("token")):
+            response = RedirectResponse(scope.get("path") or "/", 303)  # the token leaves the address bar
             response.set_cookie(self.cookie, self.token, httponly=True, samesite="strict")
             await response(scope, receive, send)
             return
