@@ -63,6 +63,15 @@ def test_every_request_needs_the_session_token(tmp_path: Path) -> None:
     assert anonymous.get("/static/js/app.js").headers["content-type"].startswith("text/javascript")
 
 
+def test_ui_verb_explains_bad_flags(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from falcon_desktop.cli import main
+
+    assert main(["ui", "--no-browser", "--port", "70000"]) == 1
+    assert main(["ui", "--no-browser", "--root", str(tmp_path / "missing")]) == 1
+    errors = capsys.readouterr().err
+    assert "--port must be between 0 and 65535" in errors and "is not a folder" in errors and "Hint:" in errors
+
+
 def test_foreign_hosts_and_origins_are_refused(client: TestClient) -> None:
     # A DNS-rebinding page reaches 127.0.0.1 under its own name: refused even with a valid token.
     assert client.get("/api/runs", headers={"Host": "evil.example:8765"}).status_code == 400
@@ -145,6 +154,8 @@ def test_train_stream_stop_resume_then_ask(client: TestClient, tiny_model_dir: P
     listed = {r["name"]: r for r in client.get("/api/runs").json()["runs"]}
     assert listed[run]["has_adapter"] and listed[run]["status"] == "interrupted"
     assert client.post("/api/train/stop", json={"run": run}).status_code == 400  # nothing to stop any more
+    assert "SQuAD data" in client.post("/api/runs/eval", json={"run": run}).json()["error"]
+    assert "folder" in client.post("/api/runs/merge", json={"run": run, "output": ""}).json()["error"]
 
     assert client.post("/api/train/resume", json={"run": run, "max_steps": end["steps"] + 2}).status_code == 200
     with client.stream("GET", "/api/train/events", params={"run": run}) as stream:

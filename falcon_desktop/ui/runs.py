@@ -26,23 +26,23 @@ def routes(jobs: Jobs) -> list[Route]:
         curve = [{key: record.get(key) for key in CURVE_FIELDS} for record in history]
         return JSONResponse({"run": request.query_params["run"], "card": library.run_card(directory), "curve": curve})
 
-    @endpoint
-    async def evaluate(request: Request) -> JSONResponse:
+    async def run_job(request: Request, verb: str, needs: str, problem: UserError, **flags: object) -> JSONResponse:
+        """`verb --adapter RUN ...` as a job; the form must give `needs`."""
         form = await read_form(request)
         directory = run_dir(str(form.pop("run", "")))
-        if not form.get("data"):
-            raise UserError("Evaluation needs SQuAD data with gold answers.", "Pick a SQuAD .json file (e.g. dev-v2.0.json).")
-        job = jobs.start(f"eval {directory.name}", "eval", {**form, "adapter": str(directory), "json": True})
-        return JSONResponse(job.state())
+        if not form.get(needs):
+            raise problem
+        return JSONResponse(jobs.start(f"{verb} {directory.name}", verb, {**form, "adapter": str(directory), **flags}).state())
+
+    @endpoint
+    async def evaluate(request: Request) -> JSONResponse:
+        return await run_job(request, "eval", "data", UserError(
+            "Evaluation needs SQuAD data with gold answers.", "Pick a SQuAD .json file (e.g. dev-v2.0.json)."), json=True)
 
     @endpoint
     async def merge(request: Request) -> JSONResponse:
-        form = await read_form(request)
-        directory = run_dir(str(form.pop("run", "")))
-        if not form.get("output"):
-            raise UserError("Merging needs a folder for the merged model.", "Type the folder to write it to.")
-        job = jobs.start(f"merge {directory.name}", "merge", {**form, "adapter": str(directory)})
-        return JSONResponse(job.state())
+        return await run_job(request, "merge", "output", UserError(
+            "Merging needs a folder for the merged model.", "Type the folder to write it to."))
 
     return [
         Route("/api/runs", listing),

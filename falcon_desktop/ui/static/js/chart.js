@@ -26,13 +26,13 @@ function ticks(low, high, count = 4) {
   return values;
 }
 
-export function lineChart(container, series, {xLabel = "step", format = (v) => v.toPrecision(3)} = {}) {
+export function lineChart(container, series, {xLabel = "step", format = (v) => v.toPrecision(3), empty = "no data yet"} = {}) {
   const width = container.clientWidth || 360, height = container.clientHeight || 180;
   const pad = {left: 48, right: 10, top: 8, bottom: 26};
   const svg = node("svg", {viewBox: `0 0 ${width} ${height}`, width, height, role: "img"});
   const all = series.flatMap((s) => s.points).filter(([x, y]) => isFinite(x) && isFinite(y));
   if (!all.length) {
-    svg.append(node("text", {x: width / 2, y: height / 2, "text-anchor": "middle", class: "axis"}, "no data yet"));
+    svg.append(node("text", {x: width / 2, y: height / 2, "text-anchor": "middle", class: "axis"}, empty));
     container.replaceChildren(svg);
     return;
   }
@@ -47,6 +47,7 @@ export function lineChart(container, series, {xLabel = "step", format = (v) => v
     svg.append(node("text", {x: pad.left - 6, y: sy(value) + 4, "text-anchor": "end", class: "axis"}, format(value)));
   }
   for (const value of ticks(x0, x1, 5)) {
+    if (sx(value) > width - pad.right - 36) continue;  // leave room for the axis label
     svg.append(node("text", {x: sx(value), y: height - 8, "text-anchor": "middle", class: "axis"}, Math.round(value)));
   }
   svg.append(node("text", {x: width - pad.right, y: height - 8, "text-anchor": "end", class: "axis"}, xLabel));

@@ -46,7 +46,7 @@ async function card(name) {
   const chart = el("div", {class: "chart"});
   const measured = c.measured || {};
   const facts = [["model", c.model || "?"], ["status", c.status || "?"], ["steps", `${fmt.int(c.steps)} of ${fmt.int(c.total_steps)}`],
-    ["trainable params", fmt.int(c.trainable_params)], ["data", c.data ? `${c.data.source || ""} (${fmt.int(c.data.records)} records)` : "-"],
+    ["trainable params", fmt.int(c.trainable_params)], ["data", c.data ? `${c.data.source || ""} (${fmt.int((c.data.summary || {}).records)} records)` : "-"],
     ["tokens/s", fmt.int(measured.tokens_per_second)], ["peak VRAM", measured.peak_vram_reserved_bytes ? fmt.gib(measured.peak_vram_reserved_bytes) : "-"],
     ["device", measured.device || "-"]];
   const factTable = el("table", {class: "grid compact"});

@@ -61,8 +61,9 @@ function drawCharts() {
   const points = (key, scale = 1) => records.map((r) => [r.step, r[key] / scale]);
   lineChart($("chart-loss"), [{name: "loss", points: points("loss")}]);
   lineChart($("chart-speed"), [{name: "tokens/s", points: points("tokens_per_second")}], {format: (v) => fmt.int(v)});
-  lineChart($("chart-vram"), [{name: "reserved", points: points("vram_reserved_bytes", 2 ** 30)},
-    {name: "peak", points: points("vram_peak_bytes", 2 ** 30)}], {format: (v) => v.toFixed(1)});
+  const onCpu = records.length && records.every((r) => !r.vram_peak_bytes);  // the trainer logs 0 without CUDA
+  lineChart($("chart-vram"), onCpu ? [] : [{name: "reserved", points: points("vram_reserved_bytes", 2 ** 30)},
+    {name: "peak", points: points("vram_peak_bytes", 2 ** 30)}], {format: (v) => v.toFixed(1), empty: onCpu ? "training on the CPU: no VRAM" : "no data yet"});
 }
 
 function renderStatus() {
@@ -75,7 +76,7 @@ function renderStatus() {
     const recent = records.slice(-20);
     const perStep = recent.reduce((sum, r) => sum + r.seconds, 0) / recent.length;
     text += ` · step ${last.step}${total ? ` of ${total}` : ""} · loss ${fmt.num(last.loss, 4)} · ${fmt.int(last.tokens_per_second)} tok/s`;
-    if (status.alive && total) text += ` · ETA ${fmt.duration(perStep * (total - last.step))}`;
+    if (status.alive && status.status === "running" && total) text += ` · ETA ${fmt.duration(perStep * (total - last.step))}`;
   }
   if (status.problem) text += ` · ${status.problem.error || ""} ${status.problem.hint ? `Hint: ${status.problem.hint}` : ""}`;
   $("train-status").textContent = text;
