@@ -18,7 +18,6 @@ from falcon_desktop import __version__
 
 # Order is the order `--help` lists them: the flow first, then the helpers.
 VERBS = ("doctor", "plan", "data", "train", "eval", "ask", "demo", "merge", "export", "runs", "ui")
-VERBS = ("doctor", "plan", "data", "train", "eval", "ask", "demo", "merge", "runs", "ui")
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
