@@ -28,7 +28,8 @@ from falcon_desktop.torch_build import (
 )
 
 # Falcon-7B QLoRA peaked at 6.4 GB reserved at batch 1 with checkpointing (H100, torch 2.11, bitsandbytes 0.50.2,
-# max_memory_reserved); ~0.5 GB more for the CUDA context is an estimate. `falcon-desktop plan` gives the exact figure for a model and settings.
+# max_memory_reserved); ~0.5 GB more for the CUDA context is an estimate. `falcon-desktop plan` gives the exact
+# figure for a model and settings.
 QLORA_7B_MIN_FREE_BYTES = 7 * 2**30
 # NF4's mean relative error on N(0, 1) weights, blocksize 64, bitsandbytes 0.50.2: 0.091 measured on CPU and on
 # the H100.

@@ -171,5 +171,5 @@ def test_every_reader_explains_a_file_that_is_not_utf8_alike(tmp_path: Path):
         {"context": "Un café à Paris.", "qas": [_qa("q1", "Paris")]}]}]}
     path.write_bytes(json.dumps(squad, ensure_ascii=False).encode("cp1252"))
     for read in (load_records, read_questions, read_squad, load_predictions):
-        with pytest.raises(UserError, match=r"is not UTF-8 \(byte 0xe9 at line 1, column \d+\); it looks like Windows-1252"):
+        with pytest.raises(UserError, match=r"not UTF-8 \(byte 0xe9 at line 1, column \d+\); it looks like Windows-1252"):
             read(path)
