@@ -236,13 +236,9 @@ def write_answers(path: str | Path, questions: Sequence[Any], answers: dict[str,
 
 
 def answer_file(answerer: Answerer, questions: Sequence[Any], batch_size: int) -> dict[str, str]:
-    """Answer every question with a progress bar on stderr."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    """Answer every question with a progress line on stderr."""
+    from falcon_desktop.progress import AnswerProgress
 
-    from falcon_desktop.console import err
-
-    columns = (TextColumn("Answering"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=err(), transient=False) as progress:
-        task = progress.add_task("answering", total=len(questions))
-        return answerer.answer_all(questions, batch_size, lambda done: progress.advance(task, done))
+    with AnswerProgress(len(questions)) as progress:
+        return answerer.answer_all(questions, batch_size, progress.advance)
 
