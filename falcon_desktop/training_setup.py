@@ -38,7 +38,7 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
         eval_fraction=args.eval_fraction,
         eval_examples=args.eval_examples,
         device=args.device,
-        quantize=not args.no_quantize,
+        quantize=args.quantize,
         strict_data=args.strict,
         trust_remote_code=args.trust_remote_code,
     )

@@ -67,7 +67,7 @@ def _answer(questions: list, args: argparse.Namespace) -> dict[str, str]:
     if args.save_predictions:
         check_answers_path(args.save_predictions)
     answerer = load_answerer(ask_options(args))
-    answers = answer_file(answerer, questions, args.batch_size)
+    answers = answer_file(answerer, questions, args.answer_batch)
     if args.save_predictions:
         write_answers(args.save_predictions, questions, answers)
     return answers
