@@ -129,16 +129,22 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _answer_one(answerer, question: str, context: str | None, as_json: bool) -> int:
-    """The answer alone on stdout; an abstention is no text and exit code 3, so a script can tell it apart."""
-    import sys
-
-    from falcon_desktop.ask import CLOSED_BOOK_NOTE, UNANSWERABLE_NOTE, prediction_text
-    from falcon_desktop.console import info, print_json
-    from falcon_desktop.prompts import is_abstention
+    from falcon_desktop.ask import CLOSED_BOOK_NOTE
+    from falcon_desktop.console import info
 
     if context is None:
         info(f"({CLOSED_BOOK_NOTE})")
-    result = answerer.ask(question, context)
+    return report_answer(question, answerer.ask(question, context), as_json)
+
+
+def report_answer(question: str, result, as_json: bool) -> int:
+    """The answer alone on stdout; an abstention is no text and exit code 3, so a script can tell it apart."""
+    import sys
+
+    from falcon_desktop.ask import UNANSWERABLE_NOTE, prediction_text
+    from falcon_desktop.console import info, print_json
+    from falcon_desktop.prompts import is_abstention
+
     answerable = not is_abstention(result.text)
     if as_json:
         print_json({"question": question, "answer": prediction_text(result.text), "answerable": answerable,
