@@ -2,7 +2,7 @@
 
 `Answerer` holds one base model (4-bit by default, as QLoRA trained it) and any number of adapters loaded onto it;
 switching adapters never reloads the base. Three ways in: the REPL (`repl.py`), one `--question` (only the answer
-on stdout, for scripts), and batch files (`--input` questions.jsonl or a SQuAD JSON, `--output` answers.jsonl or
+on stdout, for scripts), and batch files (`--data` questions.jsonl or a SQuAD JSON, `--output` answers.jsonl or
 official `{id: answer}` predictions that `falcon-desktop eval` scores).
 """
 

@@ -87,7 +87,7 @@ def _read_json(path: Path, what: str) -> Any:
     except json.JSONDecodeError as error:
         raise UserError(
             f"{what} file {str(path)!r} is not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}.",
-            "Fix the file, or write it again with `falcon-desktop ask --input ... --output ...`.",
+            "Fix the file, or write it again with `falcon-desktop ask --data ... --output ...`.",
         ) from None
     except UnicodeDecodeError:
         raise UserError(f"{what} file {str(path)!r} is not UTF-8 text.", "Save it as UTF-8.") from None
