@@ -2,7 +2,7 @@
 
 `Answerer` holds one base model (4-bit by default, as QLoRA trained it) and any number of adapters loaded onto it;
 switching adapters never reloads the base. Three ways in: the REPL (`repl.py`), one `--question` (only the answer
-on stdout, for scripts), and batch files (`--input` questions.jsonl or a SQuAD JSON, `--output` answers.jsonl or
+on stdout, for scripts), and batch files (`--data` questions.jsonl or a SQuAD JSON, `--output` answers.jsonl or
 official `{id: answer}` predictions that `falcon-desktop eval` scores).
 """
 
@@ -200,13 +200,9 @@ def write_answers(path: str | Path, questions: Sequence[QARecord], answers: dict
 
 
 def answer_file(answerer: Answerer, questions: Sequence[QARecord], batch_size: int) -> dict[str, str]:
-    """Answer every question with a progress bar on stderr."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    """Answer every question with a progress line on stderr."""
+    from falcon_desktop.progress import AnswerProgress
 
-    from falcon_desktop.console import err
-
-    columns = (TextColumn("Answering"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=err(), transient=False) as progress:
-        task = progress.add_task("answering", total=len(questions))
-        return answerer.answer_all(questions, batch_size, lambda done: progress.advance(task, done))
+    with AnswerProgress(len(questions)) as progress:
+        return answerer.answer_all(questions, batch_size, progress.advance)
 

@@ -1,16 +1,11 @@
-"""What a run reports while it trains: a live progress line, metrics.jsonl, and loss.png at the end."""
+"""What a run records while it trains: metrics.jsonl, VRAM readings, and loss.png at the end (the live line is
+progress.py's)."""
 
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
-
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-from falcon_desktop.console import err
-
-GIB = 1024**3
 
 
 def vram_now() -> tuple[int, int]:
@@ -20,40 +15,6 @@ def vram_now() -> tuple[int, int]:
     if not torch.cuda.is_available():
         return 0, 0
     return torch.cuda.memory_reserved(), torch.cuda.max_memory_reserved()
-
-
-class TrainingDisplay:
-    """A rich progress bar with loss, learning rate, tokens/s, ETA and VRAM, on stderr."""
-
-    def __init__(self, total_steps: int, start_step: int) -> None:
-        self.progress = Progress(
-            TextColumn("[bold]train[/bold]"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[speed]} tok/s  VRAM {task.fields[vram]}"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            console=err(),
-            transient=False,
-        )
-        self.task = self.progress.add_task(
-            "train", total=total_steps, completed=start_step, loss="-", lr="-", speed="-", vram="-"
-        )
-
-    def __enter__(self) -> TrainingDisplay:
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
-
-    def update(self, step: int, loss: float, lr: float, tokens_per_second: float) -> None:
-        reserved, peak = vram_now()
-        vram = f"{reserved / GIB:.1f}/{peak / GIB:.1f} GB" if peak else "cpu"
-        self.progress.update(
-            self.task, completed=step, loss=f"{loss:.4f}", lr=f"{lr:.2e}", speed=f"{tokens_per_second:,.0f}", vram=vram
-        )
 
 
 class MetricsLog:

@@ -37,7 +37,8 @@ from falcon_desktop.data import (
 )
 from falcon_desktop.errors import UserError
 from falcon_desktop.loss import answer_loss_sum, count_label_tokens
-from falcon_desktop.metrics import MetricsLog, Stopwatch, TrainingDisplay, plot_losses, vram_now
+from falcon_desktop.metrics import MetricsLog, Stopwatch, plot_losses, vram_now
+from falcon_desktop.progress import TrainingDisplay
 from falcon_desktop.model import ModelSettings, add_lora, backbone_and_head, load_base_model, set_checkpointing
 from falcon_desktop.runs import RUN_CARD, read_run_card
 

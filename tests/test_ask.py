@@ -283,6 +283,11 @@ def test_question_prints_only_the_answer(runs, tmp_path, capsys):
     assert main(["ask", "--adapter", "run-a", "--question", "Who?", "--max-new-tokens", "3"]) == 0
     assert "no context set" in capsys.readouterr().err
 
+    assert main(["ask", "--adapter", "run-a", "--question", QUESTION, "--context-file", str(context),
+                 "--max-new-tokens", "6", "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["answerable"] is True and payload["answer"] == captured.out.strip()
+
 
 def _squad_file(path: Path) -> Path:
     qas = [
@@ -298,8 +303,8 @@ def _squad_file(path: Path) -> Path:
 def test_batch_squad_round_trip_into_eval(runs, tmp_path, capsys):
     squad = _squad_file(tmp_path / "dev.json")
     predictions = tmp_path / "out" / "preds.json"
-    assert main(["ask", "--adapter", "run-a", "--input", str(squad), "--output", str(predictions),
-                 "--max-new-tokens", "5", "--batch-size", "2"]) == 0
+    assert main(["ask", "--adapter", "run-a", "--data", str(squad), "--output", str(predictions),
+                 "--max-new-tokens", "5", "--answer-batch", "2"]) == 0
     written = json.loads(predictions.read_text(encoding="utf-8"))
     assert sorted(written) == ["q1", "q2", "q3"] and all(isinstance(v, str) for v in written.values())
     capsys.readouterr()
@@ -315,7 +320,7 @@ def test_batch_jsonl_and_eval_with_adapter(runs, tmp_path, capsys):
     questions.write_text(json.dumps({"id": "a", "question": QUESTION, "context": PASSAGE}) + "\n\n"
                          + json.dumps({"question": "Who?"}) + "\n", encoding="utf-8")
     answers = tmp_path / "answers.jsonl"
-    assert main(["ask", "--adapter", "run-b", "--input", str(questions), "--output", str(answers),
+    assert main(["ask", "--adapter", "run-b", "--data", str(questions), "--output", str(answers),
                  "--max-new-tokens", "4"]) == 0
     rows = [json.loads(line) for line in answers.read_text(encoding="utf-8").splitlines()]
     assert [(r["id"], r["context_set"]) for r in rows] == [("a", True), ("line-3", False)]
@@ -331,10 +336,10 @@ def test_batch_jsonl_and_eval_with_adapter(runs, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--question", "x", "--input", "q.jsonl", "--output", "a.jsonl"], "--question and --input are alternatives"),
-    (["--input", "q.jsonl"], "--input and --output go together"),
-    (["--input", "missing.jsonl", "--output", "a.jsonl"], "Input file 'missing.jsonl' does not exist"),
-    (["--input", "q.jsonl", "--output", "a.csv"], "Cannot write answers to 'a.csv'"),
+    (["--question", "x", "--data", "q.jsonl", "--output", "a.jsonl"], "--question and --data are alternatives"),
+    (["--data", "q.jsonl"], "--data and --output go together"),
+    (["--data", "missing.jsonl", "--output", "a.jsonl"], "Input file 'missing.jsonl' does not exist"),
+    (["--data", "q.jsonl", "--output", "a.csv"], "Cannot write answers to 'a.csv'"),
     (["--question", "x", "--temperature", "0", "--sampling"], "temperature must be above 0"),
     (["--adapter", "nope", "--question", "x"], "No run or adapter directory named 'nope'"),
     (["--question", "x"], "No base model to load"),
@@ -355,3 +360,22 @@ def test_bad_question_line_names_its_line(tmp_path):
     with pytest.raises(UserError, match="line 2 has no 'question' text"):
         read_questions(path)
     assert [q.id for q in read_questions(_squad_file(tmp_path / "dev.json"))] == ["q1", "q2", "q3"]
+
+
+@pytest.mark.parametrize("text, as_json, code, out, err", [
+    ("a bird of prey", False, 0, "a bird of prey\n", ""),
+    ("unanswerable", False, 3, "", UNANSWERABLE_NOTE),
+    ("unanswerable", True, 3, '"answerable": false', ""),
+    ("a bird of prey", True, 0, '"answer": "a bird of prey"', ""),
+])
+def test_one_answer_tells_an_abstention_apart(text, as_json, code, out, err, capsys):
+    from falcon_desktop.cli.ask import report_answer
+
+    assert report_answer(QUESTION, GenerationResult(text, 4, 0.1, 0.2, "eos"), as_json) == code
+    captured = capsys.readouterr()
+    assert out in captured.out and err in captured.err
+    if as_json:
+        payload = json.loads(captured.out)
+        assert payload["answerable"] == (code == 0) and payload["answer"] == ("" if code else text)
+    elif code:
+        assert captured.out == ""

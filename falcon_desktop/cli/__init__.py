@@ -3,7 +3,9 @@
 Each verb lives in `falcon_desktop/cli/<verb>.py` with `register(subparsers)` and `run(args) -> int`. Those files
 import nothing heavy at module level, so `--help` and `plan` never load torch; the stage module is imported inside
 `run`. All errors funnel through `main`: a `UserError` (or a known library exception) becomes "Error:"/"Hint:" on
-stderr and exit code 1; set FALCON_DESKTOP_DEBUG=1 to see the traceback.
+stderr and exit code 1; set FALCON_DESKTOP_DEBUG=1 to see the traceback. Verbs run inside `quiet_libraries`, so
+the libraries' own bars and warnings stay hidden unless `--verbose` (before or after the verb) asks for them.
+The flag vocabulary shared by the verbs is in docs/commands.md ("Flags").
 """
 
 from __future__ import annotations
@@ -21,11 +23,35 @@ VERBS = ("doctor", "plan", "data", "train", "eval", "ask", "demo", "merge", "exp
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    pass
+    """Shows a flag's default once: not for switches, not for "no default", not where the text already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "%(default)" in text or "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS):
+            return action.help
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every parser, verbs' included (subparsers inherit the class): no abbreviations, so `--epoch` is an error."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
+def _add_verbose(parser: argparse.ArgumentParser, default: object) -> None:
+    """`--verbose` on the program and on every verb; a verb's copy must not overwrite the program's value."""
+    parser.add_argument("--verbose", action="store_true", default=default,
+                        help="also show the libraries' own progress bars, warnings and log lines")
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for subparser in dict.fromkeys(action.choices.values()):
+                _add_verbose(subparser, argparse.SUPPRESS)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="falcon-desktop",
         description="Fine-tune Falcon-7B (and Llama, Mistral, Qwen) with QLoRA on SQuAD on one consumer GPU.",
         epilog="Start with `falcon-desktop doctor`, then `falcon-desktop demo`.",
@@ -35,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="verb", metavar="VERB")
     for verb in VERBS:
         importlib.import_module(f"falcon_desktop.cli.{verb}").register(subparsers, _Formatter)
+    _add_verbose(parser, False)
     return parser
 
 
@@ -73,8 +100,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.verb is None:
         parser.print_help()
         return 2
+    from falcon_desktop.console import quiet_libraries
+
     try:
-        return int(args.run(args) or 0)
+        with quiet_libraries(args.verbose):
+            return int(args.run(args) or 0)
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr)
         return 130

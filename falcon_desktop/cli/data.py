@@ -11,10 +11,10 @@ import argparse
 from typing import Any
 
 EXAMPLES = """examples:
-  falcon-desktop data inspect demo
-  falcon-desktop data inspect train-v2.0.json --strict
-  falcon-desktop data inspect dev-v2.0.json --model ./falcon-7b --seq-len 512 --json
-  falcon-desktop data inspect rajpurkar/squad_v2:validation --model tiiuae/falcon-7b
+  falcon-desktop data inspect --data demo
+  falcon-desktop data inspect --data train-v2.0.json --strict
+  falcon-desktop data inspect --data dev-v2.0.json --model ./falcon-7b --seq-len 512 --json
+  falcon-desktop data inspect --data rajpurkar/squad_v2:validation --model tiiuae/falcon-7b
 """
 MIN_SEQ_LEN = 32
 
@@ -31,14 +31,19 @@ def register(subparsers: argparse._SubParsersAction, formatter: type[argparse.He
         "inspect", help="summarize, validate and (with --model) measure a data source", description=__doc__,
         epilog=EXAMPLES, formatter_class=formatter,
     )
-    inspect.add_argument("source", metavar="FILE_OR_NAME", help="a data file, a `datasets` name, or `demo`")
+    from falcon_desktop.cli.flags import add_deprecated
+
+    inspect.add_argument("--data", dest="source", metavar="FILE_OR_NAME", help="a data file, a `datasets` name, or `demo`")
+    add_deprecated(inspect, "FILE_OR_NAME", "--data", "source")
     inspect.add_argument("--model", metavar="DIR_OR_ID", help="model directory or hub id whose tokenizer counts tokens")
     inspect.add_argument("--seq-len", type=int, metavar="N", default=defaults.max_seq_len,
                          help="maximum tokens per example (longer contexts are windowed)")
-    inspect.add_argument("--effective-batch-size", type=int, metavar="N", default=defaults.effective_batch_size,
-                         help="examples per optimizer step")
-    inspect.add_argument("--micro-batch-size", type=int, metavar="N", default=defaults.micro_batch_size,
+    inspect.add_argument("--batch-size", dest="effective_batch_size", type=int, metavar="N", default=defaults.effective_batch_size,
+                         help="effective batch: examples per optimizer step")
+    inspect.add_argument("--micro-batch", dest="micro_batch_size", type=int, metavar="N", default=defaults.micro_batch_size,
                          help="rows of --seq-len tokens per forward pass (sets the token budget)")
+    add_deprecated(inspect, "--effective-batch-size", "--batch-size", "effective_batch_size", type=int)
+    add_deprecated(inspect, "--micro-batch-size", "--micro-batch", "micro_batch_size", type=int)
     inspect.add_argument("--seed", type=int, metavar="N",
                          help="shuffling seed for the batches measured (default: train's)")
     inspect.add_argument("--strict", action="store_true", help="fail if any record would be dropped")
@@ -58,11 +63,13 @@ def run(args: argparse.Namespace) -> int:
     from falcon_desktop.errors import UserError
 
     for flag, value, least in (
-        ("--seq-len", args.seq_len, MIN_SEQ_LEN), ("--effective-batch-size", args.effective_batch_size, 1),
-        ("--micro-batch-size", args.micro_batch_size, 1),
+        ("--seq-len", args.seq_len, MIN_SEQ_LEN), ("--batch-size", args.effective_batch_size, 1),
+        ("--micro-batch", args.micro_batch_size, 1),
     ):
         if value < least:
             raise UserError(f"{flag} must be at least {least}, not {value}.", f"Try the default: {flag} with no value given.")
+    if not args.source:
+        raise UserError("No data given.", "Pass --data FILE_OR_NAME (a data file, a `datasets` name, or demo).")
     report = load_records(args.source, strict=args.strict)
     result: dict[str, Any] = report.summary()
     result["problems"] = report.problems

@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction, formatter: type[argparse.He
     parser.add_argument("--json", action="store_true", help="print one JSON object (the official keys) instead of a table")
     add_model_arguments(parser.add_argument_group("answering with a model (instead of --predictions)"))
     # Extractive answers are short: fewer new tokens and bigger batches than `ask` (issue #15: eval speed).
-    parser.set_defaults(batch_size=32, max_new_tokens=32)
+    parser.set_defaults(answer_batch=32, max_new_tokens=32)
     parser.set_defaults(run=run)
 
 
@@ -77,10 +77,10 @@ def _answer(questions: list, args: argparse.Namespace) -> dict[str, str]:
     options = dataclasses.replace(options, settings=dataclasses.replace(options.settings, single_line=True))
     answerer = load_answerer(options)
     started = time.perf_counter()
-    answers = answer_file(answerer, questions, args.batch_size)
+    answers = answer_file(answerer, questions, args.answer_batch)
     seconds = time.perf_counter() - started
     info(f"Answered {len(questions):,} questions in {seconds:.1f} s ({len(questions) / seconds:.1f} questions/s, "
-         f"batch {args.batch_size}, at most {args.max_new_tokens} new tokens)")
+         f"batch {args.answer_batch}, at most {args.max_new_tokens} new tokens)")
     if args.save_predictions:
         write_answers(args.save_predictions, questions, answers)
     return answers

@@ -24,8 +24,12 @@ GIB = 1024**3
 BAR_WIDTH = 28
 
 
-def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
-    """The planning flags, shared by `plan` and `train` (their defaults are PlanRequest's)."""
+def add_plan_arguments(parser: argparse.ArgumentParser, training: bool = False) -> None:
+    """The planning flags, shared by `plan` and `train` (their defaults are PlanRequest's).
+
+    `train` (training=True) leaves out what means nothing to a run that trains on known data: --method inference,
+    --inference-dtype, the dataset size (--examples/--tokens/--mean-tokens) and --price-per-kwh.
+    """
     from falcon_desktop.plan import PlanRequest
     from falcon_desktop.plan_memory import INFERENCE_DTYPES, METHODS
     from falcon_desktop.shapes import PRESETS
@@ -34,14 +38,20 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("model and method")
     model.add_argument("--model", default="falcon-7b",
                        help=f"preset ({', '.join(PRESETS)}), a directory holding config.json, or a Hugging Face id")
-    model.add_argument("--method", choices=METHODS, default=default.method,
+    model.add_argument("--method", choices=[m for m in METHODS if not (training and m == "inference")],
+                       default=default.method,
                        help="qlora: 4-bit base + adapters; lora: 16-bit base + adapters; full: every weight")
-    model.add_argument("--inference-dtype", choices=INFERENCE_DTYPES, default=default.inference_dtype,
-                       help="weight format for --method inference")
-    lora = model.add_argument_group("LoRA")
+    if training:
+        parser.set_defaults(inference_dtype=default.inference_dtype, examples=None, tokens=None,
+                            mean_tokens=default.mean_tokens_per_example, price_per_kwh=default.price_per_kwh)
+    else:
+        model.add_argument("--inference-dtype", choices=INFERENCE_DTYPES, default=default.inference_dtype,
+                           help="weight format for --method inference")
+    lora = parser.add_argument_group("LoRA")
     lora.add_argument("--lora-r", type=int, default=default.lora_r, help="adapter rank: higher learns more")
     lora.add_argument("--lora-alpha", type=int, default=default.lora_alpha, help="adapter scale (alpha / r)")
-    lora.add_argument("--lora-dropout", type=float, default=default.lora_dropout)
+    lora.add_argument("--lora-dropout", type=float, default=default.lora_dropout,
+                      help="dropout on the adapters' input while training")
     lora.add_argument("--lora-targets", metavar="A,B,C",
                       help="linear layers to adapt, comma-separated, or all-linear (default: every linear kind)")
     data = parser.add_argument_group("data")
@@ -49,12 +59,13 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
                       help="longest row in tokens (SQuAD prompts: mean 214, p99 624)")
     data.add_argument("--batch-size", type=int, default=default.effective_batch_size,
                       help="effective batch: examples per optimizer step")
-    size = data.add_mutually_exclusive_group()
-    size.add_argument("--examples", type=int, help="dataset size in examples (SQuAD v2 train: 130,319)")
-    size.add_argument("--tokens", type=int, help="dataset size in tokens")
-    data.add_argument("--mean-tokens", type=int, default=default.mean_tokens_per_example,
-                      help="mean tokens per example, to turn --examples into tokens")
-    data.add_argument("--epochs", type=float, default=default.epochs)
+    if not training:
+        size = data.add_mutually_exclusive_group()
+        size.add_argument("--examples", type=int, help="dataset size in examples (SQuAD v2 train: 130,319)")
+        size.add_argument("--tokens", type=int, help="dataset size in tokens")
+        data.add_argument("--mean-tokens", type=int, default=default.mean_tokens_per_example,
+                          help="mean tokens per example, to turn --examples into tokens")
+    data.add_argument("--epochs", type=float, default=default.epochs, help="passes over the data (fractions allowed)")
     gpu = parser.add_argument_group("GPU (default: the one NVML reports)")
     gpu.add_argument("--vram", type=float, metavar="GB",
                      help="memory budget in GiB (the size printed on the card: 24 for an RTX 4090)")
@@ -62,8 +73,9 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     gpu.add_argument("--micro-batch", type=int, help="force the micro-batch instead of choosing it")
     gpu.add_argument("--checkpointing", action=argparse.BooleanOptionalAction, default=None,
                      help="force gradient checkpointing on every layer / off (default: only as many as needed)")
-    gpu.add_argument("--price-per-kwh", type=float, default=default.price_per_kwh,
-                     help="electricity price, for the cost estimate")
+    if not training:
+        gpu.add_argument("--price-per-kwh", type=float, default=default.price_per_kwh,
+                         help="electricity price, for the cost estimate")
 
 
 def register(subparsers: argparse._SubParsersAction, formatter: type[argparse.HelpFormatter]) -> None:

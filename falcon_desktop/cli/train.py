@@ -18,19 +18,21 @@ def register(subparsers: argparse._SubParsersAction, formatter: type[argparse.He
         "train", help="fine-tune a model with QLoRA on SQuAD-format data", description=__doc__,
         epilog=EXAMPLES, formatter_class=formatter,
     )
-    add_plan_arguments(parser)
+    add_plan_arguments(parser, training=True)
     run = parser.add_argument_group("run")
     run.add_argument("--data", help="SQuAD JSON, JSONL/Parquet/CSV, or a `datasets` name (e.g. rajpurkar/squad_v2)")
     run.add_argument("--output", help="run directory (default: a new one under the runs folder)")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     run.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (instead of --epochs)")
-    run.add_argument("--learning-rate", type=float, default=2e-4)
-    run.add_argument("--seed", type=int, default=42)
+    run.add_argument("--learning-rate", type=float, default=2e-4,
+                     help="peak AdamW learning rate, after warmup (cosine decay to 0 follows)")
+    run.add_argument("--seed", type=int, default=42, help="fixes the data split, shuffling and adapter initialisation")
     run.add_argument("--save-every", type=int, default=50, help="optimizer steps between checkpoints")
     run.add_argument("--eval-fraction", type=float, default=0.1, help="share of articles held out for evaluation")
     run.add_argument("--eval-examples", type=int, default=100, help="held-out questions scored before/after (0: skip)")
     run.add_argument("--device", default="auto", help="auto, cuda:N or cpu")
-    run.add_argument("--no-quantize", action="store_true", help="16-bit base (LoRA) instead of 4-bit (QLoRA)")
+    run.add_argument("--quantize", action=argparse.BooleanOptionalAction, default=True,
+                     help="4-bit NF4 base (QLoRA); --no-quantize trains on a 16-bit base (LoRA)")
     run.add_argument("--strict", action="store_true", help="fail on any dropped data record")
     run.add_argument("--trust-remote-code", action="store_true", help="run the model repository's own Python code")
     run.add_argument("--force", action="store_true", help="train even when the plan says it does not fit")

@@ -33,7 +33,7 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
         model=model_reference(args.model),  # a preset name such as falcon-7b becomes its Hub id
         data=args.data,
         output=Path(args.output).expanduser() if args.output else paths.new_run_dir(args.model),
-        quantize=not args.no_quantize,
+        quantize=args.quantize,
         strict_data=args.strict,
         trust_remote_code=args.trust_remote_code,
         **given,

@@ -50,7 +50,10 @@ def verb_flags(verb: str, values: Mapping[str, Any], positional: tuple[str, ...]
     Empty values are left out (the verb's default applies); an unknown key or a bad value is a UserError.
     """
     parser = _verb_parser(verb)
-    actions = {action.dest: action for action in parser._actions if action.option_strings}
+    actions: dict[str, argparse.Action] = {}
+    for action in parser._actions:  # a deprecated spelling shares its dest with the current flag, defined first
+        if action.option_strings:
+            actions.setdefault(action.dest, action)
     flags: list[str] = []
     for dest, value in values.items():
         if dest not in actions or dest == "help":

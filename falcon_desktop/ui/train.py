@@ -171,7 +171,7 @@ def routes(trainings: Trainings, jobs: Jobs) -> list[Route]:
         source = str(form.pop("source", "") or "").strip()
         if not source:
             raise UserError("No data given.", "Pick a file, or type a `datasets` name such as rajpurkar/squad_v2, or demo.")
-        job = jobs.start(f"data inspect {source}", "data inspect", {**form, "json": True}, (source,))
+        job = jobs.start(f"data inspect {source}", "data inspect", {**form, "source": source, "json": True})
         return JSONResponse(job.state())
 
     return [

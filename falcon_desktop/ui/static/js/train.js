@@ -12,7 +12,8 @@ function trainValues() {
     const raw = input.value.trim();
     if (raw !== "") values[input.name] = input.type === "number" ? Number(raw) : raw;
   }
-  if (planSettings.method === "lora") values.no_quantize = true;  // `train` takes the base precision as a flag
+  delete values.examples;  // sizes the plan's time estimate; train counts its own data
+  if (planSettings.method === "lora") values.quantize = false;  // `train` takes the base precision as a flag
   return values;
 }
 
