@@ -22,7 +22,7 @@ from falcon_desktop.decoding import GenerationSettings
 from falcon_desktop.evaluate import iter_squad_questions, read_jsonl_objects, read_squad
 from falcon_desktop.fast_decode import StreamingDecoder
 from falcon_desktop.generate import GenerationResult, answer_records, encode_prompt, stream_answer
-from falcon_desktop.prompts import is_abstention
+from falcon_desktop.prompts import TEMPLATE_VERSION, is_abstention
 from falcon_desktop.runs import adapter_label, base_model_of, resolve_adapter, run_card_of
 
 UNANSWERABLE_NOTE = "(unanswerable from this context)"
@@ -160,7 +160,10 @@ def load_answerer(options: AskOptions) -> Answerer:
     from falcon_desktop.model import ModelSettings, load_base_model
 
     adapter_dir = resolve_adapter(options.adapter) if options.adapter else None
-    card = run_card_of(adapter_dir) if adapter_dir else {}
+    card = run_card_of(adapter_dir) if adapter_dir else None
+    if card is not None and card.template_version not in (None, TEMPLATE_VERSION):
+        warn(f"This adapter was trained on prompt template v{card.template_version}; this version asks with "
+             f"v{TEMPLATE_VERSION}, so its answers may be worse than its scores.")
     trained_on = base_model_of(adapter_dir) if adapter_dir else None
     base = options.model or trained_on
     if not base:
@@ -170,7 +173,7 @@ def load_answerer(options: AskOptions) -> Answerer:
         )
     quantize = options.quantize
     if quantize is None:
-        quantize = bool((card.get("train") or {}).get("quantize", True))
+        quantize = bool(card.train.get("quantize", True)) if card is not None else True
     settings = ModelSettings(base, quantize=quantize, compute_dtype=_default_compute_dtype(), device=options.device,
                              trust_remote_code=options.trust_remote_code)
     info(f"Loading {base} ({'4-bit NF4' if quantize else '16-bit'}) ...")

@@ -48,8 +48,8 @@ def model_card(base: str, adapter_dir: Path, dtype: str) -> str:
     """README.md for the merged model: where it came from and how well it did, from the run card."""
     card = run_card_of(adapter_dir)
     lora = read_json_file(adapter_dir / ADAPTER_CONFIG) or {}
-    data = card.get("data") or {}
-    metrics = card.get("metrics") or {}
+    data = card.data if card else {}
+    metrics = card.metrics if card else {}
     targets = lora.get("target_modules") or []
     targets = sorted(targets) if isinstance(targets, list) else [str(targets)]
     lines = [
@@ -71,8 +71,8 @@ def model_card(base: str, adapter_dir: Path, dtype: str) -> str:
         f"targets: {', '.join(targets) or '?'})",
         f"- Data: `{data.get('source', '?')}`, {data.get('train_examples', '?')} training examples, "
         f"fingerprint `{data.get('fingerprint', '?')}`",
-        f"- Steps: {card.get('steps', '?')}, final training loss: {_fmt(metrics.get('final_loss'), 4)}",
-        f"- Status: {card.get('status', 'unknown (no run card)')}",
+        f"- Steps: {card.steps if card else '?'}, final training loss: {_fmt(metrics.get('final_loss'), 4)}",
+        f"- Status: {card.status if card else 'unknown (no run card)'}",
         "",
         "## Evaluation",
         "",
