@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import tempfile
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from falcon_desktop.atomic import write_text
 from falcon_desktop.console import info, warn
 from falcon_desktop.errors import UserError
 from falcon_desktop.decoding import GenerationSettings
@@ -215,27 +217,41 @@ def read_questions(path: str | Path) -> list[Any]:
     )
 
 
-def check_answers_path(path: str | Path) -> Path:
+def check_answers_path(path: str | Path, questions_path: str | Path | None = None, overwrite: bool = True) -> Path:
+    """Refuse, before any answering, an answers file that would replace the questions, replace an existing file
+    without `overwrite`, or cannot be written."""
     path = Path(path)
     if path.suffix.lower() not in (".json", ".jsonl"):
         raise UserError(f"Cannot write answers to {path.name!r}.", "Use .json (SQuAD predictions) or .jsonl.")
+    if questions_path is not None and path.resolve() == Path(questions_path).resolve():
+        raise UserError(f"--output {path} is the --input file: the answers would replace the questions.",
+                        "Write the answers to another file.")
+    if path.exists() and not overwrite:
+        raise UserError(f"{path} already exists.", "Choose another --output, or pass --overwrite to replace it.")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):  # the answers are written beside it, then renamed
+            pass
+    except OSError as error:
+        raise UserError(f"Cannot write to {path} ({error.strerror or error}).",
+                        "Choose a writable --output folder.") from None
     return path
 
 
 def write_answers(path: str | Path, questions: Sequence[Any], answers: dict[str, str]) -> None:
     """.json: official SQuAD predictions {id: answer} ("" = unanswerable); .jsonl: one object per question."""
     path = check_answers_path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() == ".json":
         predictions = {q.id: prediction_text(answers[q.id]) for q in questions}
-        path.write_text(json.dumps(predictions, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        write_text(path, json.dumps(predictions, indent=2, ensure_ascii=False) + "\n")
         return
-    with path.open("w", encoding="utf-8", newline="\n") as out:
-        for q in questions:
-            answer = answers[q.id]
-            row = {"id": q.id, "question": q.question, "answer": prediction_text(answer),
-                   "unanswerable": is_abstention(answer), "context_set": bool(q.context and q.context.strip())}
-            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+    rows = []
+    for q in questions:
+        answer = answers[q.id]
+        rows.append(json.dumps({"id": q.id, "question": q.question, "answer": prediction_text(answer),
+                                "unanswerable": is_abstention(answer),
+                                "context_set": bool(q.context and q.context.strip())}, ensure_ascii=False) + "\n")
+    write_text(path, "".join(rows))
 
 
 def answer_file(answerer: Answerer, questions: Sequence[Any], batch_size: int) -> dict[str, str]:

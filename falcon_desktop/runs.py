@@ -21,6 +21,7 @@ from falcon_desktop.prompts import TEMPLATE_VERSION
 from falcon_desktop.run_lock import is_training
 
 RUN_CARD = "run.json"
+STOPPED = "stopped (crashed)"  # a card saying "running" whose writer is gone; `train --resume` continues it
 ADAPTER_DIR = "adapter"
 ADAPTER_CONFIG = "adapter_config.json"
 
@@ -219,9 +220,9 @@ def _readable_card(run_dir: Path) -> tuple[RunCard | None, str]:
     try:
         card = RunCard.read(run_dir)
     except UserError as error:
-        return None, "no run card" if not (run_dir / RUN_CARD).is_file() else f"unreadable run card ({error.message})"
+        return None, "unreadable run card" if (run_dir / RUN_CARD).is_file() else "no run card"
     if card.status == "running" and not is_training(run_dir):
-        return card, "stopped (killed or crashed; --resume continues it)"
+        return card, STOPPED  # killed with -9, a power cut: nobody holds its lock
     return card, card.status
 
 
