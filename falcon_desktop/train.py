@@ -170,6 +170,7 @@ def run_training(config: TrainConfig, plan: Plan, resume: bool = False, overwrit
                         "`plan` sizes the other methods.")
     if plan.method == "lora" and config.quantize:
         config = replace(config, quantize=False)  # LoRA means a 16-bit base; QLoRA is the 4-bit one
+    _check_local_model(config.model)
     run = RunDir(Path(config.output))
     card = RunCard.read(run.root) if resume else None
     report = load_records(config.data, strict=config.strict_data)  # a bad --data must not cost a model load
@@ -191,6 +192,19 @@ def _train_and_finish(session: Session, stop: _StopSignals, evaluate_first: bool
         session.card.metrics["eval_before"] = evaluate(session, "before fine-tuning")
         _write_card(session)
     return finish(session, fit(session, stop))
+
+
+def _check_local_model(model: str) -> None:
+    """A local model folder must hold a config and weights: said in a second, not after a failed load."""
+    folder = Path(model).expanduser()
+    if not folder.is_dir():
+        return  # a hub id: the loader resolves it
+    weights = [p for pattern in ("*.safetensors", "*.bin", "*.safetensors.index.json") for p in folder.glob(pattern)]
+    missing = [name for name, present in (("config.json", (folder / "config.json").is_file()), ("weights", weights))
+               if not present]
+    if missing:
+        raise UserError(f"The model folder {folder} lacks {' and '.join(missing)} (*.safetensors or *.bin).",
+                        "Pass a folder saved with save_pretrained (config.json, weights, tokenizer files), or a hub id.")
 
 
 def _claim_folder(run: RunDir, overwrite: bool) -> None:
