@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ import torch
 
 from falcon_desktop.atomic import write_directory, write_json
 from falcon_desktop.console import warn
+from falcon_desktop.errors import UserError
 
 STEP_PREFIX = "step-"
 
@@ -114,3 +116,44 @@ def load_newest_checkpoint(directory: Path, model, optimizer, scheduler) -> Trai
         except Exception as error:  # noqa: BLE001 - any damage (torn file, wrong content) means: try the older one
             warn(f"Checkpoint {path.name} is damaged ({type(error).__name__}: {str(error)[:120]}); trying the one before.")
     return None
+
+
+_LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<side>[AB])(?:\.[^.]+)?\.weight$")
+
+
+def check_adapter_fits(model, adapter_dir: Path) -> None:
+    """Read an adapter's config and weight shapes and compare them with `model`, before peft touches the model.
+
+    peft injects LoRA layers into the base before it loads the weights, so a broken or foreign adapter would leave a
+    half-modified model behind (and kill a REPL session); here each problem is one UserError instead.
+    """
+    from safetensors import safe_open
+
+    adapter_dir = Path(adapter_dir)
+    hint = "Load the adapter onto the base it was trained on (see `falcon-desktop runs`), or retrain it."
+    try:
+        config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+        if not isinstance(config, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as error:
+        raise UserError(f"{adapter_dir / 'adapter_config.json'} is unreadable ({error}).", hint) from None
+    weights = adapter_dir / "adapter_model.safetensors"
+    if not weights.is_file():
+        return  # an older .bin adapter: peft reports its own problems
+    try:
+        with safe_open(str(weights), framework="pt") as handle:
+            shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    except Exception as error:  # noqa: BLE001 - safetensors raises its own class for a torn header
+        raise UserError(f"{weights} is damaged or truncated ({str(error)[:120]}).", hint) from None
+    modules = {re.sub(r"^base_model\.model\.", "", name): module for name, module in model.named_modules()}
+    for key, shape in shapes.items():
+        match = _LORA_KEY.match(key)
+        module = modules.get(match["module"]) if match else None
+        module = getattr(module, "base_layer", module)
+        features = getattr(module, "in_features" if match and match["side"] == "A" else "out_features", None)
+        if match is None or features is None:
+            continue
+        expected = shape[1] if match["side"] == "A" else shape[0]
+        if expected != features:
+            raise UserError(f"The adapter in {adapter_dir} does not fit this base model: {match['module']} has "
+                            f"{features} features, the adapter was trained for {expected}.", hint)
