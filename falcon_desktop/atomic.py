@@ -72,6 +72,7 @@ def write_directory(target: Path, write: Callable[[Path], None]) -> None:
     target = Path(target)
     tmp = target.with_name(f".{target.name}.tmp")
     old = target.with_name(f".{target.name}.old")
+    _restore_moved_aside(target, old)  # a crash between the two renames of an earlier write
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
@@ -82,12 +83,15 @@ def write_directory(target: Path, write: Callable[[Path], None]) -> None:
             os.replace(target, old)
         os.replace(tmp, target)
         fsync_directory(target.parent)
-    except BaseException:
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists() and not target.exists():
-            os.replace(old, target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+        _restore_moved_aside(target, old)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _restore_moved_aside(target: Path, old: Path) -> None:
+    if old.exists() and not target.exists():
+        os.replace(old, target)
 
 
 def append_line(path: Path, line: str) -> None:
