@@ -77,8 +77,11 @@ class RunLock:
         try:
             os.write(handle, payload.encode("utf-8"))
             os.fsync(handle)
-        finally:
+        except BaseException:
             os.close(handle)
+            self.path.unlink(missing_ok=True)
+            raise
+        os.close(handle)
         self.held = True
         return self
 

@@ -11,6 +11,7 @@ import hashlib
 import itertools
 import io
 import json
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -86,7 +87,7 @@ def read(cache_key: str) -> TokenizeReport | None:
             ids, lengths, prompt_lens = stored["ids"], stored["lengths"].tolist(), stored["prompt_lens"].tolist()
             record_ids = json.loads(stored["record_ids"].tobytes().decode("utf-8"))
             dropped_too_long, windowed = stored["counts"].tolist()
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):  # torn by a crash or a copy: rebuilt
         return None
     # One int object per token id, shared by every example: tuples of them cost ~8 bytes a token.
     interned = list(range(int(ids.max()) + 1 if len(ids) else 0))
