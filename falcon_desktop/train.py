@@ -174,7 +174,11 @@ def run_training(config: TrainConfig, plan: Plan, resume: bool = False, overwrit
     run = RunDir(Path(config.output))
     card = RunCard.read(run.root) if resume else None
     report = load_records(config.data, strict=config.strict_data)  # a bad --data must not cost a model load
-    run.root.mkdir(parents=True, exist_ok=True)
+    try:
+        run.root.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"Cannot create the run folder {run.root} ({error.strerror or error}).",
+                        "Choose an --output folder you can write to.") from None
     with RunLock(run.root):
         if card is None:
             _claim_folder(run, overwrite)
