@@ -75,8 +75,8 @@ class TrainConfig:
         checks = (
             ("--epochs", self.epochs, math.isfinite(self.epochs) and self.epochs > 0, "a number above 0, e.g. 1"),
             ("--max-steps", self.max_steps, self.max_steps is None or self.max_steps >= 1, "a whole number of 1 or more"),
-            ("--learning-rate", self.learning_rate, math.isfinite(self.learning_rate) and 0 < self.learning_rate < 1,
-             "a number between 0 and 1, e.g. 2e-4"),
+            ("--learning-rate", self.learning_rate, math.isfinite(self.learning_rate) and self.learning_rate > 0,
+             "a number above 0, e.g. 2e-4"),
             ("--save-every", self.save_every, self.save_every >= 1, "a whole number of 1 or more"),
             ("--eval-fraction", self.eval_fraction, 0 <= self.eval_fraction < 1, "a share from 0 to below 1, e.g. 0.1"),
             ("--eval-examples", self.eval_examples, self.eval_examples >= 0, "0 (skip) or more"),

@@ -332,3 +332,13 @@ def test_extending_a_finished_run_keeps_its_schedule_and_says_so(finished_run: P
     card = json.loads((run / "run.json").read_text(encoding="utf-8"))
     assert card["schedule"] == [[0, 4], [4, 2]] and card["steps"] == 6
     assert _losses(run)[:4] == before
+
+
+def test_overwrite_replaces_only_the_runs_own_files(finished_run: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    (run / "notes.txt").write_text("mine", encoding="utf-8")
+    assert main(_train_args(tiny_model_dir, run, "--max-steps", "1", "--eval-examples", "0", "--overwrite")) == 0
+    assert (run / "notes.txt").read_text(encoding="utf-8") == "mine"
+    assert json.loads((run / "run.json").read_text(encoding="utf-8"))["steps"] == 1
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-000001"]
