@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from rich.markup import escape
 
 from falcon_desktop.atomic import write_directory, write_json
 from falcon_desktop.console import warn
@@ -114,7 +115,7 @@ def load_newest_checkpoint(directory: Path, model, optimizer, scheduler) -> Trai
         try:
             return load_checkpoint(path, model, optimizer, scheduler)
         except Exception as error:  # noqa: BLE001 - any damage (torn file, wrong content) means: try the older one
-            warn(f"Checkpoint {path.name} is damaged ({type(error).__name__}: {str(error)[:120]}); trying the one before.")
+            warn(escape(f"Checkpoint {path.name} is damaged ({type(error).__name__}: {str(error)[:120]}); trying the one before."))
     return None
 
 

@@ -288,19 +288,20 @@ def _short_model(model: str | None) -> str:
 
 def runs_table(runs: list[RunSummary], title: str | None = None, adapter_in_use: Path | None = None):
     """A rich table of runs; the run that `adapter_in_use` belongs to is starred."""
+    from rich.markup import escape
     from rich.table import Table
 
     active = run_dir_of(adapter_in_use) if adapter_in_use is not None else None
     active = active.resolve() if active is not None else None
-    table = Table(title=title)
+    table = Table(title=escape(title) if title else None)
     for header in ("run", "model", "date", "steps", "loss", "EM / F1 %", "status"):
         table.add_column(header, no_wrap=header in ("run", "date"))
     for run in runs:
         scores = "-" if run.exact is None else f"{_number(run.exact, 1)} / {_number(run.f1, 1)}"
         table.add_row(
-            f"* {run.name}" if run.path.resolve() == active else run.name,
-            _short_model(run.model), (run.date or "-")[:10], _number(run.steps, 0), _number(run.final_loss, 3),
-            scores, run.status if run.has_adapter else f"{run.status} (no adapter)",
+            escape(f"* {run.name}" if run.path.resolve() == active else run.name),  # `run[best]` is a name, not markup
+            escape(_short_model(run.model)), (run.date or "-")[:10], _number(run.steps, 0), _number(run.final_loss, 3),
+            scores, escape(run.status if run.has_adapter else f"{run.status} (no adapter)"),
         )
     return table
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from rich.markup import escape
 
 from falcon_desktop.atomic import write_directory
 from falcon_desktop.attention import causal_fast_path
@@ -224,7 +225,7 @@ def _claim_folder(run: RunDir, overwrite: bool) -> None:
         names = ", ".join(path.name for path in existing)
         raise UserError(f"{run.root} already holds {names}, which a new run would replace.",
                         "Choose an empty or new --output folder, or pass --overwrite to replace them.")
-    warn(f"--overwrite: replacing {', '.join(path.name for path in existing)} in {run.root}.")
+    warn(f"--overwrite: replacing {', '.join(path.name for path in existing)} in {escape(str(run.root))}.")
     for path in existing:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
 
@@ -284,11 +285,11 @@ def _resume_state(run: RunDir, model, optimizer, scheduler, fresh: TrainerState,
     state = load_newest_checkpoint(run.checkpoints, model, optimizer, scheduler)
     if state is None:
         if list_checkpoints(run.checkpoints):
-            warn(f"No checkpoint in {run.checkpoints} could be read.")
-        info(f"No usable checkpoint in {run.root} yet: starting the run over from step 0.")
+            warn(f"No checkpoint in {escape(str(run.checkpoints))} could be read.")
+        info(f"No usable checkpoint in {escape(str(run.root))} yet: starting the run over from step 0.")
         state = fresh
     run.metrics.truncate_after(state.step)
-    info(f"Resuming {run.root} at step {state.step} of {total_steps}.")
+    info(f"Resuming {escape(str(run.root))} at step {state.step} of {total_steps}.")
     return state
 
 
