@@ -25,7 +25,9 @@ def world(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
     import os
 
     root = tmp_path_factory.mktemp("bad-inputs")
-    os.environ["FALCON_DESKTOP_HOME"] = str(root / "home")
+    saved = {name: os.environ.get(name) for name in ("FALCON_DESKTOP_HOME", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    # Module-scoped, so set up before the per-test isolation: huggingface_hub reads HF_HUB_OFFLINE once, at import.
+    os.environ.update(FALCON_DESKTOP_HOME=str(root / "home"), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     run = root / "run"
     assert main(["train", "--model", str(tiny_model_dir), "--data", DEMO, "--output", str(run), "--max-steps", "2",
                  "--eval-examples", "0", "--batch-size", "8"]) == 0
@@ -56,7 +58,11 @@ def world(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
     questions.write_text('{"id": "q1", "question": "Who?", "context": "Ann ran."}\n', encoding="utf-8")
     existing = root / "answers.jsonl"
     existing.write_text("{}\n", encoding="utf-8")
-    os.environ.pop("FALCON_DESKTOP_HOME")
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
     return {"tiny": tiny_model_dir, "run": run, "unfinished": unfinished, "mistyped": mistyped,
             "truncated": truncated, "broken_config": broken_config, "no_weights": no_weights,
             "other_base": other_base, "user_folder": user_folder, "no_answers": no_answers,
@@ -98,8 +104,10 @@ CASES = [
     ("output over user files", lambda w: _train(w, output=str(w["user_folder"])), "already holds checkpoints"),
     ("output inside a file", lambda w: _train(w, output=str(w["questions"] / "run")), "Cannot create the run folder"),
     ("model without weights", lambda w: ["train", "--model", str(w["no_weights"]), "--data", DEMO], "lacks weights"),
-    ("default model offline", lambda w: ["train", "--data", DEMO, "--output", str(w["root"] / "offline"),
-                                         "--device", "cpu"], "local Hugging Face cache"),
+    ("default model offline and uncached", lambda w: ["train", "--data", DEMO, "--output", str(w["root"] / "offline"),
+                                                      "--device", "cpu"], "local Hugging Face cache"),
+    ("hub model offline and unknown", lambda w: ["train", "--model", "falcon-desktop-tests/uncached", "--data", DEMO],
+     "not in the Hugging Face cache"),
     ("resume a non-run", lambda w: ["train", "--resume", str(w["user_folder"])], "not a run directory"),
     ("resume with another learning rate", lambda w: ["train", "--resume", str(w["unfinished"]), "--learning-rate", "1e-3"],
      "--learning-rate 0.001"),
@@ -142,7 +150,9 @@ CASES = [
 
 
 @pytest.mark.parametrize("name,argv,words", CASES, ids=[case[0] for case in CASES])
-def test_bad_input_is_one_clear_error(world, name, argv, words, capsys) -> None:
+def test_bad_input_is_one_clear_error(world, name, argv, words, capsys, monkeypatch) -> None:
+    # huggingface_hub read HF_HUB_OFFLINE when first imported, maybe before the test set it: no download, no backoff.
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     code = main(argv(world))
     err = capsys.readouterr().err
     assert code == 1, (name, err[-1500:])
