@@ -342,3 +342,30 @@ def test_overwrite_replaces_only_the_runs_own_files(finished_run: Path, tiny_mod
     assert (run / "notes.txt").read_text(encoding="utf-8") == "mine"
     assert json.loads((run / "run.json").read_text(encoding="utf-8"))["steps"] == 1
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-000001"]
+
+
+# ------------------------------------------------------------------------------------------------- the run card
+def test_run_card_round_trips_and_names_what_is_wrong(capsys) -> None:
+    from falcon_desktop.errors import UserError
+    from falcon_desktop.prompts import TEMPLATE_VERSION
+    from falcon_desktop.runs import RunCard
+
+    card = RunCard(model="m", status="running", total_steps=5, schedule=[[0, 5]])
+    assert RunCard.from_json(json.loads(json.dumps(card.to_json()))) == card
+    assert card.template_version == TEMPLATE_VERSION
+    assert RunCard.from_json({"model": "m", "status": "finished"}).template_version is None  # before the stamp
+    assert RunCard.from_json({"model": "m", "status": "finished", "colour": "red"}).model == "m"
+    assert "ignoring unknown key(s) colour" in capsys.readouterr().err
+    for data, words in (({"status": "x"}, "lacks model"), ({"model": "m", "status": "x", "steps": True}, "'steps'"),
+                        ({"model": "m", "status": "x", "metrics": []}, "'metrics' should be dict"), ([], "not a JSON")):
+        with pytest.raises(UserError, match=words):
+            RunCard.from_json(data)
+
+
+def test_ask_tells_an_adapter_trained_on_another_template(finished_run: Path, tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    card = json.loads((run / "run.json").read_text(encoding="utf-8"))
+    (run / "run.json").write_text(json.dumps({**card, "template_version": 0}), encoding="utf-8")
+    assert main(["ask", "--adapter", str(run), "--question", "Who?", "--device", "cpu"]) == 0
+    assert "trained on prompt template v0" in capsys.readouterr().err
