@@ -114,7 +114,7 @@ def run_hf(args: argparse.Namespace) -> dict:
     model = load_base_model(ModelSettings(args.model, quantize=True, device="auto")).model
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
     model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05,
-                                             target_modules=["query_key_value"], task_type="CAUSAL_LM"))
+                                             target_modules=args.targets.split(","), task_type="CAUSAL_LM"))
     rows = [{"input_ids": list(e.input_ids), "labels": [-100] * e.prompt_len + list(e.input_ids[e.prompt_len:])}
             for e in examples]
     pad = tokenizer.pad_token_id
@@ -161,10 +161,20 @@ def run_hf(args: argparse.Namespace) -> dict:
         )
         Trainer(model=model, args=training_args, train_dataset=rows, data_collator=collate,
                 callbacks=[Timer()]).train()
+    if args.save_adapter:  # for benchmarks/quality.py: score this recipe's adapter with `falcon-desktop eval`
+        save_adapter_run(Path(args.save_adapter), model, tokenizer, args.model, len(step_log))
     from falcon_desktop.shapes import load_shape
 
     return summarise(f"hf-{args.recipe}", step_log, load_shape(args.model).total_params,
                      {"micro_batch": batch, "gradient_accumulation": accumulation, "effective_batch": batch * accumulation})
+
+
+def save_adapter_run(run_dir: Path, model, tokenizer, base: str, steps: int) -> None:
+    """The adapter and a minimal run card, laid out as `falcon-desktop train` lays them out."""
+    model.save_pretrained(str(run_dir / "adapter"))
+    tokenizer.save_pretrained(str(run_dir / "adapter"))
+    card = {"model": base, "status": "finished", "steps": steps, "train": {"quantize": True}, "recipe": "hf-trainer"}
+    (run_dir / "run.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
 
 
 def run_ours(args: argparse.Namespace) -> dict:
@@ -328,6 +338,8 @@ def main() -> None:
     hf.add_argument("--recipe", choices=("seed", "careful"), default="seed")
     hf.add_argument("--batch", type=int, default=16)
     hf.add_argument("--accumulation", type=int, default=1)
+    hf.add_argument("--targets", default="query_key_value", help="LoRA targets, comma-separated")
+    hf.add_argument("--save-adapter", metavar="RUN_DIR", help="also save the adapter as a run `eval --adapter` reads")
     ours = sub.choices["ours"]
     ours.add_argument("--targets", default="query_key_value")
     ours.add_argument("--effective-batch", type=int, default=64)

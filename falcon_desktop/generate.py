@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import torch
 from transformers import StoppingCriteria
 
-from falcon_desktop.decoding import GenerationSettings
+from falcon_desktop.decoding import EXTRACTIVE, GenerationSettings
 from falcon_desktop.errors import UserError
 from falcon_desktop.fast_decode import StreamingDecoder, input_device
 from falcon_desktop.prompts import STOP_STRINGS, QAPrompt, clean_generation
@@ -86,14 +86,16 @@ def _safe_to_show(text: str) -> str:
 class _StopStrings(StoppingCriteria):
     """Stopping criterion: True for each row whose recent text contains a stop string."""
 
-    def __init__(self, tokenizer: Any, prompt_length: int) -> None:
+    def __init__(self, tokenizer: Any, prompt_length: int, single_line: bool = False) -> None:
         self.tokenizer = tokenizer
         self.prompt_length = prompt_length
+        self.single_line = single_line
 
     def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
         recent = input_ids[:, self.prompt_length :][:, -_STOP_WINDOW:]
         texts = self.tokenizer.batch_decode(recent, skip_special_tokens=True)
-        return torch.tensor([_cut_at_stop(text)[1] for text in texts], dtype=torch.bool, device=input_ids.device)
+        return torch.tensor([_cut_at_stop(text)[1] or (self.single_line and "\n" in text.lstrip()) for text in texts],
+                            dtype=torch.bool, device=input_ids.device)
 
 
 class _AnswerText:
@@ -188,7 +190,7 @@ def _generate(model: torch.nn.Module, tokenizer: Any, batch: Sequence[Sequence[i
         "pad_token_id": pad_id,
         "eos_token_id": tokenizer.eos_token_id,
         "use_cache": True,  # training turns it off in the config; decoding without it is quadratic
-        "stopping_criteria": [_StopStrings(tokenizer, width)],
+        "stopping_criteria": [_StopStrings(tokenizer, width, settings.single_line)],
     }
     if settings.sampling:
         options.update(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k)
@@ -206,13 +208,14 @@ def _stop_reason(token_ids: Sequence[int], raw_text: str, eos_id: int | None) ->
     return "stop_string" if _cut_at_stop(raw_text)[1] else "max_new_tokens"
 
 
-def _decode_answer(tokenizer: Any, token_ids: Sequence[int]) -> tuple[str, str]:
+def _decode_answer(tokenizer: Any, token_ids: Sequence[int], single_line: bool = False) -> tuple[str, str]:
     """(cleaned answer, raw decoded text) of one row, ignoring everything after its first EOS."""
     ids = list(token_ids)
     if tokenizer.eos_token_id in ids:
         ids = ids[: ids.index(tokenizer.eos_token_id) + 1]
     raw = tokenizer.decode(ids, skip_special_tokens=True)
-    return clean_generation(raw), raw
+    text = clean_generation(raw)
+    return (text.split("\n", 1)[0].strip() if single_line else text), raw
 
 
 def stream_answer(decoder: StreamingDecoder, tokenizer: Any, prompt_ids: Sequence[int], settings: GenerationSettings,
@@ -243,18 +246,18 @@ def generate_batch(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[Seq
     """Cleaned answers for several encoded prompts generated together (one left-padded batch)."""
     with _inference(model):
         new_tokens = _generate(model, tokenizer, prompts, settings).tolist()
-    return [_decode_answer(tokenizer, row)[0] for row in new_tokens]
+    return [_decode_answer(tokenizer, row, settings.single_line)[0] for row in new_tokens]
 
 
 def answer_records(model: torch.nn.Module, tokenizer: Any, records: Sequence[QuestionLike],
                    max_prompt_tokens: int | None = None, settings: GenerationSettings | None = None,
-                   batch_size: int = 8, on_progress: Callable[[int], None] | None = None) -> dict[str, str]:
+                   batch_size: int = 32, on_progress: Callable[[int], None] | None = None) -> dict[str, str]:
     """{record id: answer} for records with `id`, `question`, `context` (QARecord, SquadQuestion, ...).
 
     Prompts are sorted by length so each batch pads little; `on_progress(n)` is called after each batch of n.
     Abstentions come back as `prompts.ABSTAIN` (the scorer maps them to "").
     """
-    settings = settings or GenerationSettings()
+    settings = settings or EXTRACTIVE
     encoded = [encode_prompt(tokenizer, r.question, r.context, max_prompt_tokens) for r in records]
     order = sorted(range(len(records)), key=lambda index: len(encoded[index]))
     answers: dict[str, str] = {}

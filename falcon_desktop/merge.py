@@ -116,6 +116,7 @@ def merge_adapter(options: MergeOptions) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from falcon_desktop.gguf_io import hf_directory
     from falcon_desktop.model import check_model_reference, load_adapter, resolve_device
 
     if options.dtype not in DTYPES:
@@ -124,18 +125,19 @@ def merge_adapter(options: MergeOptions) -> Path:
     base = options.model or base_model_of(adapter_dir)
     if not base:
         raise UserError(f"The adapter in {str(adapter_dir)!r} does not name its base model.", "Pass --model BASE.")
-    check_model_reference(base)  # a moved or mistyped local base fails here with a message, not a traceback
+    weights = hf_directory(base)  # a .gguf base merges into its cached safetensors copy
+    check_model_reference(weights)  # a moved or mistyped local base fails here with a message, not a traceback
     output = Path(options.output).expanduser()
     _check_output(output, options.overwrite)
     device = resolve_device(options.device)
 
     info(f"Loading {base} in {options.dtype} on {device} ...")
     model = AutoModelForCausalLM.from_pretrained(
-        base, dtype=getattr(torch, options.dtype), device_map={"": str(device)},
+        weights, dtype=getattr(torch, options.dtype), device_map={"": str(device)},
         trust_remote_code=options.trust_remote_code,
     )
     has_tokenizer = any((adapter_dir / name).is_file() for name in _TOKENIZER_FILES)
-    tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir) if has_tokenizer else base,
+    tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir) if has_tokenizer else weights,
                                               trust_remote_code=options.trust_remote_code)
     info(f"Merging adapter {adapter_label(adapter_dir)!r} ...")
     merged = load_adapter(model, adapter_dir, "merge").merge_and_unload()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -126,7 +126,9 @@ def load_tokenizer(reference: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     from falcon_desktop.data import configure_tokenizer
+    from falcon_desktop.gguf_io import hf_directory
 
+    reference = hf_directory(reference)  # a .gguf file loads through its cached safetensors copy
     check_model_reference(reference)
     tokenizer = AutoTokenizer.from_pretrained(reference, trust_remote_code=trust_remote_code)
     return configure_tokenizer(tokenizer)
@@ -186,6 +188,9 @@ def load_base_model(settings: ModelSettings) -> LoadedModel:
     """Tokenizer and base model on the chosen device; 4-bit NF4 when `settings.quantize`, verified."""
     from transformers import AutoModelForCausalLM
 
+    from falcon_desktop.gguf_io import hf_directory
+
+    settings = replace(settings, model=hf_directory(settings.model))  # a .gguf file: its cached safetensors copy
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.compute_dtype, device)
     tokenizer = load_tokenizer(settings.model, settings.trust_remote_code)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from falcon_desktop import paths
 from falcon_desktop.errors import first_line
+from falcon_desktop.pip_commands import install_command, python_command
 from falcon_desktop.probe_gpu import gigabytes
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
@@ -47,7 +48,10 @@ class Check:
 def python_check(version: tuple[int, int, int], pointer_bits: int) -> Check:
     value = f"{version[0]}.{version[1]}.{version[2]}, {pointer_bits}-bit"
     if pointer_bits != 64:
-        return Check("Python", FAIL, value, "Install 64-bit Python 3.10-3.13 from python.org: PyTorch has no 32-bit wheels.")
+        return Check(
+            "Python", FAIL, value,
+            "Install 64-bit Python 3.10-3.14 from python.org, then the installer again: PyTorch has no 32-bit wheels.",
+        )
     return Check("Python", PASS, value)
 
 
@@ -96,14 +100,19 @@ def release(version: str) -> tuple[int, ...]:
     return tuple(numbers)
 
 
-def version_check(name: str, installed: str | None, minimum: str | None, install_command: str = "") -> Check:
-    command = install_command or f'python -m pip install -U "{name}>={minimum}"'
+def install_command_for(name: str, minimum: str | None) -> str:
+    return install_command(f"{name}>={minimum}" if minimum else name)
+
+
+def version_check(name: str, installed: str | None, minimum: str | None, command: str = "") -> Check:
+    command = command or install_command_for(name, minimum)
     if installed is None:
         return Check(name, FAIL, "not installed", f"Install it: {command}")
     if minimum is None:
         return Check(
             name, WARN, f"{installed} (minimum unknown)",
-            "Install falcon-desktop with pip (`pip install -e .` in a checkout) so its requirements can be checked.",
+            "Install falcon-desktop with its installer (installers/README.md), or in its checkout: "
+            f"{python_command(['-m', 'pip', 'install', '-e', '.'])}",
         )
     if release(installed) < release(minimum):
         return Check(name, FAIL, f"{installed}, older than the {minimum} falcon-desktop needs", f"Upgrade: {command}")

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import PureWindowsPath
 
 from falcon_desktop.errors import first_line
+from falcon_desktop.pip_commands import install_command, python_command, reinstall_command
 from falcon_desktop.probe_gpu import GpuInfo, NvmlReport, gigabytes
 from falcon_desktop.probe_system import FAIL, PASS, WARN, Check, installed_version, version_check
 from falcon_desktop.torch_build import (
@@ -34,11 +35,17 @@ BF16_CAPABILITY = (8, 0)  # Ampere and newer
 # A broken kernel returns garbage (error ~1) or NaN, far past this bound.
 NF4_MAX_RELATIVE_ERROR = 0.2
 
+# Windows' "WinError 126 ... c10.dll" (or another DLL) when torch is imported: the Visual C++ runtime is missing.
+MSVC_RUNTIME_HINT = (
+    "Install the Microsoft Visual C++ Redistributable (x64) from https://aka.ms/vs/17/release/vc_redist.x64.exe, "
+    "then open a new terminal."
+)
+
 NO_GPU_HINT = "QLoRA needs an NVIDIA GPU; without one `falcon-desktop plan` and the CPU demo still work."
 
 # NVML failure -> (what it means, or None to show NVML's own message; the fix).
 _NVML_FAILURES: dict[str, tuple[str | None, str]] = {
-    "not_installed": ("nvidia-ml-py is not installed", "python -m pip install nvidia-ml-py"),
+    "not_installed": ("nvidia-ml-py is not installed", install_command("nvidia-ml-py")),
     "NVMLError_LibraryNotFound": (
         "not installed (NVML library not found)",
         "Install the NVIDIA driver from https://www.nvidia.com/drivers (under WSL: in Windows, not in Linux).",
@@ -49,7 +56,7 @@ _NVML_FAILURES: dict[str, tuple[str | None, str]] = {
     ),
     "NVMLError_NoPermission": ("no permission to query the GPU", "Run as a user allowed to use the GPU."),
     "timeout": (None, "Reboot: the driver is hung."),
-    "crashed": (None, "Run `python -m falcon_desktop.probe_gpu` to see the whole error."),
+    "crashed": (None, f"Run {python_command(['-m', 'falcon_desktop.probe_gpu'])} to see the whole error."),
 }
 
 
@@ -158,12 +165,23 @@ def precision_check(capability: tuple[int, int] | None) -> Check:
     )
 
 
+def torch_import_hint(error: BaseException, build: TorchBuild) -> str:
+    """A missing DLL's fix is the C++ runtime; a damaged install's is torch's files rewritten; a missing torch's is
+    the build for this driver."""
+    message = str(error)
+    if "WinError 126" in message or "DLL load failed" in message:
+        return MSVC_RUNTIME_HINT
+    if installed_version("torch") is not None:
+        return f"Reinstall its files: {build.repair_command()}"
+    return f"Install it: {build.command()}"
+
+
 def torch_checks(nvml: NvmlReport, minimum: str | None, build: TorchBuild) -> list[Check]:
     """PyTorch's version, its CUDA build against the driver, whether CUDA works, and the training precision."""
     try:
         import torch
     except Exception as error:  # ImportError, or OSError when a DLL fails to load on Windows
-        return [Check("PyTorch", FAIL, f"cannot be imported: {first_line(error)}", f"Install it: {build.command()}")]
+        return [Check("PyTorch", FAIL, f"cannot be imported: {first_line(error)}", torch_import_hint(error, build))]
     rows = [version_check("PyTorch", torch.__version__, minimum, build.command())]
     rows.append(cuda_build_check(torch.version.cuda, nvml, build))
     if nvml.error_kind == "timeout":  # CUDA would hang in the same driver
@@ -212,9 +230,17 @@ def nf4_round_trip_error(device: str) -> float:
     return float((restored - original).abs().mean() / original.abs().mean())
 
 
+def bitsandbytes_fix() -> str:
+    """Rewrite bitsandbytes' files at its installed version and nothing else (`--no-deps` keeps the CUDA torch)."""
+    version = installed_version("bitsandbytes")
+    if version is None:  # torch already satisfies its requirement, so pip leaves torch alone
+        return f"Install it: {install_command('bitsandbytes')}"
+    return f"Reinstall bitsandbytes: {reinstall_command('bitsandbytes', version)}"
+
+
 def round_trip_check(device: str, relative_error: float | None, failure: str = "") -> Check:
     name = "4-bit round trip"
-    fix = "Reinstall bitsandbytes to match PyTorch: python -m pip install --force-reinstall bitsandbytes"
+    fix = bitsandbytes_fix()
     if relative_error is None:
         return Check(name, FAIL, f"failed on {device}: {failure}", fix)
     value = f"NF4 on {device}: mean error {relative_error:.1%}"
@@ -226,7 +252,7 @@ def round_trip_check(device: str, relative_error: float | None, failure: str = "
 def native_library_check(library: object, device: str) -> Check:
     """Which native library bitsandbytes loaded (`bitsandbytes.cextension.lib`): CUDA, CPU, or none."""
     name = "bitsandbytes library"
-    fix = "Reinstall bitsandbytes to match PyTorch: python -m pip install --force-reinstall bitsandbytes"
+    fix = bitsandbytes_fix()
     # Read the instance's own fields: the wrapper's __getattr__ answers every other name with a stub function.
     fields = vars(library) if library is not None and hasattr(library, "__dict__") else {}
     native = fields.get("_lib")
@@ -276,7 +302,7 @@ def bitsandbytes_checks(minimum: str | None, device: str) -> list[Check]:
     except Exception as error:  # a broken install raises anything from ImportError to RuntimeError
         return [Check(
             "bitsandbytes", FAIL, f"cannot be imported: {first_line(error)}",
-            "Reinstall it: python -m pip install --force-reinstall bitsandbytes",
+            bitsandbytes_fix(),
         )]
     finally:
         logger.setLevel(level)

@@ -306,11 +306,15 @@ def model_reference(model: str) -> str:
 
 
 def load_shape(model: str) -> ModelShape:
-    """A preset name, a directory (or file) holding config.json, or a Hugging Face id."""
+    """A preset name, a directory (or file) holding config.json, a .gguf file, or a Hugging Face id."""
+    from falcon_desktop.gguf_io import is_gguf_file, read_gguf_shape
+
     preset = preset_name(model)
     if preset:
         return shape_from_config(preset_config(preset), preset, "preset")
     path = Path(model).expanduser()
+    if is_gguf_file(model):
+        return read_gguf_shape(path)
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise UserError(f"{path} holds no config.json.", "Pass the directory of a Hugging Face model.")

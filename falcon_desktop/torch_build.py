@@ -1,7 +1,12 @@
 """Which PyTorch build to install for this machine's NVIDIA driver: the CUDA wheel it can run, or the CPU wheel.
 
-Standard library only: the installers run `python -m falcon_desktop.torch_build` before torch (or anything else
-falcon-desktop needs) is installed, and `falcon-desktop doctor --torch-command` prints the same command.
+Standard library only: the installers import it (through `falcon_desktop.install_plan`) before torch, or anything
+else falcon-desktop needs, is installed, and `falcon-desktop doctor --torch-command` prints the same command.
+
+The command pins the build's local version (`torch==2.13.0+cu128`), which makes a switch between builds safe: an
+installed `2.13.0+cpu` does not satisfy it (so pip does not answer "Requirement already satisfied"), and pip
+downloads and resolves the new build, with its CUDA dependencies, before it removes the old one, so a failed
+download (proxy, outage) leaves the old torch in place.
 
     python -m falcon_desktop.torch_build                      # read the driver with nvidia-smi
     python -m falcon_desktop.torch_build --json
@@ -14,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,7 +27,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from falcon_desktop.pip_commands import pip_command
+
 INDEX_URL = "https://download.pytorch.org/whl/{tag}"
+# The one torch release CI tests (.ci/run and the README's commands use it too; tests/test_installers.py checks).
+TORCH_VERSION = "2.13.0"
 
 # (tag, CUDA version, oldest driver branch that runs it, oldest compute capability its wheels carry kernels for).
 # Newest first; the first row the machine satisfies wins. Facts from shared/README.md: CUDA 13.x needs R580+,
@@ -43,22 +53,47 @@ class TorchBuild:
     tag: str  # "cu130" | "cu128" | "cu126" | "cpu"
     index_url: str
     reason: str
+    version: str = TORCH_VERSION
+
+    @property
+    def requirement(self) -> str:
+        return f"torch=={self.version}+{self.tag}"
 
     def pip_args(self) -> list[str]:
-        """Arguments after `python -m pip`."""
-        return ["install", "torch", "--index-url", self.index_url]
+        """Arguments after `python -m pip`: install or switch to this build, transactionally (see the module doc)."""
+        return ["install", self.requirement, "--index-url", self.index_url]
 
-    def command(self) -> str:
-        return " ".join(["python", "-m", "pip", *self.pip_args()])
+    def repair_args(self) -> list[str]:
+        """Rewrite this build's files in place (a damaged install); `--no-deps` keeps every other package as it is."""
+        return ["install", "--force-reinstall", "--no-deps", self.requirement, "--index-url", self.index_url]
+
+    def command(self, executable: str | None = None, shell: str | None = None) -> str:
+        return pip_command(self.pip_args(), executable, shell)
+
+    def repair_command(self, executable: str | None = None, shell: str | None = None) -> str:
+        return pip_command(self.repair_args(), executable, shell)
 
     def to_json(self) -> dict:
         return {
             "tag": self.tag,
             "index_url": self.index_url,
             "reason": self.reason,
+            "requirement": self.requirement,
             "pip_args": self.pip_args(),
             "command": self.command(),
         }
+
+
+def index_tag(index_url: str) -> str | None:
+    """The build a PyTorch-style index serves, from its last path segment: ".../whl/cu126" -> "cu126"; else None."""
+    last = index_url.rstrip("/").rsplit("/", 1)[-1]
+    return last if re.fullmatch(r"cpu|cu\d+|rocm[\d.]+|xpu", last) else None
+
+
+def build_for_index(index_url: str, reason: str = "the index you chose") -> TorchBuild | None:
+    """The build an explicitly chosen index serves, or None when its name does not say which."""
+    tag = index_tag(index_url)
+    return TorchBuild(tag=tag, index_url=index_url, reason=reason) if tag else None
 
 
 def driver_branch(driver_version: str) -> int:

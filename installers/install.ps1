@@ -5,8 +5,10 @@ machine's NVIDIA driver (or the CPU build when there is none), and puts `falcon-
 
 .DESCRIPTION
 Needs no administrator rights. Re-running it upgrades in place; -Uninstall removes it again (runs are kept).
-The torch build is chosen by Python (`python -m falcon_desktop.torch_build`, which reads nvidia-smi), so
-falcon-desktop is installed first without dependencies, torch comes from the index it names, and then the rest.
+Run it from the folder you got with `git clone` or from the repository's zip, unpacked: it installs that copy.
+Every decision lives in Python (falcon_desktop\install_plan.py, unit-tested): which interpreter, the pre-flight
+checks (Python, long paths, disk, the driver against the GPU, running falcon-desktop processes), the torch build
+and the pip steps. Torch is switched only after its download succeeded, so a failure leaves the torch you had.
 
 .EXAMPLE
 powershell -ExecutionPolicy Bypass -File install.ps1
@@ -21,17 +23,17 @@ powershell -ExecutionPolicy Bypass -File install.ps1 -Uninstall
 param(
     # Virtual environment to create or upgrade.
     [string]$Prefix = '',
-    # Where the falcon-desktop.cmd launcher goes; it is added to your user PATH.
+    # Where the falcon-desktop.exe launcher goes; it is added to your user PATH.
     [string]$BinDir = '',
-    # Python 3.10-3.13 (64-bit) to build the environment from; default: the py launcher, then python.exe on PATH.
+    # 64-bit Python 3.10-3.14 to build the environment from; default: the py launcher, then python.exe on PATH.
     [string]$Python = '',
-    # What to install: a checkout directory, a wheel, or a pip requirement; default: this checkout, else PyPI.
+    # What to install: a falcon-desktop checkout folder or wheel; default: the checkout this script sits in.
     [string]$Source = '',
     # Install the CPU build of torch even when an NVIDIA driver is present.
     [switch]$Cpu,
-    # Install torch from this package index instead of the one chosen for your driver.
+    # Install torch from this package index (a mirror) instead of the one chosen for your driver.
     [string]$IndexUrl = '',
-    # pip requirement for torch; without -IndexUrl or -Cpu it is resolved from pip's own configured indexes.
+    # pip requirement for torch, or the path of a downloaded torch wheel.
     [string]$TorchSpec = '',
     # Remove the environment, the launcher and the PATH entry; runs and caches are kept.
     [switch]$Uninstall
@@ -40,12 +42,9 @@ param(
 Set-StrictMode -Version Latest
 $ErrorActionPreference = 'Stop'
 
-$LauncherMarker = "rem written by falcon-desktop's install.ps1"
-$SupportedVersions = @('3.12', '3.13', '3.11', '3.10')
+$LauncherMarker = 'falcon-desktop.installed-by-install.ps1'
+$PyLauncherVersions = @('3.12', '3.13', '3.14', '3.11', '3.10')
 $AppDir = Join-Path $env:LOCALAPPDATA 'falcon-desktop'
-# Prints the interpreter's path when it is a 64-bit Python 3.10-3.13, else nothing. No double quotes inside:
-# Windows PowerShell 5.1 mangles them in arguments to native programs.
-$ProbeCode = "import struct, sys; ok = (3, 10) <= sys.version_info[:2] <= (3, 13) and struct.calcsize('P') == 8; print(sys.executable if ok else '')"
 
 function Write-Step([string]$Message) { Write-Host "==> $Message" }
 
@@ -55,82 +54,43 @@ function Stop-Install([string]$Message, [string]$Hint = '') {
     throw $text
 }
 
-# Runs a program; a non-zero exit code stops the install. Its standard output becomes the caller's output, so a
-# function that returns a value pipes the calls it only shows to Out-Host. Under 'Stop', Windows PowerShell 5.1
-# turns any line a native program writes to stderr (pip's warnings) into a fatal error, hence 'Continue' here.
-function Invoke-Program([string]$Program, [string[]]$Arguments) {
-    $previous = $ErrorActionPreference
-    $ErrorActionPreference = 'Continue'
+# One argument as the C runtime parses a Windows command line: quoted when it holds a space, backslashes before a
+# quote doubled.
+function Format-Argument([string]$Argument) {
+    if ($Argument -and $Argument -notmatch '[\s"]') { return $Argument }
+    $escaped = $Argument -replace '(\\*)"', '$1$1\"' -replace '(\\+)$', '$1$1'
+    return '"' + $escaped + '"'
+}
+
+# Runs a program on this console, not through PowerShell's pipeline: pip draws its live progress bar, and no
+# output is decoded with the console's code page. Returns the exit code.
+function Invoke-Native([string]$Program, [string[]]$Arguments) {
+    $info = New-Object System.Diagnostics.ProcessStartInfo
+    $info.FileName = $Program
+    $info.Arguments = (@($Arguments | ForEach-Object { Format-Argument $_ }) -join ' ')
+    $info.UseShellExecute = $false
+    $process = [System.Diagnostics.Process]::Start($info)
+    $process.WaitForExit()
+    return $process.ExitCode
+}
+
+# falcon_desktop.install_plan, loaded from the checkout (or wheel) before falcon-desktop is installed.
+function Invoke-Plan([string]$Program, [string[]]$Selector, [string[]]$Arguments) {
+    $env:PYTHONPATH = $script:SourcePath
     try {
-        & $Program @Arguments
-        $code = $LASTEXITCODE
+        return (Invoke-Native $Program ($Selector + @('-X', 'utf8', '-m', 'falcon_desktop.install_plan') + $Arguments))
     } finally {
-        $ErrorActionPreference = $previous
+        Remove-Item Env:PYTHONPATH -ErrorAction SilentlyContinue
     }
-    if ($code -ne 0) { Stop-Install "'$Program $($Arguments -join ' ')' failed with exit code $code." }
 }
 
-# The interpreter's full path, or '' when $Program is missing, unsupported, or the Microsoft Store's python.exe
-# stub (which only prints where to get Python and exits 9009).
-function Get-PythonPath([string]$Program, [string[]]$Selector) {
-    if (-not (Get-Command $Program -ErrorAction SilentlyContinue)) { return '' }
-    $previous = $ErrorActionPreference
-    $ErrorActionPreference = 'Continue'
-    try {
-        $found = & $Program @Selector -c $ProbeCode 2>$null | Select-Object -Last 1
-        $code = $LASTEXITCODE
-    } finally {
-        $ErrorActionPreference = $previous
-    }
-    if ($code -eq 0 -and $found) { return [string]$found }
-    return ''
+function Read-Utf8([string]$Path) { return [System.IO.File]::ReadAllText($Path, [System.Text.Encoding]::UTF8) }
+
+function Write-Utf8([string]$Path, [string]$Text) {
+    [System.IO.File]::WriteAllText($Path, $Text, (New-Object System.Text.UTF8Encoding $false))
 }
 
-function Find-Python {
-    if ($Python) {
-        $found = Get-PythonPath $Python @()
-        if (-not $found) { Stop-Install "'$Python' is not a 64-bit Python 3.10-3.13." 'Pass another one with -Python.' }
-        return $found
-    }
-    if (Get-Command py -ErrorAction SilentlyContinue) {
-        foreach ($version in $SupportedVersions) {
-            $found = Get-PythonPath 'py' @("-$version")
-            if ($found) { return $found }
-        }
-    }
-    foreach ($name in @('python', 'python3')) {
-        if (Get-Command $name -ErrorAction SilentlyContinue) {
-            $found = Get-PythonPath $name @()
-            if ($found) { return $found }
-        }
-    }
-    Stop-Install 'No 64-bit Python 3.10-3.13 found (tried the py launcher and python.exe on PATH).' `
-        ('Install Python 3.12 (64-bit) from https://www.python.org/downloads/windows/ or run: ' +
-         'winget install --id Python.Python.3.12 -e   then open a new terminal and run this installer again.')
-}
-
-function Test-OurVenv([string]$Dir) { return (Test-Path -LiteralPath (Join-Path $Dir 'pyvenv.cfg')) }
-
-function New-OrUpgradeVenv([string]$Dir) {
-    $venvPython = Join-Path $Dir 'Scripts\python.exe'
-    if ((Test-OurVenv $Dir) -and (Get-PythonPath $venvPython @())) {
-        Write-Step "Upgrading the environment in $Dir"
-        return $venvPython
-    }
-    if ((Test-Path -LiteralPath $Dir) -and -not (Test-OurVenv $Dir) -and
-        @(Get-ChildItem -LiteralPath $Dir -Force).Count -gt 0) {
-        Stop-Install "'$Dir' exists and is not a virtual environment; refusing to touch it." `
-            'Pass an empty or new directory with -Prefix.'
-    }
-    $basePython = Find-Python
-    Write-Step "Creating a virtual environment in $Dir with $basePython"
-    Invoke-Program $basePython @('-m', 'venv', '--clear', $Dir) | Out-Host
-    return $venvPython
-}
-
-# What pip installs for falcon-desktop. A checkout is built into a wheel once, so the dependency-free
-# install and the full install take the same build.
-function Resolve-Package([string]$VenvPython, [string]$WorkDir) {
+function Resolve-Source {
     $spec = $Source
     if (-not $spec -and $PSScriptRoot) {
         $checkout = Split-Path -Parent $PSScriptRoot
@@ -140,94 +100,93 @@ function Resolve-Package([string]$VenvPython, [string]$WorkDir) {
             $spec = $checkout
         }
     }
-    if (-not $spec) { return 'falcon-desktop' }
-    if (-not (Test-Path -LiteralPath $spec -PathType Container)) { return $spec }
-    Write-Step "Building falcon-desktop from $spec"
-    # setuptools builds in <checkout>\build and never removes modules deleted from the source, so a wheel built
-    # there can carry stale files: build in the temporary directory instead.
-    $buildConfig = Join-Path $WorkDir 'build.cfg'
-    $utf8 = New-Object System.Text.UTF8Encoding $false
-    [System.IO.File]::WriteAllText($buildConfig, "[build]`nbuild_base = $(Join-Path $WorkDir 'build')`n", $utf8)
-    $env:DIST_EXTRA_CONFIG = $buildConfig
-    try {
-        Invoke-Program $VenvPython @('-m', 'pip', 'wheel', '--quiet', '--no-deps', '--wheel-dir', $WorkDir, $spec) | Out-Host
-    } finally {
-        Remove-Item Env:DIST_EXTRA_CONFIG
+    if (-not $spec) {
+        Stop-Install 'This script is not inside a falcon-desktop folder, and no -Source was given.' `
+            ('Get the files first: git clone the repository, or download its zip (Code > Download ZIP) and ' +
+             'unpack it; then run installers\install.cmd from that folder.')
     }
-    $wheel = Get-ChildItem -LiteralPath $WorkDir -Filter 'falcon_desktop-*.whl' | Select-Object -First 1
-    if (-not $wheel) { Stop-Install "Building '$spec' produced no falcon-desktop wheel." }
-    return $wheel.FullName
+    if (-not (Test-Path -LiteralPath $spec)) { Stop-Install "-Source '$spec' is neither a checkout nor a wheel." }
+    return (Resolve-Path -LiteralPath $spec).ProviderPath
 }
 
-# The torch build for this machine, as falcon-desktop's chooser decides it (tag, index_url, reason).
-function Get-TorchChoice([string]$VenvPython) {
-    $chooserArgs = @('-m', 'falcon_desktop.torch_build', '--json')
-    # No driver version means the CPU build, by the chooser's own rules.
-    if ($Cpu) { $chooserArgs += @('--driver', 'none') }
-    $json = Invoke-Program $VenvPython $chooserArgs
-    return ($json | Out-String | ConvertFrom-Json)
-}
-
-# pip keeps an installed torch whose version sorts higher, so switching builds (CUDA -> CPU) needs it gone first.
-function Remove-OtherTorchBuild([string]$VenvPython, [string]$Tag) {
-    $code = "import importlib.metadata as m, importlib.util as u; print(m.version('torch') if u.find_spec('torch') else '')"
-    $installed = [string](Invoke-Program $VenvPython @('-c', $code) | Select-Object -Last 1)
-    if ($installed -like '*+*' -and $installed.Split('+')[1] -ne $Tag) {
-        Write-Step "Replacing torch $installed with the $Tag build"
-        Invoke-Program $VenvPython @('-m', 'pip', 'uninstall', '--yes', 'torch')
+# The first interpreter install_plan accepts; its own sys.executable comes back through a UTF-8 file.
+function Find-Python([string]$WorkDir) {
+    $answer = Join-Path $WorkDir 'python.txt'
+    $candidates = @()
+    if ($Python) {
+        $candidates += , @($Python, @())
+    } else {
+        if (Get-Command py -ErrorAction SilentlyContinue) {
+            foreach ($version in $PyLauncherVersions) { $candidates += , @('py', @("-$version")) }
+        }
+        foreach ($name in @('python', 'python3')) { $candidates += , @($name, @()) }
     }
-}
-
-function Install-Torch([string]$VenvPython) {
-    $spec = 'torch'
-    if ($TorchSpec) { $spec = $TorchSpec }
-    if ($TorchSpec -and -not $IndexUrl -and -not $Cpu) {
-        Write-Step "Installing $spec from pip's configured indexes (-TorchSpec)"
-        Invoke-Program $VenvPython @('-m', 'pip', 'install', '--upgrade', $spec)
-        return
-    }
-    $url = $IndexUrl
-    if (-not $url) {
-        $choice = Get-TorchChoice $VenvPython
-        Write-Step "torch build: $($choice.tag) ($($choice.reason))"
-        Remove-OtherTorchBuild $VenvPython $choice.tag
-        $url = $choice.index_url
-    }
-    Write-Step "Installing $spec from $url"
-    Invoke-Program $VenvPython @('-m', 'pip', 'install', '--upgrade', $spec, '--index-url', $url)
-}
-
-# cmd.exe reads a .cmd file in the console's OEM code page, not UTF-8: spell the user's folders as variables
-# so the file stays ASCII whatever the user's name is.
-function Format-CmdPath([string]$Path) {
-    foreach ($name in @('LOCALAPPDATA', 'USERPROFILE')) {
-        $root = [Environment]::GetEnvironmentVariable($name)
-        if ($root -and $Path.StartsWith($root.TrimEnd('\') + '\', [System.StringComparison]::OrdinalIgnoreCase)) {
-            return "%$name%" + $Path.Substring($root.TrimEnd('\').Length).Replace('%', '%%')
+    foreach ($candidate in $candidates) {
+        $command = Get-Command $candidate[0] -ErrorAction SilentlyContinue
+        if (-not $command) { continue }
+        if ((Invoke-Plan $command.Source $candidate[1] @('check-python', '--out', $answer)) -eq 0) {
+            return (Read-Utf8 $answer)
         }
     }
-    return $Path.Replace('%', '%%')
+    if ($Python) { Stop-Install "'$Python' cannot build the environment (see above)." 'Pass another one with -Python.' }
+    Stop-Install 'No 64-bit Python 3.10-3.14 found (tried the py launcher and python.exe on PATH; the Microsoft Store Python is not used).' `
+        ('Install Python 3.12 (64-bit) from https://www.python.org/downloads/windows/ or run: ' +
+         'winget install --id Python.Python.3.12 -e   then open a new terminal and run this installer again.')
 }
 
-# The launcher runs the environment's own falcon-desktop.exe: `python -m` would import a falcon_desktop folder
-# from the current directory first.
+# Open programs keep their files locked (WinError 32): find falcon-desktop processes run from this installation.
+function Get-RunningInstall([string]$VenvDir, [string]$LauncherDir) {
+    $found = @()
+    foreach ($process in @(Get-Process -ErrorAction SilentlyContinue)) {
+        $path = $null
+        try { $path = $process.Path } catch { continue }
+        if ($path -and ($path.StartsWith($VenvDir + '\', [System.StringComparison]::OrdinalIgnoreCase) -or
+                        $path.StartsWith($LauncherDir + '\', [System.StringComparison]::OrdinalIgnoreCase))) {
+            $found += @('--running', "$($process.ProcessName) (pid $($process.Id))")
+        }
+    }
+    return $found
+}
+
+function Test-OurVenv([string]$Dir) { return (Test-Path -LiteralPath (Join-Path $Dir 'pyvenv.cfg')) }
+
+function New-OrUpgradeVenv([string]$Dir, [string]$BasePython) {
+    $venvPython = Join-Path $Dir 'Scripts\python.exe'
+    if ((Test-OurVenv $Dir) -and (Test-Path -LiteralPath $venvPython)) {
+        Write-Step "Upgrading the environment in $Dir"
+        return $venvPython
+    }
+    if ((Test-Path -LiteralPath $Dir) -and @(Get-ChildItem -LiteralPath $Dir -Force).Count -gt 0) {
+        Stop-Install "'$Dir' exists and is not a virtual environment; refusing to touch it." `
+            'Pass an empty or new directory with -Prefix.'
+    }
+    Write-Step "Creating a virtual environment in $Dir with $BasePython"
+    if ((Invoke-Native $BasePython @('-m', 'venv', '--clear', $Dir)) -ne 0) {
+        Stop-Install "Creating the virtual environment in '$Dir' failed (see above)."
+    }
+    return $venvPython
+}
+
+# The launcher is a copy of pip's own falcon-desktop.exe, which runs the environment's python.exe by its full path:
+# no .cmd wrapper, so Ctrl-C (which `train` answers by saving) never meets cmd's "Terminate batch job (Y/N)?".
 function Write-Launcher([string]$Dir, [string]$VenvDir) {
-    $launcher = Join-Path $Dir 'falcon-desktop.cmd'
-    $program = Join-Path $VenvDir 'Scripts\falcon-desktop.exe'
-    if ((Test-Path -LiteralPath $launcher) -and
-        -not (Select-String -LiteralPath $launcher -SimpleMatch $LauncherMarker -Quiet)) {
+    $launcher = Join-Path $Dir 'falcon-desktop.exe'
+    $marker = Join-Path $Dir $LauncherMarker
+    if ((Test-Path -LiteralPath $launcher) -and -not (Test-Path -LiteralPath $marker)) {
         Stop-Install "'$launcher' exists and was not written by this installer; refusing to overwrite it." `
             'Remove it, or pass another directory with -BinDir.'
     }
     New-Item -ItemType Directory -Force -Path $Dir | Out-Null
-    $text = "@echo off`r`n$LauncherMarker; remove with: install.ps1 -Uninstall`r`n" +
-        "`"$(Format-CmdPath $program)`" %*`r`n"
-    if ($text -match '[^\x00-\x7F]') {
-        Stop-Install "cmd.exe cannot reliably read the non-ASCII path '$program' from a launcher." `
-            'Pass a -Prefix under your user folder or one spelled in plain ASCII.'
+    Copy-Item -LiteralPath (Join-Path $VenvDir 'Scripts\falcon-desktop.exe') -Destination $launcher -Force
+    Write-Utf8 $marker "falcon-desktop.exe here runs $VenvDir; remove both with: install.ps1 -Uninstall`r`n"
+    # Earlier versions of this installer wrote a .cmd launcher; it would shadow nothing, but it is stale.
+    $oldLauncher = Join-Path $Dir 'falcon-desktop.cmd'
+    if ((Test-Path -LiteralPath $oldLauncher) -and
+        (Select-String -LiteralPath $oldLauncher -SimpleMatch "written by falcon-desktop's install.ps1" -Quiet)) {
+        Remove-Item -LiteralPath $oldLauncher -Force
     }
-    [System.IO.File]::WriteAllText($launcher, $text, [System.Text.Encoding]::ASCII)
     Write-Step "Launcher: $launcher"
+    return $launcher
 }
 
 function Get-UserPathEntries {
@@ -279,30 +238,37 @@ function Remove-FromUserPath([string]$Dir) {
 }
 
 function Install-FalconDesktop([string]$VenvDir, [string]$LauncherDir) {
-    $venvPython = New-OrUpgradeVenv $VenvDir
-    Invoke-Program $venvPython @('-m', 'pip', 'install', '--quiet', '--upgrade', 'pip')
+    $script:SourcePath = Resolve-Source
     $workDir = Join-Path ([System.IO.Path]::GetTempPath()) ('falcon-desktop-' + [System.Guid]::NewGuid().ToString('N'))
     New-Item -ItemType Directory -Path $workDir | Out-Null
     try {
-        $package = Resolve-Package $venvPython $workDir
-        Write-Step 'Installing falcon-desktop without its dependencies, to choose the torch build'
-        Invoke-Program $venvPython @('-m', 'pip', 'install', '--quiet', '--upgrade', '--force-reinstall', '--no-deps', $package)
-        Install-Torch $venvPython
-        Write-Step 'Installing falcon-desktop and its other dependencies (bitsandbytes has native Windows wheels)'
-        Invoke-Program $venvPython @('-m', 'pip', 'install', '--upgrade', $package)
+        $basePython = Find-Python $workDir
+        $options = Join-Path $workDir 'options.json'
+        $fields = [ordered]@{ prefix = $VenvDir; source = $script:SourcePath; work_dir = $workDir; cpu = [bool]$Cpu;
+                              index_url = $IndexUrl; torch_spec = $TorchSpec; shell = 'powershell' }
+        Write-Utf8 $options (New-Object PSObject -Property $fields | ConvertTo-Json)
+        $running = @(Get-RunningInstall $VenvDir $LauncherDir)
+        if ((Invoke-Plan $basePython @() (@('preflight', '--options', $options) + $running)) -ne 0) { exit 1 }
+        $venvPython = New-OrUpgradeVenv $VenvDir $basePython
+        if ((Invoke-Plan $venvPython @() @('install', '--options', $options)) -ne 0) { exit 1 }
     } finally {
         Remove-Item -LiteralPath $workDir -Recurse -Force -ErrorAction SilentlyContinue
     }
-    Write-Launcher $LauncherDir $VenvDir
+    $launcher = Write-Launcher $LauncherDir $VenvDir
     Add-ToUserPath $LauncherDir
-    Invoke-Program (Join-Path $VenvDir 'Scripts\falcon-desktop.exe') @('--version')
-    $torchCheck = "import torch; print('torch', torch.__version__, '- CUDA available:', torch.cuda.is_available())"
-    Invoke-Program $venvPython @('-c', $torchCheck)
-    Write-Step 'Done. next (in a new terminal): falcon-desktop doctor'
+    Write-Step 'Installed. Checking the machine with `falcon-desktop doctor`:'
+    # doctor exits 1 when something FAILs (no GPU, for one): its verdict is the news, the install itself succeeded.
+    $null = Invoke-Native $launcher @('doctor')
+    Write-Step 'Done. Next, in a new terminal: falcon-desktop demo   (docs\getting-started.md goes on from there)'
 }
 
 function Uninstall-FalconDesktop([string]$VenvDir, [string]$LauncherDir) {
     $removed = $false
+    $running = @(Get-RunningInstall $VenvDir $LauncherDir)
+    if ($running.Count -gt 0) {
+        Stop-Install "falcon-desktop is running ($(($running | Where-Object { $_ -ne '--running' }) -join ', ')); its files are locked." `
+            'Close every falcon-desktop window, then run -Uninstall again.'
+    }
     if (Test-OurVenv $VenvDir) {
         Remove-Item -LiteralPath $VenvDir -Recurse -Force
         Write-Step "Removed $VenvDir"
@@ -310,9 +276,11 @@ function Uninstall-FalconDesktop([string]$VenvDir, [string]$LauncherDir) {
     } elseif (Test-Path -LiteralPath $VenvDir) {
         Write-Warning "'$VenvDir' is not a virtual environment; left it alone."
     }
-    $launcher = Join-Path $LauncherDir 'falcon-desktop.cmd'
-    if ((Test-Path -LiteralPath $launcher) -and (Select-String -LiteralPath $launcher -SimpleMatch $LauncherMarker -Quiet)) {
-        Remove-Item -LiteralPath $launcher -Force
+    $launcher = Join-Path $LauncherDir 'falcon-desktop.exe'
+    $marker = Join-Path $LauncherDir $LauncherMarker
+    if (Test-Path -LiteralPath $marker) {
+        Remove-Item -LiteralPath $launcher -Force -ErrorAction SilentlyContinue
+        Remove-Item -LiteralPath $marker -Force
         Write-Step "Removed $launcher"
         $removed = $true
     }

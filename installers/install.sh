@@ -6,20 +6,19 @@
 #   bash install.sh --uninstall     remove the virtual environment and the launcher (your runs are kept)
 #   bash install.sh --help          every option
 #
-# The torch build is chosen by Python (`python -m falcon_desktop.torch_build`), which is unit-tested; this script
-# only runs it. So falcon-desktop is installed first without dependencies, the chooser picks torch's index, torch
-# is installed from there, and only then falcon-desktop's other dependencies (torch is already satisfied).
+# Every decision that can live in Python does (falcon_desktop/install_plan.py, unit-tested): which interpreter,
+# the pre-flight checks, the torch build and the ordered pip steps. This script finds candidate interpreters,
+# creates the virtual environment, runs those steps and writes the launcher. Torch is installed or switched
+# first and only after its download succeeded, so a failure (no network, proxy) leaves the torch you had.
 set -euo pipefail
 
 readonly LAUNCHER_MARKER="# written by falcon-desktop's install.sh"
-readonly MIN_MINOR=10 MAX_MINOR=13
 
 venv_dir="${FALCON_DESKTOP_VENV:-${XDG_DATA_HOME:-$HOME/.local/share}/falcon-desktop/venv}"
 bin_dir="${FALCON_DESKTOP_BIN:-$HOME/.local/bin}"
 python_cmd=""
 source_spec=""
-torch_spec="torch"
-torch_spec_given=0
+torch_spec=""
 index_url=""
 force_cpu=0
 uninstall=0
@@ -35,13 +34,13 @@ Options:
   --prefix DIR            virtual environment to create or upgrade
                           (default: \$FALCON_DESKTOP_VENV, else $venv_dir)
   --bin-dir DIR           where the launcher goes (default: \$FALCON_DESKTOP_BIN, else $bin_dir)
-  --python PATH           Python 3.$MIN_MINOR-3.$MAX_MINOR (64-bit) to build the environment from (default: the first found)
-  --source SPEC           what to install: a checkout directory, a wheel, or a pip requirement
-                          (default: the checkout this script sits in, else falcon-desktop from PyPI)
+  --python PATH           64-bit Python 3.10-3.14 to build the environment from (default: the first found)
+  --source PATH           what to install: a falcon-desktop checkout or wheel (default: the checkout this
+                          script sits in; get one with git clone or the repository's zip)
   --cpu                   install the CPU build of torch even when an NVIDIA driver is present
   --index-url URL         install torch from this package index instead of the one chosen for your driver
-  --torch-spec SPEC       pip requirement for torch (e.g. torch==2.7.1); without --index-url or --cpu it is
-                          resolved from pip's own configured indexes, and no PyTorch index is added
+  --torch-spec SPEC       pip requirement for torch, or a downloaded wheel's path; without --index-url or
+                          --cpu it is resolved from pip's own configured indexes
   --system-site-packages  let the environment see the chosen Python's packages (for tests and CI)
   --uninstall             remove the environment and the launcher; runs and caches are kept
   -h, --help              this help
@@ -69,7 +68,7 @@ parse_args() {
             --python) need_value "$@"; python_cmd="$2"; shift ;;
             --source) need_value "$@"; source_spec="$2"; shift ;;
             --index-url) need_value "$@"; index_url="$2"; shift ;;
-            --torch-spec) need_value "$@"; torch_spec="$2"; torch_spec_given=1; shift ;;
+            --torch-spec) need_value "$@"; torch_spec="$2"; shift ;;
             --cpu) force_cpu=1 ;;
             --system-site-packages) system_site_packages=1 ;;
             --uninstall) uninstall=1 ;;
@@ -93,26 +92,25 @@ absolute_path() {
     esac
 }
 
-is_supported_python() {
-    "$1" -c "import struct, sys; sys.exit(0 if (3, $MIN_MINOR) <= sys.version_info[:2] <= (3, $MAX_MINOR) \
-and struct.calcsize('P') == 8 else 1)" >/dev/null 2>&1
-}
+# The installer-decision module runs from the checkout (or wheel) before falcon-desktop is installed.
+with_source() { PYTHONPATH="$source_spec" "$@"; }
+
+is_supported_python() { with_source "$1" -X utf8 -m falcon_desktop.install_plan check-python 2>/dev/null; }
 
 find_python() {
     if [ -n "$python_cmd" ]; then
         command -v "$python_cmd" >/dev/null 2>&1 || die "no Python at '$python_cmd'."
-        is_supported_python "$python_cmd" ||
-            die "'$python_cmd' is not a 64-bit Python 3.$MIN_MINOR-3.$MAX_MINOR." "Pass another one with --python."
+        with_source "$python_cmd" -X utf8 -m falcon_desktop.install_plan check-python || exit 1
         return
     fi
     local candidate
-    for candidate in python3 python3.12 python3.13 python3.11 python3.10 python; do
+    for candidate in python3 python3.12 python3.13 python3.14 python3.11 python3.10 python; do
         if command -v "$candidate" >/dev/null 2>&1 && is_supported_python "$candidate"; then
             python_cmd="$candidate"
             return
         fi
     done
-    die "no 64-bit Python 3.$MIN_MINOR-3.$MAX_MINOR found on PATH." \
+    die "no 64-bit Python 3.10-3.14 found on PATH." \
         "Install one (Debian/Ubuntu: sudo apt install python3 python3-venv; Fedora: sudo dnf install python3), or pass --python PATH."
 }
 
@@ -145,8 +143,6 @@ create_or_reuse_venv() {
     "$python_cmd" "${venv_args[@]}" "$venv_dir"
 }
 
-venv_pip() { "$venv_python" -m pip "$@"; }
-
 # The checkout this script sits in; nothing when it runs from a pipe or as a lone copy.
 script_checkout() {
     local script_path="${BASH_SOURCE[0]:-}" checkout
@@ -157,65 +153,23 @@ script_checkout() {
     fi
 }
 
-# Sets `package`: what pip installs for falcon-desktop. A checkout is built into a wheel once, so the
-# dependency-free install and the full install below take the same build.
 resolve_source() {
-    if [ -z "$source_spec" ]; then
-        source_spec="$(script_checkout)"
-        source_spec="${source_spec:-falcon-desktop}"
-    fi
-    if [ -d "$source_spec" ]; then
-        say "Building falcon-desktop from $source_spec"
-        work_dir="$(mktemp -d)"
-        # setuptools builds in <checkout>/build and never removes modules deleted from the source, so a wheel built
-        # there can carry stale files: build in the temporary directory instead.
-        printf '[build]\nbuild_base = %s/build\n' "$work_dir" >"$work_dir/build.cfg"
-        DIST_EXTRA_CONFIG="$work_dir/build.cfg" venv_pip wheel --quiet --no-deps --wheel-dir "$work_dir" "$source_spec"
-        package="$(find "$work_dir" -name 'falcon_desktop-*.whl' | head -n 1)"
-        [ -n "$package" ] || die "building '$source_spec' produced no falcon-desktop wheel."
-    else
-        package="$source_spec"
-    fi
+    if [ -z "$source_spec" ]; then source_spec="$(script_checkout)"; fi
+    [ -n "$source_spec" ] || die "this script is not inside a falcon-desktop checkout, and no --source was given." \
+        "Get the files first (git clone <repository URL>, or download the repository's zip and unpack it), then run installers/install.sh from there."
+    [ -d "$source_spec" ] || [ -f "$source_spec" ] || die "--source '$source_spec' is neither a checkout nor a wheel."
+    source_spec="$(absolute_path "$source_spec")"
 }
 
-# Prints "INDEX_URL<TAB>TAG<TAB>REASON" for torch, as falcon-desktop's chooser decides it.
-choose_torch_index() {
-    local chooser_args=(--json)
-    # No driver version means the CPU build, by the chooser's own rules.
-    if [ "$force_cpu" = 1 ]; then chooser_args+=(--driver none); fi
-    # WSL keeps nvidia-smi outside the default PATH.
-    PATH="$PATH:/usr/lib/wsl/lib" "$venv_python" -m falcon_desktop.torch_build "${chooser_args[@]}" |
-        "$venv_python" -c 'import json, sys; b = json.load(sys.stdin); print(b["index_url"], b["tag"], b["reason"], sep="\t")'
-}
-
-# pip keeps an installed torch whose version sorts higher, so switching builds (CUDA -> CPU) needs it gone first.
-remove_other_torch_build() {
-    local tag="$1" installed
-    installed="$("$venv_python" -c 'import importlib.metadata as m; print(m.version("torch"))' 2>/dev/null || true)"
-    case "$installed" in
-        *+*) if [ "${installed#*+}" != "$tag" ]; then
-            say "Replacing torch $installed with the $tag build"
-            venv_pip uninstall --yes torch
-        fi ;;
-    esac
-}
-
-install_torch() {
-    if [ "$torch_spec_given" = 1 ] && [ -z "$index_url" ] && [ "$force_cpu" = 0 ]; then
-        say "Installing $torch_spec from pip's configured indexes (--torch-spec)"
-        venv_pip install --upgrade "$torch_spec"
-        return
-    fi
-    local url="$index_url" tag reason choice
-    if [ -z "$url" ]; then
-        choice="$(choose_torch_index)" || die "falcon-desktop could not choose a torch build." \
-            "Pass --cpu, or --index-url with one of PyTorch's indexes (https://pytorch.org/get-started/locally/)."
-        IFS=$'\t' read -r url tag reason <<<"$choice"
-        say "torch build: $tag ($reason)"
-        remove_other_torch_build "$tag"
-    fi
-    say "Installing $torch_spec from $url"
-    venv_pip install --upgrade "$torch_spec" --index-url "$url"
+# The installer's options for install_plan, as UTF-8 JSON (any path survives).
+write_options() {
+    work_dir="$(mktemp -d)"
+    options_file="$work_dir/options.json"
+    "$python_cmd" -X utf8 -c 'import json, sys
+keys = ["prefix", "source", "work_dir", "index_url", "torch_spec"]
+options = dict(zip(keys, sys.argv[2:7]), cpu=sys.argv[7] == "1", shell="posix")
+open(sys.argv[1], "w", encoding="utf-8").write(json.dumps(options))' \
+        "$options_file" "$venv_dir" "$source_spec" "$work_dir" "$index_url" "$torch_spec" "$force_cpu"
 }
 
 write_launcher() {
@@ -234,33 +188,29 @@ write_launcher() {
     chmod +x "$launcher"
     say "Launcher: $launcher"
     case ":$PATH:" in
-        *":$bin_dir:"*) next_command="falcon-desktop doctor" ;;
+        *":$bin_dir:"*) next_command="falcon-desktop demo" ;;
         *)
             warn "$bin_dir is not on your PATH. Add it, e.g.: echo 'export PATH=\"$bin_dir:\$PATH\"' >> ~/.bashrc"
-            next_command="$(sh_quote "$launcher") doctor"
+            next_command="$(sh_quote "$launcher") demo"
             ;;
     esac
 }
 
-report_installed() {
-    "$venv_dir/bin/falcon-desktop" --version
-    "$venv_python" -c 'import torch; print(f"torch {torch.__version__}, CUDA available: {torch.cuda.is_available()}")' ||
-        warn "torch does not import; run the launcher's \`doctor\` for details."
-}
-
 do_install() {
+    resolve_source
     find_python
     check_venv_module
+    write_options
+    # WSL keeps nvidia-smi outside the default PATH.
+    PATH="$PATH:/usr/lib/wsl/lib" with_source "$python_cmd" -X utf8 -m falcon_desktop.install_plan preflight \
+        --options "$options_file" || exit 1
     create_or_reuse_venv
-    venv_pip install --quiet --upgrade pip
-    resolve_source
-    say "Installing falcon-desktop without its dependencies, to choose the torch build"
-    venv_pip install --quiet --upgrade --force-reinstall --no-deps "$package"
-    install_torch
-    say "Installing falcon-desktop and its other dependencies"
-    venv_pip install --upgrade "$package"
+    PATH="$PATH:/usr/lib/wsl/lib" with_source "$venv_python" -X utf8 -m falcon_desktop.install_plan install \
+        --options "$options_file" || exit 1
     write_launcher
-    report_installed
+    say "Installed. Checking the machine with \`falcon-desktop doctor\`:"
+    # doctor exits 1 when something FAILs (no GPU, for one); the install itself succeeded.
+    "$venv_dir/bin/falcon-desktop" doctor || true
     say "Done. next: $next_command"
 }
 

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from falcon_desktop.cli import main
+from falcon_desktop.pip_commands import python_command
 from falcon_desktop.probe import detect_gpus
 
 HAS_GPU = bool(detect_gpus())
@@ -66,7 +67,9 @@ def test_doctor_on_a_gpu(capsys):
 def test_torch_command(capsys):
     assert main(["doctor", "--torch-command"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("python -m pip install torch --index-url https://download.pytorch.org/whl/")
+    # This environment's own interpreter, then the pinned build's local version (a switch, never "already satisfied").
+    assert out.startswith(f"{python_command([])} -m pip install torch==2.13.0+")
+    assert "--index-url https://download.pytorch.org/whl/" in out
     if not HAS_GPU:
         assert out.strip().endswith("/whl/cpu")
 

@@ -18,6 +18,7 @@ import pynvml
 import pytest
 
 from falcon_desktop import paths
+from falcon_desktop.pip_commands import python_command
 from falcon_desktop.probe import FAIL, PASS, WARN, Check, DoctorReport, detect_gpus, verdict
 from falcon_desktop.probe_gpu import GpuInfo, NvmlReport, probe_nvml, read_nvml
 from falcon_desktop.probe_system import (
@@ -38,6 +39,7 @@ from falcon_desktop.probe_system import (
     wsl_check,
 )
 from falcon_desktop.probe_torch import (
+    MSVC_RUNTIME_HINT,
     arch_supported,
     bitsandbytes_checks,
     cuda_build_check,
@@ -49,6 +51,7 @@ from falcon_desktop.probe_torch import (
     round_trip_check,
     torch_build_for,
     torch_checks,
+    torch_import_hint,
 )
 
 GiB = 2**30
@@ -222,7 +225,7 @@ def test_nvml_without_nvidia_ml_py(monkeypatch):
     monkeypatch.setitem(sys.modules, "pynvml", None)
     report = read_nvml()
     assert report.error_kind == "not_installed"
-    assert driver_check(report).hint == "python -m pip install nvidia-ml-py"
+    assert driver_check(report).hint == f"{PY} -m pip install nvidia-ml-py"
 
 
 def test_nvml_report_json_round_trip(fake_nvml):
@@ -261,7 +264,7 @@ def test_crashing_probe_is_reported(tmp_path, monkeypatch):
     _shadow_pynvml(tmp_path, "import sys\nsys.stderr.write('Segmentation fault\\n')\nsys.exit(139)\n", monkeypatch)
     report = probe_nvml()
     assert report.error_kind == "crashed" and "Segmentation fault" in report.error
-    assert "python -m falcon_desktop.probe_gpu" in driver_check(report).hint
+    assert f"Run {PY} -m falcon_desktop.probe_gpu to see" in driver_check(report).hint
 
 
 # -- GPU rows --
@@ -338,6 +341,10 @@ def test_precision_check():
     assert precision_check(None).status == WARN
 
 
+# Every repair names this environment's interpreter, quoted (tests run on POSIX: shlex.quote).
+PY = python_command([])
+
+
 def _by_name(rows: list[Check]) -> dict[str, Check]:
     return {row.name: row for row in rows}
 
@@ -350,7 +357,7 @@ def test_torch_checks_real_cpu_build_on_a_gpu_machine():
     assert rows["PyTorch"].status == PASS
     assert rows["PyTorch CUDA build"] == Check(
         "PyTorch CUDA build", FAIL, "CPU-only build",
-        "Install the CUDA build: python -m pip install torch --index-url https://download.pytorch.org/whl/cu128",
+        f"Install the CUDA build: {PY} -m pip install torch==2.13.0+cu128 --index-url https://download.pytorch.org/whl/cu128",
     )
     assert rows["CUDA available"].value == "no: CPU-only build"
     assert rows["Precision"].status == WARN
@@ -485,7 +492,7 @@ def test_version_check(installed, minimum, status):
     check = version_check("transformers", installed, minimum)
     assert check.status == status
     if installed is None or status == FAIL:
-        assert 'python -m pip install -U "transformers>=5.0"' in check.hint
+        assert f"{PY} -m pip install 'transformers>=5.0'" in check.hint
 
 
 def test_release():
@@ -626,3 +633,55 @@ def test_bitsandbytes_check_does_not_import_the_compiler():
             "assert 'torch._inductor.compile_fx' not in sys.modules\n"
             "assert torch.compile is compile_function\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+# -- repair hints: each is a command that, pasted as is, fixes that row and nothing else --
+
+
+def test_bitsandbytes_repair_keeps_torch():
+    # --force-reinstall without --no-deps re-resolves torch from PyPI (on Windows the CPU build): never that.
+    from importlib import metadata
+
+    version = metadata.version("bitsandbytes")
+    expected = f"Reinstall bitsandbytes: {PY} -m pip install --force-reinstall --no-deps bitsandbytes=={version}"
+    assert round_trip_check("cpu", None, "boom").hint == expected
+    assert round_trip_check("cpu", float("nan")).hint == expected
+    assert native_library_check(SimpleNamespace(_lib=None, error_msg="no lib"), "cuda:0").hint == expected
+
+
+def test_bitsandbytes_import_failure_hint(monkeypatch):
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)
+    (row,) = bitsandbytes_checks("0.46", "cpu")
+    assert row.hint.startswith(f"Reinstall bitsandbytes: {PY} -m pip install --force-reinstall --no-deps bitsandbytes==")
+
+
+def test_torch_import_failure_hints(monkeypatch):
+    build = torch_build_for(NVML_4090)
+    switch = f"{PY} -m pip install torch==2.13.0+cu128 --index-url https://download.pytorch.org/whl/cu128"
+    repair = f"{PY} -m pip install --force-reinstall --no-deps torch==2.13.0+cu128 --index-url https://download.pytorch.org/whl/cu128"
+    assert build.command() == switch and build.repair_command() == repair
+    assert torch_import_hint(OSError("[WinError 126] The specified module could not be found. c10.dll"), build) == (
+        MSVC_RUNTIME_HINT
+    )
+    assert "vc_redist.x64.exe" in MSVC_RUNTIME_HINT
+    # torch's distribution is installed here, so a broken import gets its files rewritten, nothing else.
+    assert torch_import_hint(ImportError("undefined symbol: foo"), build) == f"Reinstall its files: {repair}"
+    monkeypatch.setattr("falcon_desktop.probe_torch.installed_version", lambda name: None)
+    assert torch_import_hint(ImportError("No module named 'torch'"), build) == f"Install it: {switch}"
+
+
+def test_old_driver_hint_names_the_build_it_runs():
+    old = NvmlReport("550.54", (12, 4), (_gpu(),))
+    check = cuda_build_check("13.0", old, torch_build_for(old))
+    assert check.status == FAIL
+    assert check.hint == (
+        "Update the NVIDIA driver, or install the build this driver runs: "
+        f"{PY} -m pip install torch==2.13.0+cu128 --index-url https://download.pytorch.org/whl/cu128"
+    )
+
+
+def test_package_hints_install_only_that_package():
+    assert version_check("peft", None, "0.17").hint == f"Install it: {PY} -m pip install 'peft>=0.17'"
+    assert version_check("peft", "0.10", "0.17").hint == f"Upgrade: {PY} -m pip install 'peft>=0.17'"
+    assert version_check("peft", "0.10", None).hint.endswith(f"{PY} -m pip install -e .")
+    assert "3.10-3.14" in python_check((3, 12, 1), 32).hint

@@ -12,7 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from falcon_desktop.pip_commands import python_command
 from falcon_desktop.torch_build import (
+    TORCH_VERSION,
+    build_for_index,
     choose_torch_build,
     detect_driver,
     main,
@@ -46,8 +49,11 @@ def test_choose_torch_build(driver, capability, tag):
     build = choose_torch_build(driver, capability)
     assert build.tag == tag
     assert build.index_url == f"https://download.pytorch.org/whl/{tag}"
-    assert build.pip_args() == ["install", "torch", "--index-url", build.index_url]
-    assert build.command() == f"python -m pip install torch --index-url https://download.pytorch.org/whl/{tag}"
+    # The build's local version is pinned: an installed other build does not satisfy it ("already satisfied").
+    assert build.pip_args() == ["install", f"torch=={TORCH_VERSION}+{tag}", "--index-url", build.index_url]
+    assert build.command() == (
+        f"{python_command([])} -m pip install torch==2.13.0+{tag} --index-url https://download.pytorch.org/whl/{tag}"
+    )
 
 
 def test_reasons_say_why_a_newer_build_was_passed_over():
@@ -137,7 +143,9 @@ def test_detect_driver_gives_up_on_a_hung_nvidia_smi(tmp_path, monkeypatch):
 def test_cli_prints_the_command(capsys):
     assert main(["--driver", "560.94", "--compute-capability", "8.9"]) == 0
     captured = capsys.readouterr()
-    assert captured.out == "python -m pip install torch --index-url https://download.pytorch.org/whl/cu128\n"
+    assert captured.out == (
+        f"{python_command([])} -m pip install torch==2.13.0+cu128 --index-url https://download.pytorch.org/whl/cu128\n"
+    )
     assert "CUDA 12.8" in captured.err
 
 
@@ -145,7 +153,7 @@ def test_cli_json(capsys):
     assert main(["--json", "--driver", "none"]) == 0
     payload = json.loads(capsys.readouterr().out)
     assert payload["tag"] == "cpu"
-    assert payload["pip_args"] == ["install", "torch", "--index-url", "https://download.pytorch.org/whl/cpu"]
+    assert payload["pip_args"] == ["install", "torch==2.13.0+cpu", "--index-url", "https://download.pytorch.org/whl/cpu"]
     assert payload["driver_version"] is None and payload["compute_capability"] is None
 
 
@@ -178,3 +186,65 @@ def test_runs_as_a_module_and_imports_only_the_standard_library():
     )
     assert module.returncode == 0
     assert module.stdout.strip().endswith("/whl/cpu")
+
+
+@pytest.mark.parametrize(
+    ("url", "tag"),
+    [
+        ("https://download.pytorch.org/whl/cu126", "cu126"),
+        ("https://mirror.example/pytorch/whl/cpu/", "cpu"),
+        ("https://mirror.example/simple", None),
+    ],
+)
+def test_build_for_an_explicit_index(url, tag):
+    build = build_for_index(url)
+    assert (build.tag if build else None) == tag
+    if build:
+        assert build.requirement == f"torch=={TORCH_VERSION}+{tag}" and build.index_url == url
+
+
+def _fake_wheel(directory: Path, version: str) -> Path:
+    """A tiny wheel standing in for torch's (same version scheme: release + local build tag)."""
+    import zipfile
+
+    name = "fdtorchstub"
+    wheel = directory / f"{name}-{version}-py3-none-any.whl"
+    info = f"{name}-{version}.dist-info"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr(f"{name}.py", f"VERSION = {version!r}\n")
+        archive.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+        archive.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        archive.writestr(f"{info}/RECORD", "")
+    return wheel
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX venv layout")
+def test_pinned_local_version_switches_builds_and_a_failed_download_keeps_the_old(tmp_path):
+    """What the chooser's command relies on, checked against real pip: `==X+cu128` is not satisfied by an installed
+    `X+cpu` (so it switches), and pip resolves before it uninstalls (an unreachable index leaves the old build)."""
+    import venv
+
+    venv.create(tmp_path / "env", with_pip=False)
+    python = str(tmp_path / "env" / "bin" / "python")
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    old = _fake_wheel(wheels, "2.13.0+cpu")
+    env = {**os.environ, "PIP_CONFIG_FILE": os.devnull, "PIP_FIND_LINKS": "", "PIP_RETRIES": "0"}
+    env.pop("PYTHONPATH", None)
+
+    def pip(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "pip", "--python", python, "install", "--no-build-isolation", *args]
+        return subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+
+    def installed() -> str:
+        code = "import fdtorchstub; print(fdtorchstub.VERSION)"
+        return subprocess.run([python, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+
+    assert pip(str(old)).returncode == 0 and installed() == "2.13.0+cpu"
+    failed = pip("fdtorchstub==2.13.0+cu128", "--index-url", "http://127.0.0.1:9/whl/cu128")
+    assert failed.returncode != 0
+    assert installed() == "2.13.0+cpu", "a failed download removed the installed build"
+    _fake_wheel(wheels, "2.13.0+cu128")
+    switched = pip("fdtorchstub==2.13.0+cu128", "--no-index", "--find-links", str(wheels))
+    assert switched.returncode == 0, switched.stderr
+    assert "already satisfied" not in switched.stdout and installed() == "2.13.0+cu128"

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from falcon_desktop import __version__
 
 # Order is the order `--help` lists them: the flow first, then the helpers.
-VERBS = ("doctor", "plan", "data", "train", "eval", "ask", "demo", "merge", "runs")
+VERBS = ("doctor", "plan", "data", "train", "eval", "ask", "demo", "merge", "export", "runs", "ui")
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):

@@ -1,0 +1,194 @@
+"""Does `train` teach? SQuAD v2 F1/EM before and after fine-tuning a real model, on articles it never saw.
+
+    python benchmarks/quality.py --model SmolLM2-135M-Instruct.Q4_1.gguf --data ../shared/data/squad/dev-v2.0-half.json \
+        --out benchmarks/results/quality-smollm2 --curve-steps 50,100,200 -- --epochs 2 --no-quantize
+
+1. Split the SQuAD file BY ARTICLE (never by question: questions of one paragraph share their answer's context) into
+   train.json and heldout.json (seeded; `--heldout-fraction` of the articles).
+2. Score the base model zero-shot on the first `--heldout-questions` held-out questions with `falcon-desktop eval`.
+3. Score the abstain-always answer ("" for every question) on the same questions: the floor a model must beat.
+4. Fine-tune with `falcon-desktop train` (arguments after `--` are passed on), score the result the same way.
+5. Learning curve: one more run per `--curve-steps` value (`--max-steps N`, same arguments otherwise), each scored;
+   these are separate runs whose schedule ends at N, so a point is "a run of N steps", which is cheap for a small
+   model and needs no checkpoint format.
+6. `--compare-hf`: the plain transformers Trainer recipe (benchmarks/gpu_bench.py `hf`, its own code path) trained on
+   the same file for the same steps and effective batch, so both saw the same number of examples; scored the same way.
+
+Every command is run as a subprocess and recorded exactly, with its wall time, in one `quality.json`; `quality.png`
+plots held-out F1 against training steps with the base and abstain-always lines. Tiny-model runs (the test) show the
+mechanics only: their numbers mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from falcon_desktop.evaluate import iter_squad_questions, read_squad, score_predictions  # noqa: E402
+
+KEYS = ("f1", "exact", "HasAns_f1", "HasAns_exact", "NoAns_f1", "NoAns_exact", "total")
+_RATE = re.compile(r"\(([\d.,]+) questions/s")
+
+
+def split_by_article(squad: dict, heldout_fraction: float, seed: int) -> tuple[dict, dict]:
+    """(train, held-out) SQuAD documents; whole articles on one side, at least one on each."""
+    articles = list(squad["data"])
+    if len(articles) < 2:
+        raise SystemExit("The data needs at least two articles to hold some out.")
+    order = list(range(len(articles)))
+    random.Random(seed).shuffle(order)
+    count = min(len(articles) - 1, max(1, round(heldout_fraction * len(articles))))
+    heldout = set(order[:count])
+    version = squad.get("version", "v2.0")
+    return ({"version": version, "data": [a for i, a in enumerate(articles) if i not in heldout]},
+            {"version": version, "data": [a for i, a in enumerate(articles) if i in heldout]})
+
+
+def run_command(command: list[str], log: Path) -> dict:
+    """Run `command`, keep its output in `log`; {command, seconds, returncode}; exit on failure."""
+    started = time.perf_counter()
+    with log.open("w", encoding="utf-8") as out:
+        result = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+    record = {"command": shlex.join(command), "seconds": round(time.perf_counter() - started, 2),
+              "returncode": result.returncode, "log": log.name}
+    if result.returncode != 0:
+        tail = log.read_text(encoding="utf-8", errors="replace")[-3000:]
+        raise SystemExit(f"Command failed ({result.returncode}): {record['command']}\n{tail}")
+    return record
+
+
+def falcon_desktop(*args: str) -> list[str]:
+    return [sys.executable, "-m", "falcon_desktop", *args]
+
+
+def evaluate(label: str, model_args: list[str], heldout: Path, args: argparse.Namespace) -> dict:
+    """`falcon-desktop eval` on the held-out questions; scores, questions/s and the command."""
+    predictions = args.out / f"predictions-{label}.json"
+    command = falcon_desktop("eval", *model_args, "--data", str(heldout), "--limit", str(args.heldout_questions),
+                             "--device", args.device, "--batch-size", str(args.eval_batch_size),
+                             "--save-predictions", str(predictions), "--json")
+    record = run_command(command, args.out / f"eval-{label}.log")
+    text = (args.out / record["log"]).read_text(encoding="utf-8")
+    scores = json.loads(text[text.index("{"): text.rindex("}") + 1])
+    rate = _RATE.search(text)
+    return {"label": label, **{key: scores.get(key) for key in KEYS},
+            "questions_per_second": float(rate.group(1).replace(",", "")) if rate else None, **record}
+
+
+def train(label: str, train_file: Path, extra: list[str], args: argparse.Namespace) -> dict:
+    run_dir = args.out / "runs" / label
+    command = falcon_desktop("train", "--model", args.model, "--data", str(train_file), "--output", str(run_dir),
+                             "--eval-fraction", "0", "--eval-examples", "0", "--device", args.device,
+                             "--batch-size", str(args.batch_size), "--seed", str(args.seed), *extra)
+    record = run_command(command, args.out / f"train-{label}.log")
+    card = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    return {"label": label, "run": str(run_dir), "steps": card.get("steps"),
+            "final_loss": (card.get("metrics") or {}).get("final_loss"), **record}
+
+
+def train_hf(steps: int, train_file: Path, args: argparse.Namespace) -> dict:
+    """The plain Trainer recipe of gpu_bench.py at the same steps and effective batch as ours."""
+    adapter = args.out / "runs" / "hf-trainer"
+    command = [sys.executable, str(ROOT / "benchmarks" / "gpu_bench.py"), "hf", "--recipe", "careful",
+               "--model", args.model, "--data", str(train_file), "--steps", str(steps),
+               "--batch", str(args.hf_micro_batch), "--accumulation", str(args.batch_size // args.hf_micro_batch),
+               "--targets", args.hf_targets, "--save-adapter", str(adapter),
+               "--result", str(args.out / "hf-trainer.json")]
+    return {"label": "hf-trainer", "run": str(adapter), "steps": steps,
+            **run_command(command, args.out / "train-hf-trainer.log")}
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curve = sorted(result["learning_curve"], key=lambda point: point["steps"])
+    figure, axis = plt.subplots(figsize=(7, 4.2))
+    axis.plot([p["steps"] for p in curve], [p["f1"] for p in curve], "o-", label="falcon-desktop train, held-out F1")
+    axis.plot([p["steps"] for p in curve], [p["HasAns_f1"] for p in curve], "s--", label="HasAns F1")
+    axis.axhline(result["base"]["f1"], color="grey", linestyle=":", label="base model, zero-shot")
+    axis.axhline(result["abstain_always"]["f1"], color="red", linestyle=":", label='always "unanswerable"')
+    if result.get("hf_trainer"):
+        hf = result["hf_trainer"]
+        axis.plot([hf["steps"]], [hf["f1"]], "D", color="black", label="plain Trainer, same examples seen")
+    axis.set_xlabel("optimizer steps")
+    axis.set_ylabel("SQuAD v2 F1 (%)")
+    axis.set_title(f"{Path(result['model']).name}: {result['heldout']['questions']} held-out questions")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="base: a .gguf file, a model directory or a Hub id")
+    parser.add_argument("--data", required=True, help="SQuAD v2 JSON (split here by article)")
+    parser.add_argument("--out", required=True, type=Path, help="folder for quality.json, quality.png and the logs")
+    parser.add_argument("--heldout-fraction", type=float, default=0.25, help="share of articles held out")
+    parser.add_argument("--heldout-questions", type=int, default=300, help="held-out questions scored each time")
+    parser.add_argument("--curve-steps", default="", help="comma-separated --max-steps of extra runs for the curve")
+    parser.add_argument("--batch-size", type=int, default=16, help="effective batch (examples per step) of every run")
+    parser.add_argument("--eval-batch-size", type=int, default=32)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--compare-hf", action="store_true", help="also train with the plain Trainer recipe")
+    parser.add_argument("--hf-micro-batch", type=int, default=8, help="its micro-batch (accumulation makes up the rest)")
+    parser.add_argument("--hf-targets", default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+                        help="its LoRA targets: give ours the same with `-- --lora-targets ...`")
+    parser.add_argument("train_args", nargs="*", help="after `--`: passed to every `falcon-desktop train`")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+
+    train_doc, heldout_doc = split_by_article(read_squad(args.data), args.heldout_fraction, args.seed)
+    train_file, heldout_file = args.out / "train.json", args.out / "heldout.json"
+    for path, document in ((train_file, train_doc), (heldout_file, heldout_doc)):
+        path.write_text(json.dumps(document, ensure_ascii=False), encoding="utf-8")
+    questions = list(iter_squad_questions(heldout_doc))[: args.heldout_questions]
+    abstain = score_predictions(questions, {question.id: "" for question in questions})
+
+    result: dict = {
+        "model": args.model, "data": args.data, "seed": args.seed, "train_args": args.train_args,
+        "split": "by article", "train": {"articles": len(train_doc["data"]),
+                                         "questions": sum(1 for _ in iter_squad_questions(train_doc))},
+        "heldout": {"articles": len(heldout_doc["data"]), "titles": [a.get("title") for a in heldout_doc["data"]],
+                    "questions": len(questions)},
+        "abstain_always": {key: abstain.get(key) for key in KEYS},
+    }
+    result["base"] = evaluate("base", ["--model", args.model], heldout_file, args)
+    final = train("final", train_file, args.train_args, args)
+    result["finetuned"] = {**evaluate("final", ["--adapter", final["run"]], heldout_file, args), "train": final}
+    curve = [{"steps": 0, **{key: result["base"][key] for key in KEYS}},
+             {"steps": final["steps"], **{key: result["finetuned"][key] for key in KEYS}}]
+    for steps in [int(s) for s in args.curve_steps.split(",") if s.strip()]:
+        run = train(f"steps-{steps}", train_file, [*args.train_args, "--max-steps", str(steps)], args)
+        scores = evaluate(f"steps-{steps}", ["--adapter", run["run"]], heldout_file, args)
+        curve.append({"steps": run["steps"], **{key: scores[key] for key in KEYS}, "train": run, "eval": scores})
+    result["learning_curve"] = sorted(curve, key=lambda point: point["steps"])
+    if args.compare_hf:
+        hf = train_hf(final["steps"], train_file, args)
+        result["hf_trainer"] = {**evaluate("hf-trainer", ["--adapter", hf["run"]], heldout_file, args), "train": hf,
+                                "steps": final["steps"]}
+    result["wall_seconds"] = round(time.perf_counter() - started, 1)
+    (args.out / "quality.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    plot(result, args.out / "quality.png")
+    summary = {key: result[key]["f1"] for key in ("abstain_always", "base", "finetuned")}
+    print(json.dumps({"f1": summary, "out": str(args.out)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""Where a training step's time goes: wall time per optimizer step against the GPU's kernel time.
+
+Runs the real `falcon-desktop train` (same plan, data and loop) in this process, timing every optimizer step after
+warm-up, and profiles one step with torch.profiler to count kernel launches and sum kernel time. "GPU busy" is
+kernel time over the wall time of that step: the share of the step in which the GPU had work (the rest is Python,
+kernel launches and host syncs). Needs a CUDA GPU.
+
+    python benchmarks/step_profile.py --result R.json [--optimizer adamw_fused] -- train --model M --data D --max-steps 25
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import falcon_desktop.train as trainer
+
+WARMUP_STEPS = 3
+PROFILED_STEP = 12
+
+
+class StepTimer:
+    """Wraps the trainer's optimizer step: times each call, profiles one."""
+
+    def __init__(self, step_function) -> None:
+        self.step_function = step_function
+        self.calls = 0
+        self.walls: list[float] = []
+        self.tokens: list[int] = []
+        self.profile: dict = {}
+
+    def __call__(self, model, batches, *args, **kwargs):
+        self.calls += 1
+        profiler = None
+        if self.calls == PROFILED_STEP:
+            from torch.profiler import ProfilerActivity, profile
+
+            profiler = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+            profiler.__enter__()
+        torch.cuda.synchronize()  # the step's wall time starts with an idle GPU
+        start = time.perf_counter()
+        result = self.step_function(model, batches, *args, **kwargs)
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - start
+        if profiler is not None:
+            profiler.__exit__(None, None, None)
+            self.profile = summarize(profiler.key_averages(), wall, len(batches))
+        elif self.calls > WARMUP_STEPS:
+            self.walls.append(wall)
+            self.tokens.append(sum(batch["real_tokens"] for batch in batches))
+        return result
+
+
+def summarize(events, wall: float, micro_batches: int) -> dict:
+    kernels = [e for e in events if e.device_type.name == "CUDA"]
+    kernel_seconds = sum(e.self_device_time_total for e in kernels) / 1e6
+    top_cpu = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:8]
+    return {
+        "kernel_launches": sum(e.count for e in kernels),
+        "kernel_ms": round(kernel_seconds * 1e3, 2),
+        "profiled_wall_ms": round(wall * 1e3, 2),  # includes the profiler's own overhead
+        "gpu_busy_fraction": round(kernel_seconds / wall, 4),
+        "micro_batches": micro_batches,
+        "top_cpu_ms": {e.key: round(e.self_cpu_time_total / 1e3, 2) for e in top_cpu},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--result", type=Path, required=True)
+    parser.add_argument("--optimizer", help="override the plan's optimizer (adamw_fused, paged_adamw_8bit, ...)")
+    parser.add_argument("train_args", nargs=argparse.REMAINDER, help="-- train ARGS, as for falcon-desktop")
+    args = parser.parse_args()
+    cli_args = [a for a in args.train_args if a != "--"]
+    if args.optimizer:
+        make_optimizer = trainer.make_optimizer
+        trainer.make_optimizer = lambda model, name, lr, device: make_optimizer(model, args.optimizer, lr, device)
+    timer = StepTimer(trainer.optimizer_step)
+    trainer.optimizer_step = timer
+    from falcon_desktop.cli import main as cli_main
+
+    exit_code = cli_main(cli_args)
+    wall, tokens = sum(timer.walls), sum(timer.tokens)
+    result = {
+        "command": ["falcon-desktop", *cli_args],
+        "optimizer_override": args.optimizer,
+        "exit_code": exit_code,
+        "timed_steps": len(timer.walls),
+        "real_tokens_per_second": round(tokens / max(wall, 1e-9)),
+        "mean_step_seconds": round(wall / max(1, len(timer.walls)), 4),
+        "profiled_step": timer.profile,
+        "gpu": torch.cuda.get_device_name(0),
+        "torch": torch.__version__,
+    }
+    args.result.parent.mkdir(parents=True, exist_ok=True)
+    args.result.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(result))
+    sys.exit(exit_code)
+
+
+if __name__ == "__main__":
+    main()

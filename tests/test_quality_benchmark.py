@@ -1,0 +1,56 @@
+"""benchmarks/quality.py end to end on the CPU: split by article, base/abstain/fine-tuned scores, curve, plot.
+
+The base is the tiny random Falcon exported to GGUF, so this also runs `train` and `eval` on a .gguf base. Its
+numbers are mechanics only (a random 2-layer model answers nothing).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "falcon_desktop" / "assets" / "demo-squad.json"
+
+
+def _quality():
+    spec = importlib.util.spec_from_file_location("quality", ROOT / "benchmarks" / "quality.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_split_keeps_whole_articles_on_one_side():
+    squad = json.loads(DEMO.read_text(encoding="utf-8"))
+    train, heldout = _quality().split_by_article(squad, 0.34, seed=1)
+    train_titles = {article["title"] for article in train["data"]}
+    heldout_titles = {article["title"] for article in heldout["data"]}
+    assert len(heldout_titles) == 2 and len(train_titles) == 4 and not train_titles & heldout_titles
+    assert _quality().split_by_article(squad, 0.34, seed=1) == (train, heldout)  # seeded
+
+
+def test_quality_benchmark_runs_end_to_end_on_a_tiny_gguf(tiny_model_dir: Path, tmp_path: Path):
+    from falcon_desktop.export_gguf import export_gguf
+
+    base = export_gguf(tiny_model_dir, tmp_path / "tiny-falcon-f16.gguf", "f16").path
+    out = tmp_path / "quality"
+    command = [sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--model", str(base), "--data", str(DEMO),
+               "--out", str(out), "--heldout-fraction", "0.34", "--heldout-questions", "6", "--curve-steps", "1",
+               "--batch-size", "4", "--device", "cpu", "--", "--max-steps", "2", "--no-quantize", "--seq-len", "256",
+               "--save-every", "100"]
+    result = subprocess.run(command, capture_output=True, text=True, encoding="utf-8", timeout=900,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((out / "quality.json").read_text(encoding="utf-8"))
+    assert report["split"] == "by article" and report["heldout"]["questions"] == 6
+    assert report["abstain_always"]["NoAns_f1"] in (100.0, None) and report["abstain_always"]["HasAns_f1"] in (0.0, None)
+    for key in ("base", "finetuned"):
+        assert report[key]["total"] == 6 and report[key]["questions_per_second"] > 0
+        assert report[key]["command"].startswith(sys.executable) and report[key]["seconds"] > 0
+    assert "--max-steps 2" in report["finetuned"]["train"]["command"]
+    assert [point["steps"] for point in report["learning_curve"]] == [0, 1, 2]
+    assert (out / "quality.png").stat().st_size > 10_000
