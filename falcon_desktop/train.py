@@ -295,22 +295,24 @@ def _resume_state(run: RunDir, model, optimizer, scheduler, fresh: TrainerState,
 
 def _schedule_phases(card: RunCard | None, total_steps: int, learning_rate: float) -> list[list[int]]:
     """The learning-rate schedule as [[first step, steps], ...]: one warmup + cosine over the run, fixed when it
-    starts. Resuming keeps it; extending a finished run adds one more warmup + cosine over the extra steps (the
-    first one had decayed to 0), said out loud."""
+    starts. A resumed run keeps it: --max-steps below it stops early on the same curve; above it, one more warmup +
+    cosine runs over the extra steps (the first had decayed to 0). Either is said out loud."""
     if card is None:
         return [[0, total_steps]]
     phases = [list(map(int, phase)) for phase in card.schedule] or [[0, int(card.total_steps or total_steps)]]
     planned = phases[-1][0] + phases[-1][1]
-    if total_steps == planned:
+    if card.status == "finished" and total_steps <= (card.steps or 0):
+        raise UserError(f"This run already trained {card.steps} steps.",
+                        f"Pass --max-steps above {card.steps} to train it further.")
+    if total_steps < planned:
+        info(f"Stopping at step {total_steps} of the {planned} planned; the learning rate keeps the {planned}-step "
+             "schedule.")
         return phases
-    if card.status != "finished" or total_steps < planned:
-        raise UserError(
-            f"This run's learning-rate schedule spans {planned} steps; --max-steps {total_steps} would change it midway.",
-            f"Resume without --max-steps; once it finishes, extend it with --max-steps above {planned}.",
-        )
-    info(f"Extending the finished run from {planned} to {total_steps} steps: the extra {total_steps - planned} steps "
-         f"warm up to --learning-rate {learning_rate:g} again and decay to 0 by step {total_steps}.")
-    return [*phases, [planned, total_steps - planned]]
+    if total_steps > planned:
+        info(f"Extending the run from {planned} to {total_steps} steps: the extra {total_steps - planned} steps "
+             f"warm up to --learning-rate {learning_rate:g} again and decay to 0 by step {total_steps}.")
+        return [*phases, [planned, total_steps - planned]]
+    return phases
 
 
 def _keep_4bit_weights_trainable(model: torch.nn.Module) -> None:

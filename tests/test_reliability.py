@@ -328,7 +328,7 @@ def test_extending_a_finished_run_keeps_its_schedule_and_says_so(finished_run: P
     shutil.copytree(finished_run, run)
     before = _losses(run)
     assert main(["train", "--resume", str(run), "--max-steps", "6"]) == 0
-    assert "Extending the finished run from 4 to 6 steps" in capsys.readouterr().err
+    assert "Extending the run from 4 to 6 steps" in capsys.readouterr().err
     card = json.loads((run / "run.json").read_text(encoding="utf-8"))
     assert card["schedule"] == [[0, 4], [4, 2]] and card["steps"] == 6
     assert _losses(run)[:4] == before
