@@ -19,9 +19,10 @@ from typing import Any
 
 from falcon_desktop.atomic import write_text
 from falcon_desktop.console import info, warn
-from falcon_desktop.errors import UserError
+from falcon_desktop.data.questions import read_questions  # noqa: F401 - `ask --input` reads through ask
+from falcon_desktop.data.records import QARecord
 from falcon_desktop.decoding import GenerationSettings
-from falcon_desktop.evaluate import iter_squad_questions, read_jsonl_objects, read_squad
+from falcon_desktop.errors import UserError
 from falcon_desktop.fast_decode import StreamingDecoder
 from falcon_desktop.generate import GenerationResult, answer_records, encode_prompt, stream_answer
 from falcon_desktop.prompts import TEMPLATE_VERSION, is_abstention
@@ -39,13 +40,6 @@ class AskOptions:
     quantize: bool | None = None      # None: as the adapter's run trained (QLoRA: 4-bit), 4-bit without a run card
     trust_remote_code: bool = False
     settings: GenerationSettings = field(default_factory=GenerationSettings)
-
-
-@dataclass(frozen=True)
-class Question:
-    id: str
-    question: str
-    context: str | None = None
 
 
 def display_answer(text: str) -> str:
@@ -134,9 +128,9 @@ class Answerer:
         with self._adapter_scope():
             return stream_answer(self._decoder, self.tokenizer, prompt, self.settings, on_text, self.active)
 
-    def answer_all(self, questions: Sequence[Any], batch_size: int = 8,
+    def answer_all(self, questions: Sequence[QARecord], batch_size: int = 8,
                    on_progress: Callable[[int], None] | None = None) -> dict[str, str]:
-        """{id: answer} for objects with id, question, context; long contexts are cut to fit the model."""
+        """{id: answer} for each question; long contexts are cut to fit the model."""
         with self._adapter_scope():
             return answer_records(self.model, self.tokenizer, questions, self._prompt_budget(), self.settings,
                                   batch_size, on_progress)
@@ -152,9 +146,9 @@ def _same_model(first: str, second: str) -> bool:
 def _default_compute_dtype() -> str:
     import torch
 
-    if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
-        return "float16"  # compute capability < 8.0 has no bf16 tensor cores
-    return "bfloat16"
+    from falcon_desktop.hardware import compute_dtype_for_capability
+
+    return compute_dtype_for_capability(torch.cuda.get_device_capability(0) if torch.cuda.is_available() else None)
 
 
 def load_answerer(options: AskOptions) -> Answerer:
@@ -187,36 +181,6 @@ def load_answerer(options: AskOptions) -> Answerer:
 
 
 # --------------------------------------------------------------------------------------------------- batch files
-def _read_jsonl_questions(path: Path) -> list[Question]:
-    questions = []
-    for number, row in read_jsonl_objects(path, "Input"):
-        if not isinstance(row.get("question"), str) or not row["question"].strip():
-            raise UserError(
-                f"{str(path)!r} line {number} has no 'question' text.",
-                'Each line looks like {"id": "q1", "question": "...", "context": "..."} (id and context optional).',
-            )
-        context = row.get("context")
-        if context is not None and not isinstance(context, str):
-            raise UserError(f"{str(path)!r} line {number}: 'context' must be text.", "Give the passage as a string.")
-        questions.append(Question(str(row.get("id", f"line-{number}")), row["question"], context))
-    return questions
-
-
-def read_questions(path: str | Path) -> list[Any]:
-    """Questions (id, question, context) from a JSONL file or a SQuAD JSON file."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"Input file {str(path)!r} does not exist.", "Check the path.")
-    if path.suffix.lower() == ".json":
-        return list(iter_squad_questions(read_squad(path)))
-    if path.suffix.lower() == ".jsonl":
-        return _read_jsonl_questions(path)
-    raise UserError(
-        f"Cannot read questions from {path.name!r}: expected .jsonl (one question per line) or a SQuAD .json file.",
-        "Rename or convert the file.",
-    )
-
-
 def check_answers_path(path: str | Path, questions_path: str | Path | None = None, overwrite: bool = True) -> Path:
     """Refuse, before any answering, an answers file that would replace the questions, replace an existing file
     without `overwrite`, or cannot be written."""
@@ -238,7 +202,7 @@ def check_answers_path(path: str | Path, questions_path: str | Path | None = Non
     return path
 
 
-def write_answers(path: str | Path, questions: Sequence[Any], answers: dict[str, str]) -> None:
+def write_answers(path: str | Path, questions: Sequence[QARecord], answers: dict[str, str]) -> None:
     """.json: official SQuAD predictions {id: answer} ("" = unanswerable); .jsonl: one object per question."""
     path = check_answers_path(path)
     if path.suffix.lower() == ".json":
@@ -254,7 +218,7 @@ def write_answers(path: str | Path, questions: Sequence[Any], answers: dict[str,
     write_text(path, "".join(rows))
 
 
-def answer_file(answerer: Answerer, questions: Sequence[Any], batch_size: int) -> dict[str, str]:
+def answer_file(answerer: Answerer, questions: Sequence[QARecord], batch_size: int) -> dict[str, str]:
     """Answer every question with a progress bar on stderr."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 

@@ -60,8 +60,8 @@ def run_demo(settings: DemoSettings):
     after = card.metrics.get("eval_after", {})
     info(f"[bold]4. Eval[/bold]  held-out EM/F1 before {before.get('exact', 0):.1f}/{before.get('f1', 0):.1f}, "
          f"after {after.get('exact', 0):.1f}/{after.get('f1', 0):.1f} (a random tiny model: these scores mean nothing)")
-    history = card.metrics.get("final_loss")
-    info(f"          training loss at the end: {history}")
+    final_loss = card.metrics.get("final_loss")
+    info(f"          training loss at the end: {final_loss}")
 
     question, context = _first_question()
     answer = _one_answer(config.output, question, context)
@@ -72,12 +72,11 @@ def run_demo(settings: DemoSettings):
 
 
 def _first_question() -> tuple[str, str]:
-    import json
-
+    from falcon_desktop.data.questions import read_questions
     from falcon_desktop.tiny import asset_path
 
-    paragraph = json.loads(asset_path("demo-squad.json").read_text(encoding="utf-8"))["data"][0]["paragraphs"][0]
-    return paragraph["qas"][0]["question"], paragraph["context"]
+    first = read_questions(asset_path("demo-squad.json"))[0]
+    return first.question, first.context
 
 
 def _doctor_verdict() -> None:
@@ -88,8 +87,6 @@ def _doctor_verdict() -> None:
 
 
 def _one_answer(run_dir: Path, question: str, context: str) -> str:
-    from falcon_desktop.ask import AskOptions, load_answerer
-
-    from falcon_desktop.ask import display_answer
+    from falcon_desktop.ask import AskOptions, display_answer, load_answerer
 
     return display_answer(load_answerer(AskOptions(adapter=str(run_dir), device="cpu")).ask(question, context).text)

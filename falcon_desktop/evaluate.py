@@ -21,33 +21,20 @@ in the HasAns/NoAns split, so it prints no result to agree with.
 from __future__ import annotations
 
 import collections
-import json
 import re
 import string
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from falcon_desktop.console import warn
+from falcon_desktop.data.questions import iter_squad_questions, read_squad
+from falcon_desktop.data.readers import read_json, read_jsonl
 from falcon_desktop.errors import UserError
 from falcon_desktop.prompts import is_abstention
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
 _PUNCTUATION = frozenset(string.punctuation)
-
-
-@dataclass(frozen=True)
-class SquadQuestion:
-    id: str
-    title: str
-    context: str
-    question: str
-    answers: tuple[str, ...]   # raw gold texts, as written in the file; empty for an unanswerable question
-
-    @property
-    def has_answer(self) -> bool:
-        return bool(self.answers)
 
 
 def normalize_answer(text: str) -> str:
@@ -78,66 +65,13 @@ def f1_score(gold: str, prediction: str) -> float:
 
 
 # ------------------------------------------------------------------------------------------------------ reading
-def _read_json(path: Path, what: str) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{what} file {str(path)!r} does not exist.", "Check the path.")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise UserError(
-            f"{what} file {str(path)!r} is not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}.",
-            "Fix the file, or write it again with `falcon-desktop ask --input ... --output ...`.",
-        ) from None
-    except UnicodeDecodeError:
-        raise UserError(f"{what} file {str(path)!r} is not UTF-8 text.", "Save it as UTF-8.") from None
-
-
-def read_squad(path: str | Path) -> dict:
-    """A SQuAD v1.1/v2.0 JSON file, checked for the `data` list the scorer walks."""
-    squad = _read_json(Path(path), "SQuAD")
-    if not isinstance(squad, dict) or not isinstance(squad.get("data"), list):
-        raise UserError(
-            f"{str(path)!r} is not in SQuAD format (a JSON object with a 'data' list of articles).",
-            "Pass the original SQuAD file, e.g. dev-v2.0.json.",
-        )
-    return squad
-
-
-def _gold_texts(answers: Any) -> tuple[str, ...]:
-    if isinstance(answers, Mapping):  # the `datasets` layout: {"text": [...], "answer_start": [...]}
-        return tuple(answers.get("text") or ())
-    return tuple(answer["text"] for answer in answers or ())
-
-
-def iter_squad_questions(squad: Mapping | list) -> Iterator[SquadQuestion]:
-    """Every question of a SQuAD document (or its `data` list), in file order."""
-    articles = squad["data"] if isinstance(squad, Mapping) else squad
-    try:
-        for article in articles:
-            for paragraph in article["paragraphs"]:
-                for qa in paragraph["qas"]:
-                    yield SquadQuestion(
-                        str(qa["id"]), article.get("title", ""), paragraph["context"], qa["question"],
-                        _gold_texts(qa.get("answers")),
-                    )
-    except (KeyError, TypeError) as error:
-        raise UserError(
-            f"The SQuAD data lacks an expected field ({error}).",
-            "Each article needs 'paragraphs', each paragraph 'context' and 'qas', each qa 'id', 'question', 'answers'.",
-        ) from None
-
-
 def _gold_by_id(dataset: Any) -> dict[str, tuple[str, ...]]:
     """question id -> raw gold answers, in dataset order (a repeated id keeps its first place and last answers)."""
     if isinstance(dataset, (str, Path)):
         dataset = read_squad(dataset)
     if isinstance(dataset, Mapping) or (isinstance(dataset, list) and dataset and isinstance(dataset[0], Mapping)):
-        return {question.id: question.answers for question in iter_squad_questions(dataset)}
-    gold: dict[str, tuple[str, ...]] = {}
-    for record in dataset:  # QARecord-like objects from falcon_desktop.data
-        gold[str(record.id)] = () if getattr(record, "is_impossible", False) else tuple(record.answers)
-    return gold
+        dataset = iter_squad_questions(dataset)
+    return {record.id: () if record.is_impossible else tuple(record.answers) for record in dataset}
 
 
 def load_predictions(path: str | Path) -> dict[str, str]:
@@ -145,7 +79,7 @@ def load_predictions(path: str | Path) -> dict[str, str]:
     path = Path(path)
     if path.suffix.lower() == ".jsonl":
         return _load_jsonl_predictions(path)
-    predictions = _read_json(path, "Predictions")
+    predictions = read_json(path, "Predictions")
     if not isinstance(predictions, dict):
         raise UserError(
             f"{str(path)!r} holds a JSON {type(predictions).__name__}, not an object of question id -> answer.",
@@ -160,31 +94,12 @@ def load_predictions(path: str | Path) -> dict[str, str]:
     return predictions
 
 
-def read_jsonl_objects(path: Path, what: str) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for each non-blank line of a JSONL file; UserError naming a bad line."""
-    if not path.is_file():
-        raise UserError(f"{what} file {str(path)!r} does not exist.", "Check the path.")
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise UserError(
-                    f"{str(path)!r} line {number}, column {error.colno}: {error.msg}.", "Each line must be one JSON object."
-                ) from None
-            if not isinstance(row, dict):
-                raise UserError(f"{str(path)!r} line {number} is not a JSON object.", "Each line must be one JSON object.")
-            yield number, row
-
-
 def _load_jsonl_predictions(path: Path) -> dict[str, str]:
     predictions: dict[str, str] = {}
-    for number, row in read_jsonl_objects(path, "Predictions"):
-        if not isinstance(row.get("id"), str) or not isinstance(row.get("answer"), str):
+    for location, row in read_jsonl(path, "Predictions"):
+        if not isinstance(row, dict) or not isinstance(row.get("id"), str) or not isinstance(row.get("answer"), str):
             raise UserError(
-                f"{str(path)!r} line {number} lacks a string 'id' and 'answer'.",
+                f"{str(path)!r} {location} lacks a string 'id' and 'answer'.",
                 'Each line looks like {"id": "q1", "answer": "France"}.',
             )
         predictions[row["id"]] = row["answer"]
@@ -192,10 +107,6 @@ def _load_jsonl_predictions(path: Path) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------------------------------ scoring
-def missing_predictions(dataset: Any, predictions: Mapping[str, str]) -> list[str]:
-    return [question_id for question_id in _gold_by_id(dataset) if question_id not in predictions]
-
-
 def _mean_percent(scores: Iterable[float], count: int) -> float:
     return 100.0 * sum(scores) / count
 
@@ -203,8 +114,7 @@ def _mean_percent(scores: Iterable[float], count: int) -> float:
 def score_predictions(dataset: Any, predictions: Mapping[str, str]) -> dict:
     """Official SQuAD v2 metrics for `predictions` ({id: answer}) against `dataset`.
 
-    `dataset` is a SQuAD JSON document, its `data` list, a path to one, or QARecord-like records (id, answers,
-    is_impossible). Returns exact, f1, total and HasAns_*/NoAns_* (present when that split is non-empty), as the
+    `dataset` is a SQuAD JSON document, its `data` list, a path to one, or `QARecord`s. Returns exact, f1, total and HasAns_*/NoAns_* (present when that split is non-empty), as the
     official script prints them.
     """
     gold_by_id = _gold_by_id(dataset)

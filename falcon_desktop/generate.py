@@ -16,11 +16,12 @@ import contextlib
 import time
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from transformers import StoppingCriteria
 
+from falcon_desktop.data.records import QARecord
 from falcon_desktop.decoding import EXTRACTIVE, GenerationSettings
 from falcon_desktop.errors import UserError
 from falcon_desktop.fast_decode import StreamingDecoder, input_device
@@ -45,12 +46,6 @@ class GenerationResult:
         if self.new_tokens < 2 or decode_seconds <= 0:
             return None
         return (self.new_tokens - 1) / decode_seconds
-
-
-class QuestionLike(Protocol):
-    id: str
-    question: str
-    context: str | None
 
 
 def encode_prompt(tokenizer: Any, question: str, context: str | None, max_prompt_tokens: int | None = None) -> list[int]:
@@ -249,10 +244,10 @@ def generate_batch(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[Seq
     return [_decode_answer(tokenizer, row, settings.single_line)[0] for row in new_tokens]
 
 
-def answer_records(model: torch.nn.Module, tokenizer: Any, records: Sequence[QuestionLike],
+def answer_records(model: torch.nn.Module, tokenizer: Any, records: Sequence[QARecord],
                    max_prompt_tokens: int | None = None, settings: GenerationSettings | None = None,
                    batch_size: int = 32, on_progress: Callable[[int], None] | None = None) -> dict[str, str]:
-    """{record id: answer} for records with `id`, `question`, `context` (QARecord, SquadQuestion, ...).
+    """{record id: answer} for each record's question and context.
 
     Prompts are sorted by length so each batch pads little; `on_progress(n)` is called after each batch of n.
     Abstentions come back as `prompts.ABSTAIN` (the scorer maps them to "").

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from falcon_desktop.errors import UserError
 
 GIB = 1024**3
-
-GPU_TABLE_DATE = "2025-01"
+# bf16 tensor cores arrived with Ampere (compute capability 8.0); older cards compute in fp16 with loss scaling.
+BF16_CAPABILITY = (8, 0)
 
 
 @dataclass(frozen=True)
@@ -124,6 +124,16 @@ def match_gpu(name: str, total_bytes: int | None = None) -> GpuModel | list[str]
     if len(matches) == 1:
         return matches[0]
     return [gpu.name for gpu in matches] or None
+
+
+def has_bf16(capability: tuple[int, int]) -> bool:
+    """Whether a card of this compute capability computes in bf16: the one rule the planner, doctor and ask use."""
+    return tuple(capability) >= BF16_CAPABILITY
+
+
+def compute_dtype_for_capability(capability: tuple[int, int] | None) -> str:
+    """"bfloat16" where the card has it (or nothing is known of the card), else "float16"."""
+    return "float16" if capability is not None and not has_bf16(capability) else "bfloat16"
 
 
 def peak_tokens_per_second(flops_per_token: float, bf16_tflops: float, efficiency: float) -> float:

@@ -3,14 +3,14 @@
 The base is loaded in bf16 (never 4-bit: merging into NF4 weights would round the sum back to 4 bits), the adapter
 attached, `merge_and_unload` folds B@A*scale into each targeted weight, and the result is saved as standard
 safetensors with the tokenizer and a model card (base, adapter, data, metrics from the run card). The directory is
-written beside the target and renamed into place at the end, so a failed merge never leaves a half-written model.
+written as checkpoints are (`checkpoint.write_atomically`): beside the target, renamed into place once complete, so a
+failed merge never leaves a half-written model.
 Merging runs on the CPU by default: it is a few matrix products per layer, and a 16-bit 7B model (~14 GB) rarely
 fits a consumer GPU next to anything else.
 """
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,10 +114,11 @@ def model_card(base: str, adapter_dir: Path, dtype: str) -> str:
 def merge_adapter(options: MergeOptions) -> Path:
     """Write the merged model to `options.output`; returns it."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
+    from falcon_desktop.checkpoint import write_atomically
     from falcon_desktop.gguf_io import hf_directory
-    from falcon_desktop.model import check_model_reference, load_adapter, resolve_device
+    from falcon_desktop.model import check_model_reference, load_adapter, load_causal_lm, resolve_device
 
     if options.dtype not in DTYPES:
         raise UserError(f"Unknown --dtype {options.dtype!r}.", f"Choose one of: {', '.join(DTYPES)}.")
@@ -132,24 +133,19 @@ def merge_adapter(options: MergeOptions) -> Path:
     device = resolve_device(options.device)
 
     info(f"Loading {base} in {options.dtype} on {device} ...")
-    model = AutoModelForCausalLM.from_pretrained(
-        weights, dtype=getattr(torch, options.dtype), device_map={"": str(device)},
-        trust_remote_code=options.trust_remote_code,
-    )
+    # The loader train and ask use: a legacy Falcon config (RefinedWebModel) loads without remote code.
+    model = load_causal_lm(weights, getattr(torch, options.dtype), device, options.trust_remote_code)
     has_tokenizer = any((adapter_dir / name).is_file() for name in _TOKENIZER_FILES)
     tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir) if has_tokenizer else weights,
                                               trust_remote_code=options.trust_remote_code)
     info(f"Merging adapter {adapter_label(adapter_dir)!r} ...")
     merged = load_adapter(model, adapter_dir, "merge").merge_and_unload()
 
-    staging = output.with_name(f".{output.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    merged.save_pretrained(str(staging), safe_serialization=True)
-    tokenizer.save_pretrained(str(staging))
-    (staging / "README.md").write_text(model_card(base, adapter_dir, options.dtype), encoding="utf-8")
-    if output.exists():
-        shutil.rmtree(output)
-    staging.rename(output)
+    def write(staging: Path) -> None:
+        merged.save_pretrained(str(staging), safe_serialization=True)
+        tokenizer.save_pretrained(str(staging))
+        (staging / "README.md").write_text(model_card(base, adapter_dir, options.dtype), encoding="utf-8")
+
+    write_atomically(output, write)
     info(f"Merged model written to {output}")
     return output

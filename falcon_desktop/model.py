@@ -2,8 +2,9 @@
 
 The trap this module exists for: with transformers 5, `BitsAndBytesConfig(load_in_4bit=True)` swaps only modules
 whose type is exactly `nn.Linear`, so Falcon's `FalconLinear` (an `nn.Linear` subclass that adds its bias after the
-matmul) stays in bf16: Falcon-7B loads at 13.8 GB instead of 3.9 GB (shared/README.md). We build Falcon with plain
-`nn.Linear` while loading (same weights, same maths up to one bf16 rounding of the bias add, and Falcon-7B has no
+matmul) stays in bf16: Falcon-7B's `get_memory_footprint()` is 13.8 GB instead of 3.9 GB (H100, transformers
+5.17, bitsandbytes 0.50.2), and its QLoRA peak 29.3 GB instead of 6.4 GB. We build Falcon with plain `nn.Linear`
+while loading (same weights, same maths up to one bf16 rounding of the bias add, and Falcon-7B has no
 biases), then `verify_quantization` checks every linear layer and fails loudly if any stayed unquantized.
 """
 
@@ -19,6 +20,7 @@ from torch import nn
 
 from falcon_desktop.attention import install_fast_attention
 from falcon_desktop.errors import UserError
+from falcon_desktop.shapes import LEGACY_FALCON_TYPES, native_falcon_config
 
 # Layers that stay in 16-bit on purpose: the output head (quantizing it hurts quality and it is often tied to the
 # embeddings) - the same default transformers uses.
@@ -92,16 +94,13 @@ def check_model_reference(reference: str) -> None:
         )
 
 
-LEGACY_FALCON_TYPES = ("RefinedWeb", "RefinedWebModel")
-LEGACY_FALCON_KEYS = {"n_head": "num_attention_heads", "n_layer": "num_hidden_layers", "n_head_kv": "num_kv_heads"}
-
-
 def load_config(reference: str, trust_remote_code: bool = False):
-    """The model's config; Falcon's original `RefinedWebModel` configs load as transformers' native FalconConfig.
+    """The model's config; Falcon's original `RefinedWebModel` / `RefinedWeb` configs load as transformers' native
+    FalconConfig.
 
     Early Falcon checkpoints name custom code in `auto_map`, which transformers refuses without trust_remote_code.
-    transformers' own Falcon implements the same architecture and reads the legacy keys (n_head, n_layer), so we
-    use it and drop `auto_map` rather than run the repository's Python.
+    transformers' own Falcon implements the same architecture, so `shapes.native_falcon_config` (the planner's
+    translation too) renames the legacy keys and drops `auto_map` rather than run the repository's Python.
     """
     from transformers import AutoConfig, FalconConfig
     from transformers.utils import cached_file
@@ -112,13 +111,20 @@ def load_config(reference: str, trust_remote_code: bool = False):
         config_file = cached_file(reference, "config.json")
         raw = json.loads(Path(config_file).read_text(encoding="utf-8"))
         if raw.get("model_type") in LEGACY_FALCON_TYPES:
-            raw.pop("auto_map", None)
-            raw["model_type"] = "falcon"
-            for legacy, native in LEGACY_FALCON_KEYS.items():
-                if legacy in raw:
-                    raw[native] = raw.pop(legacy)
-            return FalconConfig.from_dict(raw)
+            return FalconConfig.from_dict(native_falcon_config(raw))
     return AutoConfig.from_pretrained(reference, trust_remote_code=trust_remote_code)
+
+
+def load_causal_lm(reference: str, dtype: torch.dtype, device: torch.device, trust_remote_code: bool = False,
+                   config=None, **options):
+    """`AutoModelForCausalLM.from_pretrained` on one device with the config `load_config` reads, so every verb that
+    loads a base (train, ask, eval, merge) opens a legacy Falcon config the same way."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(
+        reference, config=config or load_config(reference, trust_remote_code), dtype=dtype,
+        device_map={"": str(device)}, trust_remote_code=trust_remote_code, **options,
+    )
 
 
 def load_tokenizer(reference: str, trust_remote_code: bool = False):
@@ -186,8 +192,6 @@ def verify_quantization(model: nn.Module) -> QuantizationReport:
 
 def load_base_model(settings: ModelSettings) -> LoadedModel:
     """Tokenizer and base model on the chosen device; 4-bit NF4 when `settings.quantize`, verified."""
-    from transformers import AutoModelForCausalLM
-
     from falcon_desktop.gguf_io import hf_directory
 
     settings = replace(settings, model=hf_directory(settings.model))  # a .gguf file: its cached safetensors copy
@@ -195,14 +199,12 @@ def load_base_model(settings: ModelSettings) -> LoadedModel:
     dtype = resolve_dtype(settings.compute_dtype, device)
     tokenizer = load_tokenizer(settings.model, settings.trust_remote_code)
     config = load_config(settings.model, settings.trust_remote_code)
-    kwargs: dict = {"dtype": dtype, "device_map": {"": str(device)}, "trust_remote_code": settings.trust_remote_code,
-                    "config": config}
-    if settings.quantize:
-        kwargs["quantization_config"] = _quantization_config(dtype)
+    options: dict = {"quantization_config": _quantization_config(dtype)} if settings.quantize else {}
     is_falcon = config.model_type == "falcon"
     patch = _falcon_linear_as_nn_linear() if (settings.quantize and is_falcon) else contextlib.nullcontext()
     with patch:
-        model = AutoModelForCausalLM.from_pretrained(settings.model, attn_implementation="sdpa", **kwargs)
+        model = load_causal_lm(settings.model, dtype, device, settings.trust_remote_code, config,
+                               attn_implementation="sdpa", **options)
     model.config.use_cache = False
     if is_falcon:
         install_fast_attention(model)

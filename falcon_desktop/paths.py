@@ -1,4 +1,4 @@
-"""Where falcon-desktop keeps its files: runs, logs, caches.
+"""Where falcon-desktop keeps its files: runs and caches.
 
 The root is `FALCON_DESKTOP_HOME` when set, else the platform's user data directory (platformdirs: e.g.
 `%LOCALAPPDATA%\\falcon-desktop` on Windows, `~/.local/share/falcon-desktop` on Linux). Hugging Face keeps its own
@@ -8,6 +8,7 @@ cache (`HF_HOME`, `HF_HUB_CACHE`); we never move it, only report it.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 APP_NAME = "falcon-desktop"
@@ -28,13 +29,15 @@ def runs_dir() -> Path:
     return home() / "runs"
 
 
+def new_run_dir(model: str) -> Path:
+    """A fresh run directory for `model` under runs_dir(), named after the model and the time."""
+    name = Path(model.rstrip("/\\")).name or "model"
+    return runs_dir() / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
 def cache_dir() -> Path:
     """Processed datasets and other derived files that can be rebuilt."""
     return home() / "cache"
-
-
-def logs_dir() -> Path:
-    return home() / "logs"
 
 
 def hf_cache_dir() -> Path:

@@ -13,17 +13,21 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from falcon_desktop.errors import UserError
 from falcon_desktop.hardware import (
-    CLOUD_PRICES, CLOUD_PRICES_DATE, GIB, GPUS, GpuModel, gpu_model, peak_tokens_per_second,
+    CLOUD_PRICES, CLOUD_PRICES_DATE, GIB, GPUS, GpuModel, compute_dtype_for_capability, gpu_model, match_gpu,
+    peak_tokens_per_second,
 )
 from falcon_desktop.plan_memory import COEFFICIENTS, INFERENCE_DTYPES, METHODS, PlannerCoefficients, memory_breakdown
 from falcon_desktop.plan_search import (
     Choice, Pricer, choose_training, least_memory, longest_fitting_seq, training_flops_per_token,
 )
 from falcon_desktop.shapes import ALL_LINEAR, DEFAULT_LORA_TARGETS, ModelShape, valid_lora_targets
+
+if TYPE_CHECKING:
+    from falcon_desktop.probe_gpu import GpuInfo
 
 METHOD_COMPARISON = {    # methods-dict key -> (method, inference dtype)
     "inference_fp32": ("inference", "fp32"), "inference_bf16": ("inference", "bf16"),
@@ -110,6 +114,29 @@ class GpuSpec:
         return cls(model.name, vram_bytes if vram_bytes is not None else int(model.vram_gib * GIB),
                    model.compute_capability, model.bf16_tflops, model.watts, source)
 
+    @classmethod
+    def from_probe(cls, info: GpuInfo) -> GpuSpec:
+        """A GPU as NVML reports it: its FREE memory is the budget; the table adds the speed and what NVML lacks."""
+        known = match_gpu(info.name, info.total_bytes)
+        known = known if isinstance(known, GpuModel) else None
+        return cls(
+            name=info.name, vram_bytes=info.free_bytes,
+            compute_capability=info.compute_capability or (known.compute_capability if known else None),
+            bf16_tflops=known.bf16_tflops if known else None,
+            watts=info.power_limit_watts or (known.watts if known else None), source="nvml",
+        )
+
+
+def detected_gpu() -> GpuSpec | None:
+    """The first GPU NVML reports; None without one (or without a working probe)."""
+    try:
+        from falcon_desktop.probe import detect_gpus
+
+        gpus = detect_gpus()
+    except Exception:  # noqa: BLE001 - no probe, no driver, a wedged NVML: all mean "plan without a GPU"
+        return None
+    return GpuSpec.from_probe(gpus[0]) if gpus else None
+
 
 @dataclass(frozen=True)
 class Alternative:
@@ -165,11 +192,11 @@ class Plan:
         names = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(data) - set(names))
         if unknown:
-            warn(f"plan.json has keys this version of falcon-desktop does not know: {', '.join(unknown)} (ignored).")
+            warn(f"The saved plan has keys this version of falcon-desktop does not know: {', '.join(unknown)} (ignored).")
         required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING]
         missing = [name for name in required if name not in data]
         if missing:
-            raise UserError(f"plan.json lacks {', '.join(missing)}.", "Make a new plan with `falcon-desktop plan`.")
+            raise UserError(f"The saved plan lacks {', '.join(missing)}.", "Start a new run: its plan is made afresh.")
         values = {name: data[name] for name in names if name in data}
         values["lora_targets"] = tuple(values["lora_targets"])
         gpu = values["gpu"]
@@ -209,12 +236,14 @@ def _lora_targets_for(shape: ModelShape, request: PlanRequest) -> tuple[str, ...
 
 def compute_dtype_for(gpu: GpuSpec | None) -> tuple[str, str]:
     """bf16 where the card has it (compute capability 8.0+), else fp16; with the reason."""
-    if gpu is None or gpu.compute_capability is None:
-        return "bfloat16", "bf16 assumed (needs compute capability 8.0+; the card's is unknown)"
-    cc = ".".join(map(str, gpu.compute_capability))
-    if gpu.compute_capability >= (8, 0):
-        return "bfloat16", f"compute capability {cc} has bf16: fp16's range without its overflow"
-    return "float16", f"compute capability {cc} lacks bf16: fp16 with loss scaling"
+    capability = gpu.compute_capability if gpu else None
+    dtype = compute_dtype_for_capability(capability)
+    if capability is None:
+        return dtype, "bf16 assumed (needs compute capability 8.0+; the card's is unknown)"
+    cc = ".".join(map(str, capability))
+    if dtype == "bfloat16":
+        return dtype, f"compute capability {cc} has bf16: fp16's range without its overflow"
+    return dtype, f"compute capability {cc} lacks bf16: fp16 with loss scaling"
 
 
 def _reasons_for(choice: Choice, request: PlanRequest, layers: int, fits: bool) -> dict[str, str]:

@@ -1,6 +1,6 @@
 """How many bytes of VRAM a training or inference setup holds at its peak, component by component.
 
-The model describes OUR trainer (`train.py`, CONTRACTS.md "How the trainer spends memory"): frozen base weights
+The model describes OUR trainer (`train.py`; docs/planner.md walks through it): frozen base weights
 (NF4 double-quant blocksize 64, or 16-bit), fp32 LoRA A/B, autocast in the compute dtype, flash SDPA with
 `is_causal` and no mask (Falcon through `attention.py`'s fast path), the LM head applied only to labelled positions,
 and gradient checkpointing of the FIRST `checkpoint_layers` decoder layers. Peak = weights + adapters + gradients +

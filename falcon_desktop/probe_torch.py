@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import PureWindowsPath
 
 from falcon_desktop.errors import first_line
+from falcon_desktop.hardware import has_bf16
 from falcon_desktop.pip_commands import install_command, python_command, reinstall_command
 from falcon_desktop.probe_gpu import GpuInfo, NvmlReport, gigabytes
 from falcon_desktop.probe_system import FAIL, PASS, WARN, Check, installed_version, version_check
@@ -26,10 +27,10 @@ from falcon_desktop.torch_build import (
     driver_branch,
 )
 
-# Falcon-7B QLoRA peaked at 6.4 GB reserved at batch 1 with checkpointing (H100, shared/README.md); ~0.5 GB more
-# for the CUDA context is an estimate. `falcon-desktop plan` gives the exact figure for a model and settings.
+# Falcon-7B QLoRA peaked at 6.4 GB reserved at batch 1 with checkpointing (H100, torch 2.11, bitsandbytes 0.50.2,
+# max_memory_reserved); ~0.5 GB more for the CUDA context is an estimate. `falcon-desktop plan` gives the exact
+# figure for a model and settings.
 QLORA_7B_MIN_FREE_BYTES = 7 * 2**30
-BF16_CAPABILITY = (8, 0)  # Ampere and newer
 # NF4's mean relative error on N(0, 1) weights, blocksize 64, bitsandbytes 0.50.2: 0.091 measured on CPU and on
 # the H100.
 # A broken kernel returns garbage (error ~1) or NaN, far past this bound.
@@ -157,7 +158,7 @@ def precision_check(capability: tuple[int, int] | None) -> Check:
     if capability is None:
         return Check("Precision", WARN, "unknown: no CUDA GPU", NO_GPU_HINT)
     cc = f"compute capability {capability[0]}.{capability[1]}"
-    if capability >= BF16_CAPABILITY:
+    if has_bf16(capability):
         return Check("Precision", PASS, f"bf16 ({cc})")
     return Check(
         "Precision", WARN, f"fp16 planned ({cc} has no bf16)",

@@ -20,12 +20,29 @@ from falcon_desktop.errors import UserError
 
 SUPPORTED_MODEL_TYPES = ("falcon", "llama", "mistral", "qwen2")
 
-# Falcon's first checkpoints shipped custom code with these model types; transformers' `falcon` reads the same
-# weights. The value is what the legacy type implies for `new_decoder_architecture` (RefinedWeb = Falcon-40B's).
-_FALCON_LEGACY_TYPES = {"RefinedWebModel": False, "RefinedWeb": True}
+# Falcon's first checkpoints shipped custom code under these model types; transformers' `falcon` reads the same
+# weights once the keys are renamed. The value is the `new_decoder_architecture` each type implies: RefinedWeb is
+# Falcon-40B's code, which always builds the new layout (grouped K/V, two layer norms); RefinedWebModel is
+# Falcon-7B's, the old one. transformers' own converter (models/falcon/convert_custom_code_checkpoint.py) agrees on
+# the published checkpoints: it sets the flag exactly when `n_head_kv` is present, which only the 40B configs have.
+LEGACY_FALCON_TYPES = {"RefinedWebModel": False, "RefinedWeb": True}
 # Legacy key -> current key (transformers' FalconConfig attribute names).
-_FALCON_LEGACY_KEYS = {"n_head": "num_attention_heads", "n_layer": "num_hidden_layers", "n_head_kv": "num_kv_heads",
-                       "n_embed": "hidden_size"}
+LEGACY_FALCON_KEYS = {"n_head": "num_attention_heads", "n_layer": "num_hidden_layers", "n_head_kv": "num_kv_heads",
+                      "n_embed": "hidden_size"}
+
+
+def native_falcon_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A legacy RefinedWeb / RefinedWebModel config.json as transformers' FalconConfig reads it (without `auto_map`,
+    so no remote code is asked for); any other config comes back unchanged. The planner and the loader both use it."""
+    model_type = config.get("model_type")
+    if model_type not in LEGACY_FALCON_TYPES:
+        return dict(config)
+    native = {LEGACY_FALCON_KEYS.get(key, key): value for key, value in config.items() if key != "auto_map"}
+    native["model_type"] = "falcon"
+    native["architectures"] = ["FalconForCausalLM"]
+    native.setdefault("new_decoder_architecture", LEGACY_FALCON_TYPES[model_type])
+    return native
+
 
 # LoRA-targetable linear layers of one decoder layer, by leaf name (what peft's `target_modules` matches), in
 # forward order, each with its block ("attention" or "mlp").
@@ -182,11 +199,11 @@ def _require(config: dict[str, Any], key: str, where: str) -> int:
     return value
 
 
-def _falcon_shape(config: dict[str, Any], name: str, source: str, legacy_new_arch: bool | None) -> ModelShape:
-    config = {_FALCON_LEGACY_KEYS.get(key, key): value for key, value in config.items()}
+def _falcon_shape(config: dict[str, Any], name: str, source: str) -> ModelShape:
+    config = native_falcon_config(config)
     heads = _require(config, "num_attention_heads", name)
     hidden = _require(config, "hidden_size", name)
-    new_arch = bool(config.get("new_decoder_architecture", legacy_new_arch or False))
+    new_arch = bool(config.get("new_decoder_architecture", False))
     multi_query = bool(config.get("multi_query", True))
     # transformers' FalconAttention: new architecture -> num_kv_heads groups; else multi-query -> 1; else all heads.
     if new_arch:
@@ -239,10 +256,8 @@ def _llama_family_shape(config: dict[str, Any], name: str, source: str, model_ty
 def shape_from_config(config: dict[str, Any], name: str, source: str = "config") -> ModelShape:
     """The shape described by a parsed config.json; UserError for an architecture we cannot plan."""
     model_type = config.get("model_type")
-    if model_type in _FALCON_LEGACY_TYPES:
-        return _falcon_shape(config, name, source, _FALCON_LEGACY_TYPES[model_type])
-    if model_type == "falcon":
-        return _falcon_shape(config, name, source, None)
+    if model_type == "falcon" or model_type in LEGACY_FALCON_TYPES:
+        return _falcon_shape(config, name, source)
     if model_type in ("llama", "mistral", "qwen2"):
         return _llama_family_shape(config, name, source, model_type)
     raise UserError(

@@ -34,7 +34,7 @@ INDEX_URL = "https://download.pytorch.org/whl/{tag}"
 TORCH_VERSION = "2.13.0"
 
 # (tag, CUDA version, oldest driver branch that runs it, oldest compute capability its wheels carry kernels for).
-# Newest first; the first row the machine satisfies wins. Facts from shared/README.md: CUDA 13.x needs R580+,
+# Newest first; the first row the machine satisfies wins. NVIDIA's CUDA compatibility tables: CUDA 13.x needs R580+,
 # 12.x R525+ (minor-version compatibility); PyTorch 2.11's cu128/cu130 wheels start at Turing (7.5), so
 # Pascal/Volta need cu126, whose wheels still carry Maxwell (5.0) kernels.
 _CUDA_BUILDS: tuple[tuple[str, str, int, tuple[int, int]], ...] = (

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from falcon_desktop import cli
-from falcon_desktop.cli.data import token_statistics
+from falcon_desktop.data.measure import token_statistics
 
 CONTEXT = "Greyrock Lighthouse stands on a granite reef. Its light was first lit in 1851."
 
@@ -110,3 +110,11 @@ def test_importing_the_data_modules_loads_neither_torch_nor_transformers() -> No
     code = "import sys, falcon_desktop.cli.data, falcon_desktop.data; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_inspect_defaults_are_the_planners() -> None:
+    from falcon_desktop.cli import build_parser
+    from falcon_desktop.plan import PlanRequest
+
+    args = build_parser().parse_args(["data", "inspect", "demo"])
+    assert (args.seq_len, args.effective_batch_size) == (PlanRequest().max_seq_len, PlanRequest().effective_batch_size)

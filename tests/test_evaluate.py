@@ -101,7 +101,7 @@ def test_records_score_like_the_squad_file(squad, predictions):
     from falcon_desktop.evaluate import iter_squad_questions
 
     questions = list(iter_squad_questions(squad))
-    assert [q.has_answer for q in questions][:8] == [True] * 7 + [False]
+    assert [not q.is_impossible for q in questions][:8] == [True] * 7 + [False]
     assert score_predictions(questions, predictions) == score_predictions(squad, predictions)
 
 
@@ -142,7 +142,7 @@ def test_jsonl_answers_from_ask_are_read(tmp_path: Path):
 
 
 @pytest.mark.parametrize("content, message", [
-    ('{"q1": "a",\n "q2": }', r"not valid JSON: Expecting value at line 2, column 8"),
+    ('{"q1": "a",\n "q2": }', r"invalid JSON at line 2, column 8: Expecting value"),
     ('["a"]', "holds a JSON list"),
     ('{"q1": null}', "prediction for 'q1'"),
 ])
@@ -160,3 +160,16 @@ def test_bad_data_file_is_a_user_error(tmp_path: Path, capsys):
     preds.write_text("{}", encoding="utf-8")
     assert main(["eval", "--data", str(path), "--predictions", str(preds)]) == 1
     assert "not in SQuAD format" in capsys.readouterr().err
+
+
+def test_every_reader_explains_a_file_that_is_not_utf8_alike(tmp_path: Path):
+    """Training data, questions to answer, gold data and predictions go through one reader: one message."""
+    from falcon_desktop.data import load_records, read_questions
+
+    path = tmp_path / "dev.json"
+    squad = {"version": "v2.0", "data": [{"title": "Café", "paragraphs": [
+        {"context": "Un café à Paris.", "qas": [_qa("q1", "Paris")]}]}]}
+    path.write_bytes(json.dumps(squad, ensure_ascii=False).encode("cp1252"))
+    for read in (load_records, read_questions, read_squad, load_predictions):
+        with pytest.raises(UserError, match=r"not UTF-8 \(byte 0xe9 at line 1, column \d+\); it looks like Windows-1252"):
+            read(path)

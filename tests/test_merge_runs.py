@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from fake_runs import make_adapter_run
+from legacy_falcon import legacy_falcon_copy
 
 from falcon_desktop.cli import main
 from falcon_desktop.errors import UserError
@@ -128,4 +129,19 @@ def test_merge_refuses_to_overwrite_and_saves_bf16_by_default(runs_root: Path, t
     assert main(["merge", "--adapter", "run-a", "--output", str(output), "--overwrite"]) == 0
     config = json.loads((output / "config.json").read_text(encoding="utf-8"))
     assert config["dtype"] == "bfloat16" and not (output / "keep.txt").exists()
-    assert not any(path.name.endswith(".partial") for path in tmp_path.iterdir())
+    assert not any(path.name.startswith(".") for path in tmp_path.iterdir())  # no staging or old copy left behind
+
+
+def test_merge_opens_a_legacy_refinedwebmodel_base_without_remote_code(tiny_model_dir: Path, isolated_home: Path,
+                                                                       tmp_path: Path, capsys):
+    """Falcon-7B's published config names custom code (auto_map); merge must load it as train and ask do."""
+    from transformers import AutoModelForCausalLM
+
+    legacy = legacy_falcon_copy(tiny_model_dir, tmp_path / "falcon-legacy")
+    make_adapter_run(isolated_home / "runs" / "legacy-run", legacy, seed=3)
+    output = tmp_path / "merged"
+    assert main(["merge", "--adapter", "legacy-run", "--output", str(output), "--dtype", "float32"]) == 0, \
+        capsys.readouterr().err
+    config = json.loads((output / "config.json").read_text(encoding="utf-8"))
+    assert config["model_type"] == "falcon" and "auto_map" not in config  # the merged model is a native Falcon
+    assert type(AutoModelForCausalLM.from_pretrained(output)).__name__ == "FalconForCausalLM"

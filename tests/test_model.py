@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from legacy_falcon import legacy_config, legacy_falcon_copy
 
 from falcon_desktop.attention import causal_fast_path
 from falcon_desktop.errors import UserError
@@ -88,17 +89,32 @@ def test_a_directory_without_config_is_a_user_error(tmp_path: Path) -> None:
 
 def test_legacy_refinedweb_config_loads_without_remote_code(tiny_model_dir: Path, tmp_path: Path) -> None:
     """Falcon's original config (model_type RefinedWebModel, n_head/n_layer, auto_map) must not need remote code."""
-    import json
-    import shutil
-
-    legacy = tmp_path / "legacy"
-    shutil.copytree(tiny_model_dir, legacy)
-    config = json.loads((legacy / "config.json").read_text(encoding="utf-8"))
-    config.update(model_type="RefinedWebModel", architectures=["RWForCausalLM"], n_head=config.pop("num_attention_heads"),
-                  n_layer=config.pop("num_hidden_layers"), auto_map={"AutoModelForCausalLM": "modelling_RW.RWForCausalLM"})
-    (legacy / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    legacy = legacy_falcon_copy(tiny_model_dir, tmp_path / "legacy")
     loaded = load_base_model(ModelSettings(str(legacy), device="cpu"))
     assert type(loaded.model).__name__ == "FalconForCausalLM" and loaded.quantization.quantized_layers == 8
+
+
+@pytest.mark.parametrize("model_type", ["RefinedWebModel", "RefinedWeb"])
+def test_planner_and_loader_read_a_legacy_falcon_config_alike(model_type: str, tmp_path: Path) -> None:
+    """shapes.py (no torch) and model.load_config must build one architecture from one legacy config."""
+    import json
+
+    from transformers import FalconForCausalLM
+
+    from falcon_desktop.model import load_config
+    from falcon_desktop.shapes import shape_from_config
+
+    native = {"vocab_size": 96, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 8, "num_kv_heads": 2,
+              "multi_query": True, "parallel_attn": True, "bias": False}
+    config = legacy_config(native, model_type)
+    (tmp_path / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    shape, loaded = shape_from_config(config, "legacy"), load_config(str(tmp_path))
+    assert loaded.new_decoder_architecture == shape.new_decoder_architecture == (model_type == "RefinedWeb")
+    with torch.device("meta"):
+        model = FalconForCausalLM(loaded)
+    assert sum(p.numel() for p in model.parameters()) == shape.total_params
+    kv_dim = model.transformer.h[0].self_attention.query_key_value.out_features - native["hidden_size"]
+    assert kv_dim == 2 * shape.num_kv_heads * shape.head_dim
 
 
 def test_real_falcon_7b_legacy_config_has_the_published_parameter_count(shared_dir: Path, tmp_path: Path) -> None:

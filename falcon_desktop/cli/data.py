@@ -8,7 +8,6 @@ prompt/response JSONL, a Hugging Face `datasets` name (NAME[:SPLIT]), or `demo` 
 from __future__ import annotations
 
 import argparse
-import math
 from typing import Any
 
 EXAMPLES = """examples:
@@ -21,6 +20,8 @@ MIN_SEQ_LEN = 32
 
 
 def register(subparsers: argparse._SubParsersAction, formatter: type[argparse.HelpFormatter]) -> None:
+    from falcon_desktop.data.measure import BatchSettings as defaults  # the planner's sequence length and batch
+
     parser = subparsers.add_parser(
         "data", help="check training data and see how it would batch", description=__doc__,
         epilog=EXAMPLES, formatter_class=formatter,
@@ -32,12 +33,14 @@ def register(subparsers: argparse._SubParsersAction, formatter: type[argparse.He
     )
     inspect.add_argument("source", metavar="FILE_OR_NAME", help="a data file, a `datasets` name, or `demo`")
     inspect.add_argument("--model", metavar="DIR_OR_ID", help="model directory or hub id whose tokenizer counts tokens")
-    inspect.add_argument("--seq-len", type=int, metavar="N", default=512,
+    inspect.add_argument("--seq-len", type=int, metavar="N", default=defaults.max_seq_len,
                          help="maximum tokens per example (longer contexts are windowed)")
-    inspect.add_argument("--effective-batch-size", type=int, metavar="N", default=16, help="examples per optimizer step")
-    inspect.add_argument("--micro-batch-size", type=int, metavar="N", default=4,
+    inspect.add_argument("--effective-batch-size", type=int, metavar="N", default=defaults.effective_batch_size,
+                         help="examples per optimizer step")
+    inspect.add_argument("--micro-batch-size", type=int, metavar="N", default=defaults.micro_batch_size,
                          help="rows of --seq-len tokens per forward pass (sets the token budget)")
-    inspect.add_argument("--seed", type=int, metavar="N", default=42, help="shuffling seed for the batches measured")
+    inspect.add_argument("--seed", type=int, metavar="N",
+                         help="shuffling seed for the batches measured (default: train's)")
     inspect.add_argument("--strict", action="store_true", help="fail if any record would be dropped")
     inspect.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     inspect.set_defaults(run=run)
@@ -74,10 +77,13 @@ def run(args: argparse.Namespace) -> int:
 
 def _measure(records: list, args: argparse.Namespace) -> dict[str, Any]:
     from falcon_desktop.console import err
-    from falcon_desktop.data import fingerprint, padding_efficiency, schedule_steps, tokenize_records
+    from falcon_desktop.data.measure import BatchSettings, measure_batches
     from falcon_desktop.errors import UserError
     from falcon_desktop.model import load_tokenizer
+    from falcon_desktop.train import TrainConfig
 
+    seed = TrainConfig.seed if args.seed is None else args.seed  # the order a run with its default seed sees
+    settings = BatchSettings(seed, args.seq_len, args.effective_batch_size, args.micro_batch_size)
     with err().status(f"Tokenizing {len(records):,} records with {args.model}..."):
         try:
             tokenizer = load_tokenizer(args.model)
@@ -87,43 +93,7 @@ def _measure(records: list, args: argparse.Namespace) -> dict[str, Any]:
                 f"Could not load a tokenizer from {args.model!r} ({detail}).",
                 "Pass a model directory holding the tokenizer files, or a hub id (online, or cached).",
             ) from None
-        tokenized = tokenize_records(records, tokenizer, args.seq_len)
-    lengths = tokenized.lengths
-    token_budget = args.micro_batch_size * args.seq_len
-    steps = schedule_steps(lengths, args.effective_batch_size, args.seed, epoch=0)
-    return {
-        "model": args.model,
-        "max_seq_len": args.seq_len,
-        "examples": len(tokenized.examples),
-        "windowed": tokenized.windowed,
-        "dropped_too_long": tokenized.dropped_too_long,
-        "tokens": token_statistics(lengths),
-        "label_tokens": sum(len(e.input_ids) - e.prompt_len for e in tokenized.examples),
-        "effective_batch_size": args.effective_batch_size,
-        "token_budget": token_budget,
-        "steps_per_epoch": len(steps),
-        "padding_efficiency": round(padding_efficiency(steps, lengths, token_budget), 4),
-        "fingerprint": fingerprint(tokenized.examples),
-    }
-
-
-def token_statistics(lengths: list[int]) -> dict[str, float]:
-    """Mean, median, p90, p99 (nearest rank) and max of the example lengths; zeros when there are none."""
-    ordered = sorted(lengths)
-    if not ordered:
-        return {"mean": 0, "median": 0, "p90": 0, "p99": 0, "max": 0, "total": 0}
-
-    def rank(fraction: float) -> int:
-        return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
-
-    return {
-        "mean": round(sum(ordered) / len(ordered), 1),
-        "median": rank(0.5),
-        "p90": rank(0.9),
-        "p99": rank(0.99),
-        "max": ordered[-1],
-        "total": sum(ordered),
-    }
+        return {"model": args.model, **measure_batches(records, tokenizer, settings)}
 
 
 def _print_tables(result: dict[str, Any], args: argparse.Namespace) -> None:

@@ -94,7 +94,7 @@ def gpu_from_args(args: argparse.Namespace):
     """--gpu (the table; --vram overrides its memory), else --vram alone, else the first GPU NVML reports."""
     from falcon_desktop.errors import UserError
     from falcon_desktop.hardware import gpu_model
-    from falcon_desktop.plan import GpuSpec
+    from falcon_desktop.plan import GpuSpec, detected_gpu
 
     if args.vram is not None and not 0 < args.vram < 1e6:  # also NaN and inf
         raise UserError(f"--vram must be a positive number of GiB (got {args.vram:g}).", "For example --vram 24.")
@@ -104,30 +104,6 @@ def gpu_from_args(args: argparse.Namespace):
     if vram is not None:
         return GpuSpec(f"{args.vram:g} GiB GPU", vram, None, None, None, "--vram")
     return detected_gpu()
-
-
-def detected_gpu():
-    """The first GPU NVML reports, with its FREE memory as the budget; None without one (or without a probe)."""
-    from falcon_desktop.hardware import GpuModel, match_gpu
-    from falcon_desktop.plan import GpuSpec
-
-    try:
-        from falcon_desktop.probe import detect_gpus
-
-        gpus = detect_gpus()
-    except Exception:  # noqa: BLE001 - no probe, no driver, a wedged NVML: all mean "plan without a GPU"
-        return None
-    if not gpus:
-        return None
-    info = gpus[0]
-    known = match_gpu(info.name, info.total_bytes)
-    known = known if isinstance(known, GpuModel) else None
-    return GpuSpec(
-        name=info.name, vram_bytes=info.free_bytes,
-        compute_capability=info.compute_capability or (known.compute_capability if known else None),
-        bf16_tflops=known.bf16_tflops if known else None,
-        watts=info.power_limit_watts or (known.watts if known else None), source="nvml",
-    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -157,68 +133,14 @@ def _gib(value: float) -> str:
 
 def render_plan(plan, console, costs: dict[str, Any] | None = None) -> None:
     """The plan as rich tables: parameters, memory by component, methods compared, the choice, time and cost."""
-    from rich.table import Table
-
-    from falcon_desktop.console import symbol
-    from falcon_desktop.plan import RULES_OF_THUMB
-    from falcon_desktop.plan_memory import COEFFICIENTS
-
     gpu = plan.gpu
     card = (f"{gpu.name} ({gpu.source}), budget {_gib(gpu.vram_bytes)}" if gpu else
             "no GPU detected: pass --vram or --gpu")
     console.print(f"[bold]{plan.model}[/bold] ({plan.model_type}) {plan.method} on {card}")
-
-    params = Table(title="Parameters", title_justify="left")
-    for column in ("kind", "parameters", "share"):
-        params.add_column(column, justify="left" if column == "kind" else "right")
-    for kind, count in plan.parameter_counts.items():
-        params.add_row(kind, f"{count:,}", f"{count / plan.total_params:.1%}")
-    params.add_row("[bold]total[/bold]", f"[bold]{plan.total_params:,}[/bold]", "100%")
-    if plan.trainable_params:
-        what = (f"LoRA r={plan.lora_r} on {', '.join(plan.lora_targets)}" if plan.lora_targets else "all")
-        params.add_row(f"trainable ({what})", f"{plan.trainable_params:,}",
-                       f"{plan.trainable_params / plan.total_params:.2%}")
-    console.print(params)
-
-    block, empty = symbol("█", "#"), symbol("░", ".")
-    scale = max(plan.vram_budget_bytes, plan.peak_vram_bytes, 1)
-    memory = Table(title="Memory at the peak", title_justify="left")
-    memory.add_column("component")
-    memory.add_column("size", justify="right")
-    memory.add_column(f"share of {'the budget' if plan.vram_budget_bytes else 'the peak'}")
-    for component, size in plan.breakdown.items():
-        filled = round(BAR_WIDTH * size / scale)
-        memory.add_row(component, _gib(size), block * filled + empty * (BAR_WIDTH - filled))
-    verdict = "[green]fits[/green]" if plan.fits else "[red]does not fit[/red]"
-    memory.add_row("[bold]predicted peak[/bold]", f"[bold]{_gib(plan.peak_vram_bytes)}[/bold]", verdict)
-    if plan.vram_budget_bytes:
-        memory.add_row("budget", _gib(plan.vram_budget_bytes), plan.reasons.get("fits", ""))
-    console.print(memory)
-
-    methods = Table(title="Methods compared (same sequence, micro-batch and checkpointing)", title_justify="left")
-    for column in ("method", "predicted peak", "rule of thumb", ""):
-        methods.add_column(column)
-    usable = plan.vram_budget_bytes * (1 - COEFFICIENTS.safety_margin_fraction)
-    for key, size in plan.methods.items():
-        per_param, text = RULES_OF_THUMB[key]
-        fits = "" if not usable else "fits" if size <= usable else "too big"
-        methods.add_row(key, _gib(size), f"{_gib(per_param * plan.total_params)}  ({text})", fits)
-    console.print(methods)
-
-    choice = Table(title="The choice", title_justify="left")
-    for column in ("setting", "value", "why"):
-        choice.add_column(column, overflow="fold")
-    rows = [("compute_dtype", plan.compute_dtype), ("max_seq_len", plan.max_seq_len)]
-    if plan.method != "inference":
-        rows += [("micro_batch_size", plan.micro_batch_size),
-                 ("gradient_accumulation_steps", plan.gradient_accumulation_steps),
-                 ("checkpoint_layers", plan.checkpoint_layers), ("optimizer", plan.optimizer)]
-    else:
-        rows.append(("micro_batch_size", plan.micro_batch_size))
-    for name, value in rows:
-        choice.add_row(name, str(value), plan.reasons.get(name, ""))
-    console.print(choice)
-
+    console.print(_parameters_table(plan))
+    console.print(_memory_table(plan))
+    console.print(_methods_table(plan))
+    console.print(_choice_table(plan))
     _render_time_and_cost(plan, console, costs)
     if plan.alternatives:
         console.print("[bold]Nearest settings that fit:[/bold]")
@@ -227,9 +149,73 @@ def render_plan(plan, console, costs: dict[str, Any] | None = None) -> None:
                           f"({_gib(alternative.peak_vram_bytes)})", highlight=False)
 
 
-def _render_time_and_cost(plan, console, costs: dict[str, Any] | None) -> None:
+def _table(title: str, *columns: str, right: tuple[str, ...] = ()):
     from rich.table import Table
 
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column, justify="right" if column in right else "left")
+    return table
+
+
+def _parameters_table(plan):
+    table = _table("Parameters", "kind", "parameters", "share", right=("parameters", "share"))
+    for kind, count in plan.parameter_counts.items():
+        table.add_row(kind, f"{count:,}", f"{count / plan.total_params:.1%}")
+    table.add_row("[bold]total[/bold]", f"[bold]{plan.total_params:,}[/bold]", "100%")
+    if plan.trainable_params:
+        what = (f"LoRA r={plan.lora_r} on {', '.join(plan.lora_targets)}" if plan.lora_targets else "all")
+        table.add_row(f"trainable ({what})", f"{plan.trainable_params:,}",
+                      f"{plan.trainable_params / plan.total_params:.2%}")
+    return table
+
+
+def _memory_table(plan):
+    from falcon_desktop.console import symbol
+
+    block, empty = symbol("█", "#"), symbol("░", ".")
+    scale = max(plan.vram_budget_bytes, plan.peak_vram_bytes, 1)
+    table = _table("Memory at the peak", "component", "size",
+                   f"share of {'the budget' if plan.vram_budget_bytes else 'the peak'}", right=("size",))
+    for component, size in plan.breakdown.items():
+        filled = round(BAR_WIDTH * size / scale)
+        table.add_row(component, _gib(size), block * filled + empty * (BAR_WIDTH - filled))
+    verdict = "[green]fits[/green]" if plan.fits else "[red]does not fit[/red]"
+    table.add_row("[bold]predicted peak[/bold]", f"[bold]{_gib(plan.peak_vram_bytes)}[/bold]", verdict)
+    if plan.vram_budget_bytes:
+        table.add_row("budget", _gib(plan.vram_budget_bytes), plan.reasons.get("fits", ""))
+    return table
+
+
+def _methods_table(plan):
+    from falcon_desktop.plan import RULES_OF_THUMB
+    from falcon_desktop.plan_memory import COEFFICIENTS
+
+    table = _table("Methods compared (same sequence, micro-batch and checkpointing)",
+                   "method", "predicted peak", "rule of thumb", "")
+    usable = plan.vram_budget_bytes * (1 - COEFFICIENTS.safety_margin_fraction)
+    for key, size in plan.methods.items():
+        per_param, text = RULES_OF_THUMB[key]
+        fits = "" if not usable else "fits" if size <= usable else "too big"
+        table.add_row(key, _gib(size), f"{_gib(per_param * plan.total_params)}  ({text})", fits)
+    return table
+
+
+def _choice_table(plan):
+    table = _table("The choice", "setting", "value", "why")
+    for column in table.columns:
+        column.overflow = "fold"
+    rows = [("compute_dtype", plan.compute_dtype), ("max_seq_len", plan.max_seq_len),
+            ("micro_batch_size", plan.micro_batch_size)]
+    if plan.method != "inference":
+        rows += [("gradient_accumulation_steps", plan.gradient_accumulation_steps),
+                 ("checkpoint_layers", plan.checkpoint_layers), ("optimizer", plan.optimizer)]
+    for name, value in rows:
+        table.add_row(name, str(value), plan.reasons.get(name, ""))
+    return table
+
+
+def _render_time_and_cost(plan, console, costs: dict[str, Any] | None) -> None:
     if plan.estimated_tokens_per_second is None:
         console.print(f"Time: {plan.reasons.get('estimated_tokens_per_second', 'no estimate')}.")
         return
@@ -243,17 +229,20 @@ def _render_time_and_cost(plan, console, costs: dict[str, Any] | None) -> None:
         power = costs["electricity"]
         console.print(f"Electricity: {power['kwh']:,.1f} kWh at {power['watts']:g} W = "
                       f"{power['cost']:,.2f} at {power['price_per_kwh']:g} per kWh (the GPU alone).")
-    cloud = Table(title=f"Cloud equivalents (on-demand list prices of {costs['cloud_prices_date']}; prices change)",
-                  title_justify="left")
-    for column in ("instance", "GPUs", "$/h", "tokens/s", "hours", "cost"):
-        cloud.add_column(column, justify="left" if column == "instance" else "right")
+    console.print(_cloud_table(costs))
+
+
+def _cloud_table(costs: dict[str, Any]):
+    table = _table(f"Cloud equivalents (on-demand list prices of {costs['cloud_prices_date']}; prices change)",
+                   "instance", "GPUs", "$/h", "tokens/s", "hours", "cost",
+                   right=("GPUs", "$/h", "tokens/s", "hours", "cost"))
     for row in costs["cloud"]:
+        instance = (f"{row['provider']} {row['instance']}", f"{row['gpu_count']}x {row['gpu']}",
+                    f"{row['usd_per_hour']:.2f}")
         if not row["fits"]:
-            cloud.add_row(f"{row['provider']} {row['instance']}", f"{row['gpu_count']}x {row['gpu']}",
-                          f"{row['usd_per_hour']:.2f}", "does not fit", "", "")
+            table.add_row(*instance, "does not fit", "", "")
             continue
-        cloud.add_row(f"{row['provider']} {row['instance']}", f"{row['gpu_count']}x {row['gpu']}",
-                      f"{row['usd_per_hour']:.2f}", f"{row['tokens_per_second']:,.0f}",
+        table.add_row(*instance, f"{row['tokens_per_second']:,.0f}",
                       "" if row["hours"] is None else f"{row['hours']:,.1f}",
                       "" if row["usd"] is None else f"${row['usd']:,.2f}")
-    console.print(cloud)
+    return table

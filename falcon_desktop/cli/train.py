@@ -68,7 +68,7 @@ def _refuse_changed_settings(args: argparse.Namespace) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from falcon_desktop.training_setup import plan_for_training, resume_settings, train_config_from_args
+    from falcon_desktop.cli.train_setup import plan_for_training, resume_settings, train_config_from_args
 
     if args.resume:
         _refuse_changed_settings(args)

@@ -1,6 +1,7 @@
 """Question-answering data: read and validate, tokenize under the shared template, and batch without waste.
 
     load_records(source)            -> LoadReport (records + counts of what was read, repaired, dropped and why)
+    read_questions(path)            -> QARecords to answer or score, exactly as the file has them
     split_by_article(records, ...)  -> (train, eval) with no paragraph on both sides
     tokenize_records(records, tok)  -> TokenizeReport (examples: ids + prompt length; windowed / dropped counts)
     schedule_steps / split_micro_batches / collate / padding_efficiency  -> the trainer's batches
@@ -20,6 +21,7 @@ from falcon_desktop.data.batching import (
 )
 from falcon_desktop.data.cache import fingerprint
 from falcon_desktop.data.formats import chat_history, load_records
+from falcon_desktop.data.questions import iter_squad_questions, read_questions, read_squad
 from falcon_desktop.data.readers import BUILTIN_SOURCES, DEMO_DATA
 from falcon_desktop.data.records import LoadReport, QARecord, split_by_article
 from falcon_desktop.data.tokens import (
@@ -43,8 +45,11 @@ __all__ = [
     "configure_tokenizer",
     "encode_prompts",
     "fingerprint",
+    "iter_squad_questions",
     "load_records",
     "padding_efficiency",
+    "read_questions",
+    "read_squad",
     "schedule_steps",
     "split_by_article",
     "split_micro_batches",

@@ -67,6 +67,27 @@ def read_file(path: Path) -> RawData:
     )
 
 
+def read_json(path: Path, what: str) -> Any:
+    """The value in a JSON file (`what` names it in messages: "SQuAD", "Predictions"), or one clear UserError."""
+    label = _existing(path, what)
+    try:
+        return json.loads(decode(path.read_bytes(), label))
+    except json.JSONDecodeError as error:
+        raise _json_error(error, label) from None
+
+
+def read_jsonl(path: Path, what: str) -> list[tuple[str, Any]]:
+    """(location, value) for each non-blank line of a JSON Lines file, or one clear UserError naming the bad line."""
+    label = _existing(path, what)
+    return _read_jsonl(decode(path.read_bytes(), label), label)
+
+
+def _existing(path: Path, what: str) -> str:
+    if not Path(path).is_file():
+        raise UserError(f"{what} file {str(path)!r} does not exist.", "Check the path.")
+    return str(path)
+
+
 def decode(raw: bytes, label: str) -> str:
     """UTF-8 text (a BOM is allowed); a UTF-16 or legacy 8-bit file says which encoding to convert from."""
     if not raw.strip():

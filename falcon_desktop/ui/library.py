@@ -88,7 +88,7 @@ def doctor_report() -> dict[str, Any]:
 
 
 def detected_gpu() -> Any:
-    from falcon_desktop.cli.plan import detected_gpu as detect
+    from falcon_desktop.plan import detected_gpu as detect
 
     return detect()
 
@@ -164,10 +164,10 @@ def metrics_file(run_dir: Path) -> Path:
 
 
 def new_run_dir(model: str) -> Path:
-    """Where `train` would put a run of `model` started now (imports the trainer, hence torch: call it lazily)."""
-    from falcon_desktop.training_setup import default_run_dir
+    """Where `train` would put a run of `model` started now."""
+    from falcon_desktop import paths
 
-    return default_run_dir(model)
+    return paths.new_run_dir(model)
 
 
 # ------------------------------------------------------------------------------------------------------------ ask

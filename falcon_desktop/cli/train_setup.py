@@ -1,13 +1,13 @@
-"""From command-line flags to the (TrainConfig, Plan) pair the trainer consumes; shared by `train` and `demo`."""
+"""`train`'s glue: from command-line flags to the (TrainConfig, Plan) pair the trainer consumes."""
 
 from __future__ import annotations
 
 import argparse
-import time
 from dataclasses import replace
 from pathlib import Path
 
 from falcon_desktop import paths
+from falcon_desktop.cli.plan import gpu_from_args, render_plan, request_from_args
 from falcon_desktop.console import info, out
 from falcon_desktop.errors import UserError
 from falcon_desktop.plan import Plan, make_plan
@@ -16,9 +16,11 @@ from falcon_desktop.runs import read_run_card
 from falcon_desktop.train import TrainConfig
 
 
-def default_run_dir(model: str) -> Path:
-    name = Path(model.rstrip("/\\")).name or "model"
-    return paths.runs_dir() / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+# TrainConfig field -> the `train` flag's attribute. A flag left at None takes TrainConfig's default, so the
+# defaults live in one place (the dataclass) and `train --help` need not import torch to show them.
+TRAIN_FLAGS = {"epochs": "epochs", "max_steps": "max_steps", "learning_rate": "learning_rate", "seed": "seed",
+               "save_every": "save_every", "eval_fraction": "eval_fraction", "eval_examples": "eval_examples",
+               "device": "device"}
 
 
 def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -26,21 +28,15 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
         raise UserError("No training data given.", "Pass --data FILE (SQuAD JSON) or a `datasets` name.")
     from falcon_desktop.shapes import model_reference
 
+    given = {field: getattr(args, flag) for field, flag in TRAIN_FLAGS.items() if getattr(args, flag, None) is not None}
     return TrainConfig(
         model=model_reference(args.model),  # a preset name such as falcon-7b becomes its Hub id
         data=args.data,
-        output=Path(args.output).expanduser() if args.output else default_run_dir(args.model),
-        epochs=args.epochs,
-        max_steps=args.max_steps,
-        learning_rate=args.learning_rate,
-        seed=args.seed,
-        save_every=args.save_every,
-        eval_fraction=args.eval_fraction,
-        eval_examples=args.eval_examples,
-        device=args.device,
+        output=Path(args.output).expanduser() if args.output else paths.new_run_dir(args.model),
         quantize=not args.no_quantize,
         strict_data=args.strict,
         trust_remote_code=args.trust_remote_code,
+        **given,
     )
 
 
@@ -54,8 +50,6 @@ def _gpu_present(device: str) -> bool:
 
 def plan_for_training(args: argparse.Namespace, config: TrainConfig) -> Plan:
     """The planner's choice for this model and GPU, shown to the user; refuses a plan that does not fit."""
-    from falcon_desktop.cli.plan import gpu_from_args, render_plan, request_from_args
-
     request = request_from_args(args)
     if not config.quantize and request.method == "qlora":
         request = replace(request, method="lora")
