@@ -205,7 +205,7 @@ def run_ours(args: argparse.Namespace) -> dict:
         "plan": {k: plan.to_json()[k] for k in ("micro_batch_size", "checkpoint_layers", "optimizer", "max_seq_len",
                                                 "effective_batch_size", "peak_vram_bytes")},
         "predicted_peak_bytes": plan.peak_vram_bytes,
-        "measured": card["measured"],
+        "measured": card.measured,
     })
 
 

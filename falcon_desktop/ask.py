@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import tempfile
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from falcon_desktop.atomic import write_text
 from falcon_desktop.console import info, warn
 from falcon_desktop.data.questions import read_questions  # noqa: F401 - `ask --input` reads through ask
 from falcon_desktop.data.records import QARecord
@@ -23,7 +25,7 @@ from falcon_desktop.decoding import GenerationSettings
 from falcon_desktop.errors import UserError
 from falcon_desktop.fast_decode import StreamingDecoder
 from falcon_desktop.generate import GenerationResult, answer_records, encode_prompt, stream_answer
-from falcon_desktop.prompts import is_abstention
+from falcon_desktop.prompts import TEMPLATE_VERSION, is_abstention
 from falcon_desktop.runs import adapter_label, base_model_of, resolve_adapter, run_card_of
 
 UNANSWERABLE_NOTE = "(unanswerable from this context)"
@@ -154,7 +156,10 @@ def load_answerer(options: AskOptions) -> Answerer:
     from falcon_desktop.model import ModelSettings, load_base_model
 
     adapter_dir = resolve_adapter(options.adapter) if options.adapter else None
-    card = run_card_of(adapter_dir) if adapter_dir else {}
+    card = run_card_of(adapter_dir) if adapter_dir else None
+    if card is not None and card.template_version not in (None, TEMPLATE_VERSION):
+        warn(f"This adapter was trained on prompt template v{card.template_version}; this version asks with "
+             f"v{TEMPLATE_VERSION}, so its answers may be worse than its scores.")
     trained_on = base_model_of(adapter_dir) if adapter_dir else None
     base = options.model or trained_on
     if not base:
@@ -164,7 +169,7 @@ def load_answerer(options: AskOptions) -> Answerer:
         )
     quantize = options.quantize
     if quantize is None:
-        quantize = bool((card.get("train") or {}).get("quantize", True))
+        quantize = bool(card.train.get("quantize", True)) if card is not None else True
     settings = ModelSettings(base, quantize=quantize, compute_dtype=_default_compute_dtype(), device=options.device,
                              trust_remote_code=options.trust_remote_code)
     info(f"Loading {base} ({'4-bit NF4' if quantize else '16-bit'}) ...")
@@ -176,27 +181,41 @@ def load_answerer(options: AskOptions) -> Answerer:
 
 
 # --------------------------------------------------------------------------------------------------- batch files
-def check_answers_path(path: str | Path) -> Path:
+def check_answers_path(path: str | Path, questions_path: str | Path | None = None, overwrite: bool = True) -> Path:
+    """Refuse, before any answering, an answers file that would replace the questions, replace an existing file
+    without `overwrite`, or cannot be written."""
     path = Path(path)
     if path.suffix.lower() not in (".json", ".jsonl"):
         raise UserError(f"Cannot write answers to {path.name!r}.", "Use .json (SQuAD predictions) or .jsonl.")
+    if questions_path is not None and path.resolve() == Path(questions_path).resolve():
+        raise UserError(f"--output {path} is the --input file: the answers would replace the questions.",
+                        "Write the answers to another file.")
+    if path.exists() and not overwrite:
+        raise UserError(f"{path} already exists.", "Choose another --output, or pass --overwrite to replace it.")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):  # the answers are written beside it, then renamed
+            pass
+    except OSError as error:
+        raise UserError(f"Cannot write to {path} ({error.strerror or error}).",
+                        "Choose a writable --output folder.") from None
     return path
 
 
 def write_answers(path: str | Path, questions: Sequence[QARecord], answers: dict[str, str]) -> None:
     """.json: official SQuAD predictions {id: answer} ("" = unanswerable); .jsonl: one object per question."""
     path = check_answers_path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() == ".json":
         predictions = {q.id: prediction_text(answers[q.id]) for q in questions}
-        path.write_text(json.dumps(predictions, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        write_text(path, json.dumps(predictions, indent=2, ensure_ascii=False) + "\n")
         return
-    with path.open("w", encoding="utf-8", newline="\n") as out:
-        for q in questions:
-            answer = answers[q.id]
-            row = {"id": q.id, "question": q.question, "answer": prediction_text(answer),
-                   "unanswerable": is_abstention(answer), "context_set": bool(q.context and q.context.strip())}
-            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+    rows = []
+    for q in questions:
+        answer = answers[q.id]
+        rows.append(json.dumps({"id": q.id, "question": q.question, "answer": prediction_text(answer),
+                                "unanswerable": is_abstention(answer),
+                                "context_set": bool(q.context and q.context.strip())}, ensure_ascii=False) + "\n")
+    write_text(path, "".join(rows))
 
 
 def answer_file(answerer: Answerer, questions: Sequence[QARecord], batch_size: int) -> dict[str, str]:

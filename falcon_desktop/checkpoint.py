@@ -3,20 +3,26 @@
 A checkpoint is a directory written under a temporary name and renamed into place only once complete, so a crash,
 Ctrl-C or a full disk mid-save leaves the previous checkpoint untouched. It holds the adapter weights, optimizer and
 scheduler states, the RNG states (LoRA dropout draws from them), and the step: the data order is a pure function
-of (seed, epoch), so the step alone is the data position.
+of (seed, epoch), so the step alone is the data position. The newest two are kept, so a damaged newest one (a copy
+cut short, a disk error) falls back to the one before. Nothing is unpickled: `training_state.pt` is read with
+`weights_only=True`, which admits tensors, dicts, lists, tuples and numbers only.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
+import re
 import shutil
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from rich.markup import escape
+
+from falcon_desktop.atomic import write_directory, write_json
+from falcon_desktop.console import warn
+from falcon_desktop.errors import UserError
 
 STEP_PREFIX = "step-"
 
@@ -31,32 +37,6 @@ class TrainerState:
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
-
-
-def write_atomically(target: Path, write: Callable[[Path], None]) -> None:
-    """Run `write(tmp_dir)` then rename tmp_dir to `target`; on any failure remove tmp_dir and re-raise."""
-    target = Path(target)
-    tmp = target.with_name(f".{target.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        write(tmp)
-        old = target.with_name(f".{target.name}.old")
-        if target.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def write_json(path: Path, payload: dict) -> None:
-    """Write JSON via a temporary file and an atomic rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def rng_state() -> dict:
@@ -87,7 +67,7 @@ def save_checkpoint(directory: Path, model, optimizer, scheduler, state: Trainer
                    tmp / "training_state.pt")
         write_json(tmp / "trainer_state.json", state.to_json())
 
-    write_atomically(target, write)
+    write_directory(target, write)
     for old in list_checkpoints(directory)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return target
@@ -102,15 +82,79 @@ def list_checkpoints(directory: Path) -> list[Path]:
 
 
 def load_checkpoint(path: Path, model, optimizer, scheduler) -> TrainerState:
-    """Restore adapter weights, optimizer, scheduler and RNG from a checkpoint directory."""
+    """Restore adapter weights, optimizer, scheduler and RNG from a checkpoint directory.
+
+    Every file is read and checked before anything is applied, so a damaged checkpoint changes nothing.
+    """
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
     path = Path(path)
-    set_peft_model_state_dict(model, load_file(str(path / "adapter_model.safetensors")))
-    # weights_only=False: the file holds Python RNG state (a tuple) and optimizer dicts, written by us.
-    blob = torch.load(path / "training_state.pt", map_location="cpu", weights_only=False)
+    weights = load_file(str(path / "adapter_model.safetensors"))
+    blob = torch.load(path / "training_state.pt", map_location="cpu", weights_only=True)
+    state = TrainerState(**json.loads((path / "trainer_state.json").read_text(encoding="utf-8")))
+    expected = set(get_trainable_names(model))
+    if set(weights) != expected:
+        raise ValueError(f"its adapter holds {len(weights)} tensors, the model expects {len(expected)}")
+    set_peft_model_state_dict(model, weights)
     optimizer.load_state_dict(blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])
     restore_rng(blob["rng"])
-    return TrainerState(**json.loads((path / "trainer_state.json").read_text(encoding="utf-8")))
+    return state
+
+
+def get_trainable_names(model) -> list[str]:
+    from peft import get_peft_model_state_dict
+
+    return list(get_peft_model_state_dict(model))
+
+
+def load_newest_checkpoint(directory: Path, model, optimizer, scheduler) -> TrainerState | None:
+    """Load the newest checkpoint that reads back complete, falling back to older ones; None when none does."""
+    for path in reversed(list_checkpoints(directory)):
+        try:
+            return load_checkpoint(path, model, optimizer, scheduler)
+        except Exception as error:  # noqa: BLE001 - any damage (torn file, wrong content) means: try the older one
+            warn(escape(f"Checkpoint {path.name} is damaged ({type(error).__name__}: {str(error)[:120]}); trying the one before."))
+    return None
+
+
+_LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<side>[AB])(?:\.[^.]+)?\.weight$")
+
+
+def check_adapter_fits(model, adapter_dir: Path) -> None:
+    """Read an adapter's config and weight shapes and compare them with `model`, before peft touches the model.
+
+    peft injects LoRA layers into the base before it loads the weights, so a broken or foreign adapter would leave a
+    half-modified model behind (and kill a REPL session); here each problem is one UserError instead.
+    """
+    from safetensors import safe_open
+
+    adapter_dir = Path(adapter_dir)
+    hint = "Load the adapter onto the base it was trained on (see `falcon-desktop runs`), or retrain it."
+    try:
+        config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+        if not isinstance(config, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as error:
+        raise UserError(f"{adapter_dir / 'adapter_config.json'} is unreadable ({error}).", hint) from None
+    weights = adapter_dir / "adapter_model.safetensors"
+    if not weights.is_file():
+        return  # an older .bin adapter: peft reports its own problems
+    try:
+        with safe_open(str(weights), framework="pt") as handle:
+            shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    except Exception as error:  # noqa: BLE001 - safetensors raises its own class for a torn header
+        raise UserError(f"{weights} is damaged or truncated ({str(error)[:120]}).", hint) from None
+    modules = {re.sub(r"^base_model\.model\.", "", name): module for name, module in model.named_modules()}
+    for key, shape in shapes.items():
+        match = _LORA_KEY.match(key)
+        module = modules.get(match["module"]) if match else None
+        module = getattr(module, "base_layer", module)
+        features = getattr(module, "in_features" if match and match["side"] == "A" else "out_features", None)
+        if match is None or features is None:
+            continue
+        expected = shape[1] if match["side"] == "A" else shape[0]
+        if expected != features:
+            raise UserError(f"The adapter in {adapter_dir} does not fit this base model: {match['module']} has "
+                            f"{features} features, the adapter was trained for {expected}.", hint)

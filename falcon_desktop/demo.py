@@ -22,7 +22,14 @@ class DemoSettings:
     seed: int = 42
 
 
-def run_demo(settings: DemoSettings) -> dict:
+def _is_earlier_demo(output: Path, model_dir: Path) -> bool:
+    """The demo replaces its own earlier run in the same folder, never another run."""
+    from falcon_desktop.runs import RUN_CARD, RunCard
+
+    return (output / RUN_CARD).is_file() and RunCard.read(output).model == str(model_dir)
+
+
+def run_demo(settings: DemoSettings):
     from falcon_desktop.plan import PlanRequest, make_plan
     from falcon_desktop.shapes import load_shape
     from falcon_desktop.tiny import asset_path, build_tiny_model
@@ -47,13 +54,13 @@ def run_demo(settings: DemoSettings) -> dict:
         max_steps=settings.steps, learning_rate=3e-3, save_every=10, eval_fraction=0.2, eval_examples=12,
         device="cpu", seed=settings.seed,
     )
-    card = run_training(config, plan)
+    card = run_training(config, plan, overwrite=_is_earlier_demo(settings.output, model_dir))
 
-    before = card["metrics"].get("eval_before", {})
-    after = card["metrics"].get("eval_after", {})
+    before = card.metrics.get("eval_before", {})
+    after = card.metrics.get("eval_after", {})
     info(f"[bold]4. Eval[/bold]  held-out EM/F1 before {before.get('exact', 0):.1f}/{before.get('f1', 0):.1f}, "
          f"after {after.get('exact', 0):.1f}/{after.get('f1', 0):.1f} (a random tiny model: these scores mean nothing)")
-    final_loss = card["metrics"].get("final_loss")
+    final_loss = card.metrics.get("final_loss")
     info(f"          training loss at the end: {final_loss}")
 
     question, context = _first_question()

@@ -3,7 +3,7 @@
 The base is loaded in bf16 (never 4-bit: merging into NF4 weights would round the sum back to 4 bits), the adapter
 attached, `merge_and_unload` folds B@A*scale into each targeted weight, and the result is saved as standard
 safetensors with the tokenizer and a model card (base, adapter, data, metrics from the run card). The directory is
-written as checkpoints are (`checkpoint.write_atomically`): beside the target, renamed into place once complete, so a
+written as checkpoints are (`atomic.write_directory`): beside the target, renamed into place once complete, so a
 failed merge never leaves a half-written model.
 Merging runs on the CPU by default: it is a few matrix products per layer, and a 16-bit 7B model (~14 GB) rarely
 fits a consumer GPU next to anything else.
@@ -48,8 +48,8 @@ def model_card(base: str, adapter_dir: Path, dtype: str) -> str:
     """README.md for the merged model: where it came from and how well it did, from the run card."""
     card = run_card_of(adapter_dir)
     lora = read_json_file(adapter_dir / ADAPTER_CONFIG) or {}
-    data = card.get("data") or {}
-    metrics = card.get("metrics") or {}
+    data = card.data if card else {}
+    metrics = card.metrics if card else {}
     targets = lora.get("target_modules") or []
     targets = sorted(targets) if isinstance(targets, list) else [str(targets)]
     lines = [
@@ -71,8 +71,8 @@ def model_card(base: str, adapter_dir: Path, dtype: str) -> str:
         f"targets: {', '.join(targets) or '?'})",
         f"- Data: `{data.get('source', '?')}`, {data.get('train_examples', '?')} training examples, "
         f"fingerprint `{data.get('fingerprint', '?')}`",
-        f"- Steps: {card.get('steps', '?')}, final training loss: {_fmt(metrics.get('final_loss'), 4)}",
-        f"- Status: {card.get('status', 'unknown (no run card)')}",
+        f"- Steps: {card.steps if card else '?'}, final training loss: {_fmt(metrics.get('final_loss'), 4)}",
+        f"- Status: {card.status if card else 'unknown (no run card)'}",
         "",
         "## Evaluation",
         "",
@@ -116,7 +116,7 @@ def merge_adapter(options: MergeOptions) -> Path:
     import torch
     from transformers import AutoTokenizer
 
-    from falcon_desktop.checkpoint import write_atomically
+    from falcon_desktop.atomic import write_directory
     from falcon_desktop.gguf_io import hf_directory
     from falcon_desktop.model import check_model_reference, load_adapter, load_causal_lm, resolve_device
 
@@ -146,6 +146,6 @@ def merge_adapter(options: MergeOptions) -> Path:
         tokenizer.save_pretrained(str(staging))
         (staging / "README.md").write_text(model_card(base, adapter_dir, options.dtype), encoding="utf-8")
 
-    write_atomically(output, write)
+    write_directory(output, write)
     info(f"Merged model written to {output}")
     return output

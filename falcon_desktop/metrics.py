@@ -3,9 +3,12 @@ progress.py's)."""
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from pathlib import Path
+
+from falcon_desktop.atomic import append_line, read_json_lines, write_bytes, write_text
 
 
 def vram_now() -> tuple[int, int]:
@@ -18,26 +21,24 @@ def vram_now() -> tuple[int, int]:
 
 
 class MetricsLog:
-    """Append-only metrics.jsonl: one object per optimizer step, flushed so a crash loses at most one line."""
+    """Append-only metrics.jsonl: one object per optimizer step, fsynced, so a crash loses at most the torn last line
+    (which reading skips and the next append cuts off)."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
 
     def append(self, record: dict) -> None:
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record, sort_keys=True) + "\n")
+        append_line(self.path, json.dumps(record, sort_keys=True))
 
     def read(self) -> list[dict]:
-        if not self.path.exists():
-            return []
-        return [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return read_json_lines(self.path)
 
     def truncate_after(self, step: int) -> None:
-        """Drop lines past `step` (a resumed run re-does steps after its last checkpoint)."""
-        kept = [r for r in self.read() if r.get("step", 0) <= step]
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept), encoding="utf-8")
-        tmp.replace(self.path)
+        """Drop lines past `step` (a resumed run re-does steps after its last checkpoint; 0 drops them all)."""
+        if not self.path.exists():
+            return
+        kept = [r for r in self.read() if isinstance(r.get("step"), int) and r["step"] <= step]
+        write_text(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
 
 
 def plot_losses(curves: dict[str, list[tuple[float, float]]], path: Path, x_label: str = "step") -> None:
@@ -57,8 +58,10 @@ def plot_losses(curves: dict[str, list[tuple[float, float]]], path: Path, x_labe
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
-    figure.savefig(path)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
     plt.close(figure)
+    write_bytes(path, buffer.getvalue())
 
 
 class Stopwatch:

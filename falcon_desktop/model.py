@@ -301,6 +301,9 @@ def load_adapter(model: nn.Module, adapter_dir: Path, name: str = "default"):
             f"{str(adapter_dir)!r} holds no adapter_config.json.",
             "Pass a run directory made by `falcon-desktop train` or its adapter/ folder.",
         )
+    from falcon_desktop.checkpoint import check_adapter_fits
+
+    check_adapter_fits(model, adapter_dir)  # before peft changes the model: a bad adapter leaves it as it was
     if hasattr(model, "load_adapter") and hasattr(model, "peft_config"):
         model.load_adapter(str(adapter_dir), adapter_name=name)
         model.set_adapter(name)

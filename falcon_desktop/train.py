@@ -13,18 +13,21 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import shutil
 import signal
+import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from rich.markup import escape
 
-from falcon_desktop import __version__
+from falcon_desktop.atomic import write_directory
 from falcon_desktop.attention import causal_fast_path
-from falcon_desktop.checkpoint import TrainerState, list_checkpoints, load_checkpoint, save_checkpoint, write_atomically, write_json
+from falcon_desktop.checkpoint import TrainerState, list_checkpoints, load_newest_checkpoint, save_checkpoint
 from falcon_desktop.console import info, warn
 from falcon_desktop.data import (
     collate,
@@ -35,12 +38,16 @@ from falcon_desktop.data import (
     split_micro_batches,
     tokenize_records,
 )
-from falcon_desktop.errors import UserError
+from falcon_desktop.errors import UserError, explain_disk_error
 from falcon_desktop.loss import answer_loss_sum, count_label_tokens
 from falcon_desktop.metrics import MetricsLog, Stopwatch, plot_losses, vram_now
 from falcon_desktop.progress import TrainingDisplay
 from falcon_desktop.model import ModelSettings, add_lora, backbone_and_head, load_base_model, set_checkpointing
-from falcon_desktop.runs import RUN_CARD, read_run_card
+from falcon_desktop.run_lock import RunLock
+from falcon_desktop.runs import RUN_CARD, RunCard
+
+# Methods `train` can run: the planner also knows full fine-tuning and inference, which it only sizes.
+TRAINABLE_METHODS = ("qlora", "lora")
 
 if TYPE_CHECKING:
     from falcon_desktop.plan import Plan
@@ -66,13 +73,36 @@ class TrainConfig:
     trust_remote_code: bool = False
     keep_checkpoints: int = 2
 
+    def __post_init__(self) -> None:
+        checks = (
+            ("--epochs", self.epochs, math.isfinite(self.epochs) and self.epochs > 0, "a number above 0, e.g. 1"),
+            ("--max-steps", self.max_steps, self.max_steps is None or self.max_steps >= 1, "a whole number of 1 or more"),
+            ("--learning-rate", self.learning_rate, math.isfinite(self.learning_rate) and self.learning_rate > 0,
+             "a number above 0, e.g. 2e-4"),
+            ("--save-every", self.save_every, self.save_every >= 1, "a whole number of 1 or more"),
+            ("--eval-fraction", self.eval_fraction, 0 <= self.eval_fraction < 1, "a share from 0 to below 1, e.g. 0.1"),
+            ("--eval-examples", self.eval_examples, self.eval_examples >= 0, "0 (skip) or more"),
+            ("--seed", self.seed, self.seed >= 0, "a whole number of 0 or more"),
+            ("warmup_fraction", self.warmup_fraction, 0 <= self.warmup_fraction < 1, "a share from 0 to below 1"),
+            ("--max-grad-norm", self.max_grad_norm, math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0,
+             "a number above 0"),
+            ("keep_checkpoints", self.keep_checkpoints, self.keep_checkpoints >= 1, "1 or more"),
+        )
+        for flag, value, valid, expected in checks:
+            if not valid:
+                raise UserError(f"{flag} {value} is not a valid setting.", f"Give {expected}.")
+
     def to_json(self) -> dict:
         return {**asdict(self), "output": str(self.output)}
 
     @classmethod
     def from_json(cls, data: dict) -> TrainConfig:
         known = {name for name in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in known} | {"output": Path(data["output"])})
+        try:
+            return cls(**{k: v for k, v in data.items() if k in known} | {"output": Path(data["output"])})
+        except (TypeError, KeyError) as error:
+            raise UserError(f"The run card's training settings are incomplete or of the wrong type ({error}).",
+                            "Restore run.json from a backup, or start a new run with --output.") from None
 
 
 @dataclass(frozen=True)
@@ -99,6 +129,10 @@ class RunDir:
     def loss_plot(self) -> Path:
         return self.root / "loss.png"
 
+    def own_files(self) -> list[Path]:
+        """What `train` writes here, and so what --overwrite may remove (nothing else in the folder is touched)."""
+        return [self.card, self.metrics.path, self.loss_plot, self.checkpoints, self.adapter]
+
 
 @dataclass
 class Session:
@@ -120,32 +154,94 @@ class Session:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     state: TrainerState
-    card: dict = field(default_factory=dict)
+    card: RunCard
     schedules: dict[int, list[list[int]]] = field(default_factory=dict)  # epoch -> its steps' example indices
 
 
 
 # --------------------------------------------------------------------------------------------------------- setup
-def run_training(config: TrainConfig, plan: Plan, resume: bool = False) -> dict:
-    """Train, evaluate and save; returns the run card (also written to RUN_DIR/run.json)."""
-    session = setup(config, plan, resume)
-    if not resume and config.eval_examples:
-        session.card["metrics"]["eval_before"] = evaluate(session, "before fine-tuning")
-        write_json(session.run.card, session.card)
-    status = fit(session)
-    return finish(session, status)
+def run_training(config: TrainConfig, plan: Plan, resume: bool = False, overwrite: bool = False) -> RunCard:
+    """Train, evaluate and save; returns the run card (also written to RUN_DIR/run.json).
 
-
-def setup(config: TrainConfig, plan: Plan, resume: bool) -> Session:
+    Every input is checked before the model loads; the run folder is locked against a second writer; a fresh run
+    refuses a folder holding a run unless `overwrite`.
+    """
+    if plan.method not in TRAINABLE_METHODS:
+        raise UserError(f"`train` cannot run method {plan.method!r}; it trains {' or '.join(TRAINABLE_METHODS)}.",
+                        "Pass --method qlora (4-bit base) or --method lora (16-bit base); "
+                        "`plan` sizes the other methods.")
+    if plan.method == "lora" and config.quantize:
+        config = replace(config, quantize=False)  # LoRA means a 16-bit base; QLoRA is the 4-bit one
+    _check_local_model(config.model)
     run = RunDir(Path(config.output))
-    run.root.mkdir(parents=True, exist_ok=True)
+    card = RunCard.read(run.root) if resume else None
+    report = load_records(config.data, strict=config.strict_data)  # a bad --data must not cost a model load
+    try:
+        run.root.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"Cannot create the run folder {run.root} ({error.strerror or error}).",
+                        "Choose an --output folder you can write to.") from None
+    with RunLock(run.root):
+        if card is None:
+            _claim_folder(run, overwrite)
+        session = setup(config, plan, card, report)
+        try:
+            with _StopSignals() as stop:
+                return _train_and_finish(session, stop, evaluate_first=card is None and bool(config.eval_examples))
+        except BaseException as error:
+            _record_failure(session, error)
+            raise
+
+
+def _train_and_finish(session: Session, stop: _StopSignals, evaluate_first: bool) -> RunCard:
+    if evaluate_first:
+        session.card.metrics["eval_before"] = evaluate(session, "before fine-tuning")
+        _write_card(session)
+    return finish(session, fit(session, stop))
+
+
+def _check_local_model(model: str) -> None:
+    """A local model folder must hold a config and weights: said in a second, not after a failed load."""
+    folder = Path(model).expanduser()
+    if not folder.is_dir():
+        return  # a hub id: the loader resolves it
+    weights = [p for pattern in ("*.safetensors", "*.bin", "*.safetensors.index.json") for p in folder.glob(pattern)]
+    missing = [name for name, present in (("config.json", (folder / "config.json").is_file()), ("weights", weights))
+               if not present]
+    if missing:
+        raise UserError(f"The model folder {folder} lacks {' and '.join(missing)} (*.safetensors or *.bin).",
+                        "Pass a folder saved with save_pretrained (config.json, weights, tokenizer files), or a hub id.")
+
+
+def _claim_folder(run: RunDir, overwrite: bool) -> None:
+    """A fresh run may only replace an earlier run's files when told to; it never touches anything else."""
+    existing = [path for path in run.own_files() if path.exists()]
+    if not existing:
+        return
+    if not overwrite:
+        if run.card.exists():
+            raise UserError(f"{run.root} already holds a run (its {RUN_CARD}, checkpoints and adapter).",
+                            f"Continue it with `falcon-desktop train --resume {run.root}`, choose another --output, "
+                            "or pass --overwrite to delete it and start over.")
+        names = ", ".join(path.name for path in existing)
+        raise UserError(f"{run.root} already holds {names}, which a new run would replace.",
+                        "Choose an empty or new --output folder, or pass --overwrite to replace them.")
+    warn(f"--overwrite: replacing {', '.join(path.name for path in existing)} in {escape(str(run.root))}.")
+    for path in existing:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def setup(config: TrainConfig, plan: Plan, card: RunCard | None, report) -> Session:
+    """Build the session; `card` is the run being resumed, None for a fresh run."""
+    run = RunDir(Path(config.output))
     torch.manual_seed(config.seed)
 
     loaded = load_base_model(
         ModelSettings(config.model, config.quantize, plan.compute_dtype, config.device, config.trust_remote_code)
     )
+    _keep_4bit_weights_trainable(loaded.model)
     plan = _fit_plan_to_device(plan, loaded.device)
-    examples, eval_records, data_card = _prepare_data(config, plan, loaded.tokenizer)
+    examples, eval_records, data_card = _prepare_data(config, plan, loaded.tokenizer, report)
     model = add_lora(loaded.model, plan.lora_targets, plan.lora_r, plan.lora_alpha, plan.lora_dropout)
     set_checkpointing(model, plan.checkpoint_layers)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -156,42 +252,81 @@ def setup(config: TrainConfig, plan: Plan, resume: bool) -> Session:
 
     steps_per_epoch = math.ceil(len(examples) / plan.effective_batch_size)
     total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
+    phases = _schedule_phases(card, total_steps, config.learning_rate)
     optimizer = make_optimizer(model, plan.optimizer, config.learning_rate, loaded.device)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, config.warmup_fraction))
+    lr_factor = warmup_cosine_phases(phases, config.warmup_fraction)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     state = TrainerState(token_budget=plan.micro_batch_size * plan.max_seq_len)
 
-    card = read_run_card(run.root) if resume else {}
-    checkpoints = list_checkpoints(run.checkpoints)
-    if resume and checkpoints:
-        if card.get("data", {}).get("fingerprint") not in (None, data_card["fingerprint"]):
+    if card is not None:
+        if card.data.get("fingerprint") not in (None, data_card["fingerprint"]):
             raise UserError(
                 "The training data changed since this run started (its fingerprint differs).",
                 "Resume with the same --data file, or start a new run with --output.",
             )
-        state = load_checkpoint(checkpoints[-1], model, optimizer, scheduler)
-        run.metrics.truncate_after(state.step)
-        info(f"Resuming {run.root} at step {state.step} of {total_steps}.")
-    elif not resume:  # a fresh run in a reused directory must not inherit the old run's state
-        shutil.rmtree(run.checkpoints, ignore_errors=True)
-        for stale in (run.metrics.path, run.card):
-            stale.unlink(missing_ok=True)
-    card = card or {
-        "version": __version__,
-        "model": config.model,
-        "data": data_card,
-        "plan": plan.to_json(),
-        "train": config.to_json(),
-        "quantization": loaded.quantization.to_json() if loaded.quantization else None,
-        "metrics": {},
-        "events": [],
-    }
-    card.update(status="running", trainable_params=trainable, total_steps=total_steps)
-    write_json(run.card, card)
+        state = _resume_state(run, model, optimizer, scheduler, state, total_steps)
+        for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+            group["lr"] = base * lr_factor(state.step)  # the schedule's value, also where an extension begins
+    card = card or RunCard(
+        model=config.model, status="running", data=data_card, plan=plan.to_json(), train=config.to_json(),
+        quantization=loaded.quantization.to_json() if loaded.quantization else None,
+    )
+    card.status, card.trainable_params, card.total_steps, card.schedule = "running", trainable, total_steps, phases
+    card.train = {**card.train, "max_steps": config.max_steps}
+    card.write(run.root)
     return Session(
         config, plan, run, model, loaded.tokenizer, loaded.device, loaded.compute_dtype, examples,
         [len(e.input_ids) for e in examples], eval_records, steps_per_epoch, total_steps, optimizer, scheduler,
         torch.amp.GradScaler(loaded.device.type, enabled=loaded.compute_dtype == torch.float16), state, card,
     )
+
+
+def _resume_state(run: RunDir, model, optimizer, scheduler, fresh: TrainerState, total_steps: int) -> TrainerState:
+    """The newest readable checkpoint's state; with none, the run starts over and the dead run's metrics go."""
+    state = load_newest_checkpoint(run.checkpoints, model, optimizer, scheduler)
+    if state is None:
+        if list_checkpoints(run.checkpoints):
+            warn(f"No checkpoint in {escape(str(run.checkpoints))} could be read.")
+        info(f"No usable checkpoint in {escape(str(run.root))} yet: starting the run over from step 0.")
+        state = fresh
+    run.metrics.truncate_after(state.step)
+    info(f"Resuming {escape(str(run.root))} at step {state.step} of {total_steps}.")
+    return state
+
+
+def _schedule_phases(card: RunCard | None, total_steps: int, learning_rate: float) -> list[list[int]]:
+    """The learning-rate schedule as [[first step, steps], ...]: one warmup + cosine over the run, fixed when it
+    starts. A resumed run keeps it: --max-steps below it stops early on the same curve; above it, one more warmup +
+    cosine runs over the extra steps (the first had decayed to 0). Either is said out loud."""
+    if card is None:
+        return [[0, total_steps]]
+    phases = [list(map(int, phase)) for phase in card.schedule] or [[0, int(card.total_steps or total_steps)]]
+    planned = phases[-1][0] + phases[-1][1]
+    if card.status == "finished" and total_steps <= (card.steps or 0):
+        raise UserError(f"This run already trained {card.steps} steps.",
+                        f"Pass --max-steps above {card.steps} to train it further.")
+    if total_steps < planned:
+        info(f"Stopping at step {total_steps} of the {planned} planned; the learning rate keeps the {planned}-step "
+             "schedule.")
+        return phases
+    if total_steps > planned:
+        info(f"Extending the run from {planned} to {total_steps} steps: the extra {total_steps - planned} steps "
+             f"warm up to --learning-rate {learning_rate:g} again and decay to 0 by step {total_steps}.")
+        return [*phases, [planned, total_steps - planned]]
+    return phases
+
+
+def _keep_4bit_weights_trainable(model: torch.nn.Module) -> None:
+    """Stop bitsandbytes repacking NF4 weights for CPU inference.
+
+    On a CPU with AVX512-BF16, `Linear4bit.forward` in eval mode with an input that needs no gradient converts its
+    weight, permanently, to a packed layout for `gemv_4bit` (`_convert_weight_packed_for_cpu`). The evaluation before
+    training does exactly that, and every later training forward then runs a kernel without autograd: the gradient
+    through the frozen 4-bit weights to the LoRA layers below is silently lost. Training must see the weights it loaded.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def _fit_plan_to_device(plan: Plan, device: torch.device) -> Plan:
@@ -203,8 +338,7 @@ def _fit_plan_to_device(plan: Plan, device: torch.device) -> Plan:
                    gradient_checkpointing=False, optimizer="adamw", compute_dtype="float32")
 
 
-def _prepare_data(config: TrainConfig, plan: Plan, tokenizer) -> tuple[list, list, dict]:
-    report = load_records(config.data, strict=config.strict_data)
+def _prepare_data(config: TrainConfig, plan: Plan, tokenizer, report) -> tuple[list, list, dict]:
     train_records, eval_records = split_by_article(report.records, config.eval_fraction, config.seed)
     tokenized = tokenize_records(train_records, tokenizer, plan.max_seq_len)
     if not tokenized.examples:
@@ -243,37 +377,74 @@ def warmup_cosine(total_steps: int, warmup_fraction: float):
     return factor
 
 
+def warmup_cosine_phases(phases: list[list[int]], warmup_fraction: float):
+    """`warmup_cosine` per phase of [[first step, steps], ...]; a step belongs to the last phase starting at or before it."""
+    factors = [(start, warmup_cosine(steps, warmup_fraction)) for start, steps in phases]
+
+    def factor(step: int) -> float:
+        start, phase_factor = next((s, f) for s, f in reversed(factors) if s <= step)
+        return phase_factor(step - start)
+
+    return factor
+
+
 # ----------------------------------------------------------------------------------------------------------- fit
-class _InterruptFlag:
-    """First Ctrl-C asks the loop to save and stop at the end of the current step; a second one stops at once."""
+class _StopSignals:
+    """Ctrl-C (SIGINT) or SIGTERM asks the loop to save and stop after the current step; a second one stops at once.
+
+    The handler only records the request: printing from it could raise on a closed pipe (`2>&1 | tee log`, where the
+    same Ctrl-C ends `tee`) and lose the save. The loop does the saving and the telling.
+    """
+
+    SIGNALS = tuple(s for s in (signal.SIGINT, getattr(signal, "SIGTERM", None)) if s is not None)
 
     def __init__(self) -> None:
-        self.requested = False
-        self._previous = None
+        self.requested: int | None = None
+        self._previous: dict[int, object] = {}
 
     def _handle(self, signum, frame) -> None:
-        if self.requested:
+        if self.requested is not None:
             raise KeyboardInterrupt
-        self.requested = True
-        warn("Ctrl-C: saving a checkpoint after this step (press again to stop at once).")
+        self.requested = signum
 
-    def __enter__(self) -> _InterruptFlag:
-        with contextlib.suppress(ValueError):  # not the main thread: leave the default handler
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+    def __enter__(self) -> _StopSignals:
+        with contextlib.suppress(ValueError):  # not the main thread: leave the default handlers
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
 
 
-def fit(s: Session) -> str:
+def _mute_closed_output() -> None:
+    """stdout/stderr went to a pipe that closed: point them at the null device so the run can still save."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(devnull, stream.fileno())
+
+
+def _say(show, *args) -> None:
+    """Print, but never let a closed output stop training or saving (rich exits on a broken pipe)."""
+    try:
+        show(*args)
+    except (OSError, SystemExit):
+        _mute_closed_output()
+
+
+def fit(s: Session, stop: _StopSignals) -> str:
     """The training loop; returns the run's status: finished, interrupted or diverged."""
     log = s.run.metrics
     clock = Stopwatch()
-    with _InterruptFlag() as interrupt, TrainingDisplay(s.total_steps, s.state.step) as display:
+    display = TrainingDisplay(s.total_steps, s.state.step)
+    _say(display.__enter__)
+    try:
         while s.state.step < s.total_steps:
-            if interrupt.requested:
+            if stop.requested is not None:
+                name = signal.Signals(stop.requested).name
+                _say(warn, f"{name}: saving a checkpoint at step {s.state.step}.")
                 _checkpoint(s)
                 return "interrupted"
             try:
@@ -282,7 +453,7 @@ def fit(s: Session) -> str:
                 _recover_from_oom(s)
                 continue
             if not math.isfinite(result.loss):
-                s.card["events"].append({"step": s.state.step + 1, "event": "non-finite loss", "loss": str(result.loss)})
+                s.card.events.append({"step": s.state.step + 1, "event": "non-finite loss", "loss": str(result.loss)})
                 return "diverged"
             seconds = clock.lap()
             s.state.step += 1
@@ -304,11 +475,14 @@ def fit(s: Session) -> str:
                 "vram_peak_bytes": peak,
                 "elapsed_seconds": round(s.state.elapsed_seconds, 3),
             }
-            log.append(record)
-            display.update(s.state.step, result.loss, record["lr"], s.state.tokens_seen / max(s.state.elapsed_seconds, 1e-9))
+            _guard_write(s, log.append, record)
+            _say(display.update, s.state.step, result.loss, record["lr"],
+                 s.state.tokens_seen / max(s.state.elapsed_seconds, 1e-9))
             if s.state.step % s.config.save_every == 0 or s.state.step == s.total_steps:
                 _checkpoint(s)
                 clock.lap()  # saving is not training time
+    finally:
+        _say(display.__exit__, None, None, None)
     return "finished"
 
 
@@ -392,19 +566,41 @@ def _recover_from_oom(s: Session) -> None:
         )
     s.state.token_budget = max(smallest_row, s.state.token_budget // 2)
     s.state.oom_events += 1
-    s.card["events"].append({"step": s.state.step + 1, "event": "cuda_oom", "new_token_budget": s.state.token_budget})
+    s.card.events.append({"step": s.state.step + 1, "event": "cuda_oom", "new_token_budget": s.state.token_budget})
     warn(f"CUDA out of memory: micro-batch budget lowered to {s.state.token_budget:,} tokens; redoing the step.")
 
 
-def _checkpoint(s: Session) -> None:
+def _guard_write(s: Session, write, *args) -> None:
+    """Run one write of the run; a full, read-only or forbidden disk ends the run with one clear error."""
     try:
-        save_checkpoint(s.run.checkpoints, s.model, s.optimizer, s.scheduler, s.state, s.config.keep_checkpoints)
-    except OSError as error:  # disk full, permissions: the previous checkpoint is intact, keep training
-        warn(f"Could not save a checkpoint at step {s.state.step} ({error}); the previous one is kept.")
-        s.card["events"].append({"step": s.state.step, "event": "checkpoint_failed", "error": str(error)})
-    s.card["status"] = "running"
-    s.card["last_checkpoint_step"] = s.state.step
-    write_json(s.run.card, s.card)
+        write(*args)
+    except OSError as error:
+        user_error = explain_disk_error(error, f"The run keeps its last complete checkpoint: then run "
+                                               f"`falcon-desktop train --resume {s.run.root}`.")
+        if user_error is None:
+            raise
+        raise user_error from error
+
+
+def _checkpoint(s: Session) -> None:
+    _guard_write(s, save_checkpoint, s.run.checkpoints, s.model, s.optimizer, s.scheduler, s.state,
+                 s.config.keep_checkpoints)
+    s.card.last_checkpoint_step = s.state.step  # only once the checkpoint is complete on disk
+    _write_card(s)
+
+
+def _write_card(s: Session) -> None:
+    _guard_write(s, s.card.write, s.run.root)
+
+
+def _record_failure(s: Session, error: BaseException) -> None:
+    """Best effort: mark the card so `runs` does not show a dead run as running (the disk may be what failed)."""
+    if s.card.status != "running":  # finish already recorded why it stopped (a diverged loss)
+        return
+    s.card.status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+    s.card.events.append({"step": s.state.step, "event": s.card.status, "error": str(error)[:200]})
+    with contextlib.suppress(OSError):
+        s.card.write(s.run.root)
 
 
 # -------------------------------------------------------------------------------------------------------- finish
@@ -421,18 +617,18 @@ def evaluate(s: Session, label: str) -> dict:
     return score_predictions(records, predictions)
 
 
-def finish(s: Session, status: str) -> dict:
+def finish(s: Session, status: str) -> RunCard:
     card = s.card
     if status == "finished" and s.config.eval_examples:
-        card["metrics"]["eval_after"] = evaluate(s, "after fine-tuning")
+        card.metrics["eval_after"] = evaluate(s, "after fine-tuning")
     if status in ("finished", "interrupted"):
-        _save_adapter(s)
+        _guard_write(s, _save_adapter, s)
     history = s.run.metrics.read()
     if history:
-        plot_losses({"train": [(r["step"], r["loss"]) for r in history]}, s.run.loss_plot)
-        card["metrics"]["final_loss"] = history[-1]["loss"]
+        _guard_write(s, plot_losses, {"train": [(r["step"], r["loss"]) for r in history]}, s.run.loss_plot)
+        card.metrics["final_loss"] = history[-1]["loss"]
     _, peak = vram_now()
-    card["measured"] = {
+    card.measured = {
         "peak_vram_reserved_bytes": peak,
         "peak_vram_allocated_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0,
         "predicted_peak_vram_bytes": s.plan.peak_vram_bytes,
@@ -442,8 +638,8 @@ def finish(s: Session, status: str) -> dict:
         "oom_events": s.state.oom_events,
         "device": torch.cuda.get_device_name() if s.device.type == "cuda" else "cpu",
     }
-    card.update(status=status, steps=s.state.step, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
-    write_json(s.run.card, card)
+    card.status, card.steps, card.finished_at = status, s.state.step, time.strftime("%Y-%m-%dT%H:%M:%S")
+    _write_card(s)
     if status == "diverged":
         raise UserError(
             f"The loss became NaN/inf at step {s.state.step + 1}; the last good checkpoint is kept in {s.run.checkpoints}.",
@@ -459,4 +655,4 @@ def _save_adapter(s: Session) -> None:
         s.model.save_pretrained(str(tmp), safe_serialization=True)
         s.tokenizer.save_pretrained(str(tmp))
 
-    write_atomically(s.run.adapter, write)
+    write_directory(s.run.adapter, write)

@@ -8,7 +8,6 @@ dependency into the fresh environment (as a user's first install does) instead o
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil

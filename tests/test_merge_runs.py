@@ -70,7 +70,7 @@ def test_runs_lists_every_run_with_its_metrics(runs_root: Path, capsys, monkeypa
     assert sorted(runs) == ["bare", "broken", "group/nested", "run-a", "stopped"]
     assert (runs["run-a"].status, runs["run-a"].steps, runs["run-a"].exact, runs["run-a"].f1) == ("finished", 7, 10.0, 12.5)
     assert runs["run-a"].final_loss == 3.5 and runs["run-a"].has_adapter
-    assert (runs["stopped"].status, runs["stopped"].has_adapter) == ("running", False)
+    assert (runs["stopped"].status, runs["stopped"].has_adapter) == ("stopped (crashed)", False)  # no live writer
     assert runs["broken"].status == "unreadable run card"
     assert (runs["bare"].status, runs["bare"].has_adapter) == ("no run card", True)
 
@@ -80,7 +80,7 @@ def test_runs_lists_every_run_with_its_metrics(runs_root: Path, capsys, monkeypa
     assert [run["name"] for run in printed["runs"]] == [run.name for run in list_runs()]
     assert main(["runs"]) == 0
     table = capsys.readouterr().out
-    assert "run-a" in table and "running (no adapter)" in table and "10.0 / 12.5" in table
+    assert "run-a" in table and "stopped (crashed) (no adapter)" in table and "10.0 / 12.5" in table
 
 
 def test_runs_on_an_empty_home_says_how_to_make_one(capsys):

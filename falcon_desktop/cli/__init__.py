@@ -86,10 +86,12 @@ def _report(error: BaseException) -> int:
     user_error = explain(error)
     if user_error is None or os.environ.get("FALCON_DESKTOP_DEBUG") == "1":
         raise error
-    console = err()
-    console.print(f"[bold red]Error:[/bold red] {user_error.message}", markup=True, highlight=False)
+    from rich.markup import escape
+
+    console = err()  # messages name user paths such as `run[best]`: escaped, never read as markup
+    console.print(f"[bold red]Error:[/bold red] {escape(user_error.message)}", markup=True, highlight=False)
     if user_error.hint:
-        console.print(f"[bold]Hint:[/bold] {user_error.hint}", markup=True, highlight=False)
+        console.print(f"[bold]Hint:[/bold] {escape(user_error.hint)}", markup=True, highlight=False)
     return 1
 
 

@@ -83,6 +83,7 @@ def register(subparsers: argparse._SubParsersAction, formatter: type[argparse.He
     parser.add_argument("--data", metavar="FILE", help="questions.jsonl ({id, question, context} per line) or a SQuAD .json")
     add_deprecated(parser, "--input", "--data", "data")
     parser.add_argument("--output", metavar="FILE", help=".json: official SQuAD predictions {id: answer}; .jsonl: one answer per line")
+    parser.add_argument("--overwrite", action="store_true", help="let --output replace an existing file")
     parser.set_defaults(run=run)
 
 
@@ -164,7 +165,7 @@ def _answer_file(options, args: argparse.Namespace) -> int:
     from falcon_desktop.console import info
 
     # Both files are checked before the model loads: a typo should fail in a second, not after a minute.
-    check_answers_path(args.output)
+    check_answers_path(args.output, args.data, overwrite=args.overwrite)
     questions = read_questions(args.data)
     answerer = load_answerer(options)
     answers = answer_file(answerer, questions, args.answer_batch)

@@ -28,4 +28,4 @@ def run(args: argparse.Namespace) -> int:
 
     output = Path(args.output).expanduser() if args.output else paths.runs_dir() / "demo"
     card = run_demo(DemoSettings(output=output, steps=args.steps))
-    return 0 if card["status"] == "finished" else 1
+    return 0 if card.status == "finished" else 1

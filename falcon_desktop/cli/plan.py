@@ -108,7 +108,7 @@ def gpu_from_args(args: argparse.Namespace):
     from falcon_desktop.hardware import gpu_model
     from falcon_desktop.plan import GpuSpec, detected_gpu
 
-    if args.vram is not None and args.vram <= 0:
+    if args.vram is not None and not 0 < args.vram < 1e6:  # also NaN and inf
         raise UserError(f"--vram must be a positive number of GiB (got {args.vram:g}).", "For example --vram 24.")
     vram = None if args.vram is None else int(args.vram * GIB)
     if args.gpu:

@@ -23,6 +23,8 @@ def register(subparsers: argparse._SubParsersAction, formatter: type[argparse.He
     run.add_argument("--data", help="SQuAD JSON, JSONL/Parquet/CSV, or a `datasets` name (e.g. rajpurkar/squad_v2)")
     run.add_argument("--output", help="run directory (default: a new one under the runs folder)")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    run.add_argument("--overwrite", action="store_true",
+                     help="let --output replace the run (checkpoints, adapter, metrics) already in that folder")
     run.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (instead of --epochs)")
     run.add_argument("--learning-rate", type=float, default=2e-4,
                      help="peak AdamW learning rate, after warmup (cosine decay to 0 follows)")
@@ -40,22 +42,55 @@ def register(subparsers: argparse._SubParsersAction, formatter: type[argparse.He
     parser.set_defaults(run=run_command)
 
 
+# Flags that may differ on --resume: they steer this invocation, not what the run learns.
+_FREE_ON_RESUME = {"resume", "max_steps", "device", "force", "dry_run", "overwrite", "run", "verb"}
+
+
+def _refuse_changed_settings(args: argparse.Namespace) -> None:
+    """A resumed run keeps the settings it started with; a flag that would change them is an error, not ignored."""
+    from pathlib import Path
+
+    from falcon_desktop.cli import build_parser
+    from falcon_desktop.errors import UserError
+    from falcon_desktop.runs import RunCard
+    from falcon_desktop.shapes import model_reference
+
+    defaults = vars(build_parser().parse_args(["train", "--resume", args.resume]))
+    given = {k: v for k, v in vars(args).items() if k not in _FREE_ON_RESUME and defaults.get(k) != v}
+    if "model" in given:
+        given["model"] = model_reference(given["model"])
+    if "no_quantize" in given:
+        given["quantize"] = not given.pop("no_quantize")
+    if isinstance(given.get("lora_targets"), str):
+        given["lora_targets"] = [name.strip() for name in given["lora_targets"].split(",") if name.strip()]
+    conflicts = RunCard.read(Path(args.resume).expanduser()).resume_conflicts(given)
+    if conflicts:
+        raise UserError(f"--resume continues a run with the settings it started with; these differ: {'; '.join(conflicts)}.",
+                        "Drop them to resume, or start a new run with --output (--overwrite replaces this one).")
+
+
 def run_command(args: argparse.Namespace) -> int:
     from falcon_desktop.cli.train_setup import plan_for_training, resume_settings, train_config_from_args
 
     if args.resume:
+        _refuse_changed_settings(args)
         config, plan = resume_settings(args)
     else:
         config = train_config_from_args(args)
         plan = plan_for_training(args, config)
     if args.dry_run:
         return 0
+    from rich.markup import escape
+
     from falcon_desktop.console import info
     from falcon_desktop.train import run_training
 
-    card = run_training(config, plan, resume=bool(args.resume))
-    measured = card.get("measured", {})
-    info(f"[bold green]Done[/bold green]: {card['steps']} steps, {measured.get('tokens_per_second', 0):,.0f} tokens/s. "
-         f"Adapter: {config.output / 'adapter'}")
-    info(f"Next: falcon-desktop ask --adapter {config.output}")
-    return 0 if card["status"] == "finished" else 130
+    card = run_training(config, plan, resume=bool(args.resume), overwrite=args.overwrite)
+    if card.status != "finished":
+        info(f"Stopped at step {card.last_checkpoint_step} of {card.total_steps}; the checkpoint is saved. "
+             f"Continue with: falcon-desktop train --resume {escape(str(config.output))}")
+        return 130
+    info(f"[bold green]Done[/bold green]: {card.steps} steps, {card.measured.get('tokens_per_second', 0):,.0f} "
+         f"tokens/s. Adapter: {escape(str(config.output / 'adapter'))}")
+    info(f"Next: falcon-desktop ask --adapter {escape(str(config.output))}")
+    return 0

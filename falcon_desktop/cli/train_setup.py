@@ -70,9 +70,12 @@ def plan_for_training(args: argparse.Namespace, config: TrainConfig) -> Plan:
 def resume_settings(args: argparse.Namespace) -> tuple[TrainConfig, Plan]:
     run_dir = Path(args.resume).expanduser()
     card = read_run_card(run_dir)
-    if card.get("status") == "finished" and not args.max_steps:
+    if not card.train or not card.plan:
+        raise UserError(f"The run card of {run_dir} lacks its training settings ('train', 'plan').",
+                        "Restore run.json from a backup, or start a new run with --output.")
+    if card.status == "finished" and not args.max_steps:
         raise UserError(f"The run in {run_dir} already finished.", "Pass --max-steps N to train it further.")
-    config = TrainConfig.from_json({**card["train"], "output": str(run_dir)})
+    config = TrainConfig.from_json({**card.train, "output": str(run_dir)})
     if args.max_steps:
         config = replace(config, max_steps=args.max_steps)
-    return config, Plan.from_json(card["plan"])
+    return config, Plan.from_json(card.plan)

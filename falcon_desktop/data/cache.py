@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import io
 import json
-import os
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from falcon_desktop import paths
+from falcon_desktop.atomic import write_bytes
+from falcon_desktop.console import warn
 from falcon_desktop.data.records import QARecord
 from falcon_desktop.data.tokens import Example, TokenizeReport
 from falcon_desktop.prompts import TEMPLATE_VERSION, QAPrompt, answer_text
@@ -51,23 +54,26 @@ def _path(cache_key: str) -> Path:
 
 
 def write(cache_key: str, report: TokenizeReport) -> None:
+    """Store the examples; a cache that cannot be written (full disk, read-only home) is skipped with a warning."""
     import numpy as np
 
     path = _path(cache_key)
-    path.parent.mkdir(parents=True, exist_ok=True)
     lengths = report.lengths
     ids = np.fromiter(itertools.chain.from_iterable(e.input_ids for e in report.examples), np.uint32, sum(lengths))
-    temporary = path.with_suffix(f".{os.getpid()}.tmp")
-    with open(temporary, "wb") as handle:
-        np.savez(
-            handle,
-            ids=ids,
-            lengths=np.asarray(lengths, dtype=np.int32),
-            prompt_lens=np.asarray([e.prompt_len for e in report.examples], dtype=np.int32),
-            record_ids=np.frombuffer(json.dumps([e.record_id for e in report.examples]).encode("utf-8"), np.uint8),
-            counts=np.asarray([report.dropped_too_long, report.windowed], dtype=np.int64),
-        )
-    os.replace(temporary, path)
+    buffer = io.BytesIO()
+    np.savez(
+        buffer,
+        ids=ids,
+        lengths=np.asarray(lengths, dtype=np.int32),
+        prompt_lens=np.asarray([e.prompt_len for e in report.examples], dtype=np.int32),
+        record_ids=np.frombuffer(json.dumps([e.record_id for e in report.examples]).encode("utf-8"), np.uint8),
+        counts=np.asarray([report.dropped_too_long, report.windowed], dtype=np.int64),
+    )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes(path, buffer.getvalue())
+    except OSError as error:
+        warn(f"Could not cache the tokenized data in {path.parent} ({error.strerror}); continuing without.")
 
 
 def read(cache_key: str) -> TokenizeReport | None:
@@ -81,7 +87,7 @@ def read(cache_key: str) -> TokenizeReport | None:
             ids, lengths, prompt_lens = stored["ids"], stored["lengths"].tolist(), stored["prompt_lens"].tolist()
             record_ids = json.loads(stored["record_ids"].tobytes().decode("utf-8"))
             dropped_too_long, windowed = stored["counts"].tolist()
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):  # torn by a crash or a copy: rebuilt
         return None
     # One int object per token id, shared by every example: tuples of them cost ~8 bytes a token.
     interned = list(range(int(ids.max()) + 1 if len(ids) else 0))

@@ -52,12 +52,22 @@ def chat_history(turns: Sequence[tuple[str, str]]) -> str:
     return "\n".join(f"{role}: {text.strip()}" for role, text in turns)
 
 
+# The answer column of a flat table: SQuAD's `answers`, and the two names tables often use for one answer text.
+ANSWER_COLUMNS = ("answers", "answer", "answer_text")
+
+
 def _detect_row_format(raw: RawData) -> str:
     first = next((row for _, row in raw.rows if isinstance(row, dict)), None)
     if first is None:
         return SQUAD_ROWS  # nothing usable: the builder reports 0 records with the reasons
     keys = set(first)
     if {"question", "context"} <= keys:
+        if not keys & {*ANSWER_COLUMNS, "is_impossible"}:
+            raise UserError(
+                f"{raw.label} has no answer column: its fields are {', '.join(sorted(map(str, keys)))}. Every "
+                "question would be read as unanswerable and the model taught to always abstain.",
+                f"Name the answer column {' or '.join(ANSWER_COLUMNS)} (an empty cell marks an unanswerable question).",
+            )
         return SQUAD_ROWS
     if {"prompt", "response"} <= keys:
         return PROMPT_RESPONSE
@@ -89,7 +99,7 @@ def _add_squad_document(document: dict[str, Any], builder: RecordBuilder) -> Non
 
 
 def _add_squad_row(builder: RecordBuilder, location: str, row: dict[str, Any]) -> None:
-    answers = row.get("answers")
+    answers = row.get(next((name for name in ANSWER_COLUMNS if name in row), "answers"))
     if isinstance(answers, str) and answers.strip()[:1] in ("[", "{"):  # CSV cells hold the answers as text
         answers = _parse_literal(answers)
     if isinstance(answers, str) and row.get("answer_start") not in (None, ""):

@@ -152,9 +152,14 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 
 def run_card(run_dir: Path) -> dict[str, Any] | None:
-    from falcon_desktop.runs import RUN_CARD
+    """The checked run card as JSON; None while it is missing (a run starting) or broken."""
+    from falcon_desktop.errors import UserError
+    from falcon_desktop.runs import RunCard
 
-    return read_json(run_dir / RUN_CARD)
+    try:
+        return RunCard.read(run_dir).to_json()
+    except UserError:
+        return None
 
 
 def metrics_file(run_dir: Path) -> Path:

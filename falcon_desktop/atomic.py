@@ -1,0 +1,132 @@
+"""Writing files so that a crash, a full disk or a power cut between any two writes leaves the old or the new file,
+never a half-written one.
+
+Every file the tool writes goes through here: a file is written under a temporary name in the same folder, flushed,
+fsynced, and renamed over the target (a rename within one folder is atomic on POSIX and on NTFS); the folder is
+fsynced too, so the rename itself survives a power cut. A directory (a checkpoint, an adapter) is written the same
+way as a whole. An append-only log is appended one fsynced line at a time and read back tolerating a torn last line.
+A failed write removes its temporary and raises; `errors.explain` turns the OSError into one "Error:" line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+
+def _temporary_name(target: Path) -> Path:
+    return target.with_name(f".{target.name}.{os.getpid()}.tmp")
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make a rename inside `directory` durable (POSIX; Windows has no directory handles to sync)."""
+    if os.name != "posix":
+        return
+    handle = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Replace `path` by `data` atomically and durably."""
+    path = Path(path)
+    tmp = _temporary_name(path)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_directory(path.parent)
+
+
+def write_text(path: Path, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: Path, payload: dict) -> None:
+    write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def _fsync_tree(directory: Path) -> None:
+    for file in sorted(p for p in directory.rglob("*") if p.is_file()):
+        with open(file, "rb") as handle:
+            os.fsync(handle.fileno())
+    fsync_directory(directory)
+
+
+def write_directory(target: Path, write: Callable[[Path], None]) -> None:
+    """Run `write(tmp_dir)`, fsync what it wrote, then swap tmp_dir in for `target`; on failure remove tmp_dir.
+
+    The previous `target` is moved aside before the swap and removed only after it, so at every moment one complete
+    version exists under `target` or `.target.old`.
+    """
+    target = Path(target)
+    tmp = target.with_name(f".{target.name}.tmp")
+    old = target.with_name(f".{target.name}.old")
+    _restore_moved_aside(target, old)  # a crash between the two renames of an earlier write
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        write(tmp)
+        _fsync_tree(tmp)
+        if target.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+        os.replace(tmp, target)
+        fsync_directory(target.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        _restore_moved_aside(target, old)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _restore_moved_aside(target: Path, old: Path) -> None:
+    if old.exists() and not target.exists():
+        os.replace(old, target)
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append one line durably. A torn last line (a crash mid-append) is cut off first, so it cannot glue onto this
+    one; `read_lines` skips it in the meantime."""
+    path = Path(path)
+    with open(path, "a+b") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        if size:
+            handle.seek(size - 1)
+            if handle.read(1) != b"\n":
+                handle.truncate(_last_newline_end(handle, size))
+                handle.seek(0, os.SEEK_END)
+        handle.write(line.rstrip("\n").encode("utf-8") + b"\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _last_newline_end(handle, size: int) -> int:
+    handle.seek(0)
+    data = handle.read(size)
+    return data.rfind(b"\n") + 1
+
+
+def read_json_lines(path: Path) -> list[dict]:
+    """The complete JSON objects of a JSON-lines file; a torn or garbled line (a crash mid-write) is skipped."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
