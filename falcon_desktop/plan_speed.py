@@ -91,13 +91,14 @@ class SpeedEstimate:
     micro_batches: int              # per optimizer step, as the trainer's token budget splits the examples
     gpu_seconds: float              # one micro-batch's GPU work
     cpu_seconds: float              # one micro-batch's CPU launch work
+    dequantize_seconds: float       # the 4-bit dequantization within gpu_seconds (0 on a 16-bit base)
     bound: str                      # "compute" | "overhead"
 
     def reason(self, gpu_name: str, tflops: float, c: SpeedCoefficients = SPEED) -> str:
         """Which bound sets the speed, with the figures behind it."""
         figures = (f"per micro-batch {1000 * self.gpu_seconds:,.0f} ms of GPU work (FLOPs at "
-                   f"{c.compute_efficiency:.0%} of {gpu_name}'s {tflops:g} TFLOPS, adapter traffic, 4-bit "
-                   f"dequantization) vs {1000 * self.cpu_seconds:,.0f} ms of CPU kernel launches; "
+                   f"{c.compute_efficiency:.0%} of {gpu_name}'s {tflops:g} TFLOPS, adapter traffic"
+                   f"{', 4-bit dequantization' if self.dequantize_seconds else ''}) vs {1000 * self.cpu_seconds:,.0f} ms of CPU kernel launches; "
                    f"{self.micro_batches} micro-batch(es) + {1000 * c.step_seconds:.0f} ms per optimizer step; "
                    "calibrated on H100/H200 runs (docs/planner.md)")
         if self.bound == "compute":
@@ -122,14 +123,16 @@ def estimate_speed(shape: ModelShape, workload: Workload, tflops: float,
     flops = training_flops_per_token(shape, workload.method, checkpointed, workload.tokens_per_example,
                                      workload.trainable_params, workload.labelled_fraction)
     gpu = tokens * flops / (c.compute_efficiency * tflops * 1e12)
-    quantized = workload.method == "qlora"
     lora_elements = sum(sum(shape.linear_modules()[name]) for name in workload.lora_targets) * layers
     gpu += tokens * lora_elements * c.lora_element_seconds * (1 + c.forward_share * checkpointed) * \
         REFERENCE_TFLOPS / tflops
-    if quantized:
-        gpu += (2 + checkpointed) * shape.linear_weight_params * c.nf4_dequantize_seconds_per_weight * \
+    dequantize = 0.0
+    if workload.method == "qlora":
+        dequantize = (2 + checkpointed) * shape.linear_weight_params * c.nf4_dequantize_seconds_per_weight * \
             REFERENCE_TFLOPS / tflops
+    gpu += dequantize
     per_layer = c.layer_seconds + len(workload.lora_targets) * c.lora_module_seconds
     cpu = layers * per_layer * (1 + c.forward_share * checkpointed) + c.micro_batch_seconds
     step = micro * (max(gpu, cpu) + c.unhidden_share * min(gpu, cpu)) + c.step_seconds
-    return SpeedEstimate(step_tokens / step, step, micro, gpu, cpu, "compute" if gpu >= cpu else "overhead")
+    return SpeedEstimate(step_tokens / step, step, micro, gpu, cpu, dequantize,
+                         "compute" if gpu >= cpu else "overhead")
