@@ -320,7 +320,8 @@ def _decide(shape: ModelShape, gpu: GpuSpec | None, request: PlanRequest, c: Pla
         fits=fits, breakdown=breakdown,
         methods={key: sum(memory_breakdown(shape, pricer.setup(choice, method, dtype_name), c).values())
                  for key, (method, dtype_name) in METHOD_COMPARISON.items()},
-        estimated_tokens_per_second=speed.tokens_per_second if speed else None, estimated_hours=hours, reasons=reasons, gpu=gpu,
+        estimated_tokens_per_second=speed.tokens_per_second if speed else None, estimated_hours=hours,
+        reasons=reasons, gpu=gpu,
         parameter_counts=shape.parameter_counts(),
     )
 

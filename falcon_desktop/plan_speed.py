@@ -98,7 +98,8 @@ class SpeedEstimate:
         """Which bound sets the speed, with the figures behind it."""
         figures = (f"per micro-batch {1000 * self.gpu_seconds:,.0f} ms of GPU work (FLOPs at "
                    f"{c.compute_efficiency:.0%} of {gpu_name}'s {tflops:g} TFLOPS, adapter traffic"
-                   f"{', 4-bit dequantization' if self.dequantize_seconds else ''}) vs {1000 * self.cpu_seconds:,.0f} ms of CPU kernel launches; "
+                   f"{', 4-bit dequantization' if self.dequantize_seconds else ''}) vs "
+                   f"{1000 * self.cpu_seconds:,.0f} ms of CPU kernel launches; "
                    f"{self.micro_batches} micro-batch(es) + {1000 * c.step_seconds:.0f} ms per optimizer step; "
                    "calibrated on H100/H200 runs (docs/planner.md)")
         if self.bound == "compute":
