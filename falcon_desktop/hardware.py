@@ -135,7 +135,3 @@ def compute_dtype_for_capability(capability: tuple[int, int] | None) -> str:
     """"bfloat16" where the card has it (or nothing is known of the card), else "float16"."""
     return "float16" if capability is not None and not has_bf16(capability) else "bfloat16"
 
-
-def peak_tokens_per_second(flops_per_token: float, bf16_tflops: float, efficiency: float) -> float:
-    """Tokens per second at `efficiency` x the card's peak (model FLOPs utilisation, as in PaLM appendix B)."""
-    return efficiency * bf16_tflops * 1e12 / flops_per_token

@@ -18,12 +18,10 @@ from typing import TYPE_CHECKING, Any
 from falcon_desktop.errors import UserError
 from falcon_desktop.hardware import (
     CLOUD_PRICES, CLOUD_PRICES_DATE, GIB, GPUS, GpuModel, compute_dtype_for_capability, gpu_model, match_gpu,
-    peak_tokens_per_second,
 )
 from falcon_desktop.plan_memory import COEFFICIENTS, INFERENCE_DTYPES, METHODS, PlannerCoefficients, memory_breakdown
-from falcon_desktop.plan_search import (
-    Choice, Pricer, choose_training, least_memory, longest_fitting_seq, training_flops_per_token,
-)
+from falcon_desktop.plan_search import Choice, Pricer, choose_training, least_memory, longest_fitting_seq
+from falcon_desktop.plan_speed import SpeedEstimate, Workload, estimate_speed
 from falcon_desktop.shapes import ALL_LINEAR, DEFAULT_LORA_TARGETS, ModelShape, valid_lora_targets
 
 if TYPE_CHECKING:
@@ -308,8 +306,8 @@ def _decide(shape: ModelShape, gpu: GpuSpec | None, request: PlanRequest, c: Pla
     reasons["fits"] = _fit_reason(peak, gpu, c, fits)
     trainable = (shape.total_params if request.method == "full" else
                  shape.lora_parameters(targets, request.lora_r) if targets else 0)
-    speed, hours = _estimate_time(shape, gpu, request, choice, trainable, c)
-    reasons["estimated_tokens_per_second"] = _speed_reason(gpu, request, c)
+    speed, hours = _estimate_time(shape, gpu, request, choice, targets, trainable, c)
+    reasons["estimated_tokens_per_second"] = _speed_reason(gpu, request, speed)
     accumulation = math.ceil(request.effective_batch_size / choice.micro_batch_size) if training else 1
     return Plan(
         model=shape.name, model_type=shape.model_type, method=request.method, compute_dtype=dtype,
@@ -322,7 +320,8 @@ def _decide(shape: ModelShape, gpu: GpuSpec | None, request: PlanRequest, c: Pla
         fits=fits, breakdown=breakdown,
         methods={key: sum(memory_breakdown(shape, pricer.setup(choice, method, dtype_name), c).values())
                  for key, (method, dtype_name) in METHOD_COMPARISON.items()},
-        estimated_tokens_per_second=speed, estimated_hours=hours, reasons=reasons, gpu=gpu,
+        estimated_tokens_per_second=speed.tokens_per_second if speed else None, estimated_hours=hours,
+        reasons=reasons, gpu=gpu,
         parameter_counts=shape.parameter_counts(),
     )
 
@@ -335,25 +334,27 @@ def _fit_reason(peak: int, gpu: GpuSpec | None, c: PlannerCoefficients, fits: bo
             f"{peak / GIB:.1f} GiB predicted peak exceeds the budget ({margin})")
 
 
-def _estimate_time(shape: ModelShape, gpu: GpuSpec | None, request: PlanRequest, choice: Choice, trainable: int,
-                   c: PlannerCoefficients) -> tuple[float | None, float | None]:
+def _estimate_time(shape: ModelShape, gpu: GpuSpec | None, request: PlanRequest, choice: Choice,
+                   targets: tuple[str, ...], trainable: int,
+                   c: PlannerCoefficients) -> tuple[SpeedEstimate | None, float | None]:
+    """The speed model's estimate for this choice (plan_speed.py), and the hours for the dataset when its size is
+    known."""
     if request.method == "inference" or gpu is None or gpu.bf16_tflops is None:
         return None, None
-    flops = training_flops_per_token(shape, request.method, choice.checkpoint_layers / shape.num_layers,
-                                     min(request.mean_tokens_per_example, choice.seq_len), trainable,
-                                     c.labelled_token_fraction)
-    speed = peak_tokens_per_second(flops, gpu.bf16_tflops, c.throughput_efficiency)
+    workload = Workload(request.method, targets, trainable, request.effective_batch_size,
+                        choice.micro_batch_size * choice.seq_len, min(request.mean_tokens_per_example, choice.seq_len),
+                        choice.checkpoint_layers, c.labelled_token_fraction)
+    speed = estimate_speed(shape, workload, gpu.bf16_tflops)
     tokens = request.dataset_tokens
-    return speed, None if tokens is None else tokens * request.epochs / speed / 3600
+    return speed, None if tokens is None else tokens * request.epochs / speed.tokens_per_second / 3600
 
 
-def _speed_reason(gpu: GpuSpec | None, request: PlanRequest, c: PlannerCoefficients) -> str:
+def _speed_reason(gpu: GpuSpec | None, request: PlanRequest, speed: SpeedEstimate | None) -> str:
     if request.method == "inference":
         return "no estimate for inference (memory-bandwidth bound, not modelled)"
-    if gpu is None or gpu.bf16_tflops is None:
+    if gpu is None or gpu.bf16_tflops is None or speed is None:
         return "no estimate: the card's peak FLOPS are unknown (pass --gpu NAME)"
-    return (f"{c.throughput_efficiency:.0%} (calibrated on an H100) of {gpu.name}'s {gpu.bf16_tflops:g} TFLOPS peak / "
-            "model FLOPs per token")
+    return speed.reason(gpu.name, gpu.bf16_tflops)
 
 
 def _alternatives(shape: ModelShape, gpu: GpuSpec | None, request: PlanRequest,

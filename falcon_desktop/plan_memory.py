@@ -13,7 +13,8 @@ Every figure comes from `COEFFICIENTS`, one table. Where each stands:
   bitsandbytes' storage exactly.
 - The two MLP-gradient counts (the backward working set) were fitted to the H100 memory matrix of Falcon-7B and a
   ~1B Llama (benchmarks/planner_accuracy.py: 22 runs, every one within 10% of max_memory_reserved, worst +8.6%).
-- cuda_context_bytes, allocator_slack_fraction, safety_margin_fraction and throughput_efficiency are estimates.
+- cuda_context_bytes, allocator_slack_fraction and safety_margin_fraction are estimates.
+The speed model has its own table (`plan_speed.SpeedCoefficients`).
 Change a figure only here, with the measurement that justifies it.
 """
 
@@ -29,7 +30,7 @@ MIB = 1024**2
 
 @dataclass(frozen=True)
 class PlannerCoefficients:
-    """Bytes per stored element, fractions and the throughput efficiency: the planner's only tunable numbers."""
+    """Bytes per stored element and fractions: the memory model's only tunable numbers."""
 
     # --- Activations (per element, autocast in bf16/fp16) ---
     activation_bytes: float = 2.0        # hidden states, q/k/v, MLP intermediates in the compute dtype
@@ -59,12 +60,6 @@ class PlannerCoefficients:
     cuda_context_bytes: int = 500 * MIB  # CUDA context, cuBLAS workspace, kernels (outside PyTorch's allocator)
     allocator_slack_fraction: float = 0.05  # reserved - allocated with expandable segments (set by our CLI)
     safety_margin_fraction: float = 0.08  # share of VRAM the planner leaves unused (other apps, spikes)
-    # --- Speed ---
-    # Calibrated on the H100 (docs/benchmarks.md): Falcon-7B QLoRA under a 24 GiB cap measured 7,934 tok/s
-    # (32 rows, 31 checkpointed layers) and 8,605 (28 rows, 28 layers), where 0.30 predicted ~6,100: 0.40 is
-    # within 5% of both; the plan then chosen (32 rows, 30 layers) measured 8,127 against 8,126 predicted.
-    # Consumer cards (less bandwidth per FLOP) are not yet measured.
-    throughput_efficiency: float = 0.40
 
 
 COEFFICIENTS = PlannerCoefficients()
