@@ -218,7 +218,8 @@ def run_matrix(args: argparse.Namespace) -> dict:
     import gc
 
     from falcon_desktop.model import ModelSettings, add_lora, load_base_model, set_checkpointing
-    from falcon_desktop.train import make_optimizer, optimizer_step, warmup_cosine
+    from falcon_desktop.optim import make_optimizer, warmup_cosine
+    from falcon_desktop.train import optimizer_step
 
     loaded = load_base_model(ModelSettings(args.model, quantize=True, device="cuda:0"))
     base = loaded.model

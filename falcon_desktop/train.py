@@ -13,14 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import shutil
 import signal
-import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from rich.markup import escape
@@ -43,66 +40,15 @@ from falcon_desktop.loss import answer_loss_sum, count_label_tokens
 from falcon_desktop.metrics import MetricsLog, Stopwatch, plot_losses, vram_now
 from falcon_desktop.progress import TrainingDisplay
 from falcon_desktop.model import ModelSettings, add_lora, backbone_and_head, load_base_model, set_checkpointing
+from falcon_desktop.plan import LARGE_MODEL_LEARNING_RATE, Plan
+from falcon_desktop.optim import make_optimizer, schedule_phases, warmup_cosine_phases
 from falcon_desktop.run_lock import RunLock
+from falcon_desktop.train_config import TrainConfig
 from falcon_desktop.runs import RUN_CARD, RunCard
+from falcon_desktop.stop import StopSignals, say
 
 # Methods `train` can run: the planner also knows full fine-tuning and inference, which it only sizes.
 TRAINABLE_METHODS = ("qlora", "lora")
-
-if TYPE_CHECKING:
-    from falcon_desktop.plan import Plan
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    model: str                       # hub id or local directory of the base model
-    data: str                        # SQuAD file, local table, or `datasets` name
-    output: Path                     # the run directory
-    epochs: float = 1.0
-    max_steps: int | None = None     # stop after this many optimizer steps (overrides epochs)
-    learning_rate: float = 2e-4
-    warmup_fraction: float = 0.03    # of the total steps, linear from 0; cosine decay to 0 after
-    max_grad_norm: float = 1.0
-    seed: int = 42
-    save_every: int = 50             # optimizer steps between checkpoints (and at the end, always)
-    eval_fraction: float = 0.1       # of the articles, held out (never trained on)
-    eval_examples: int = 100         # held-out questions answered for EM/F1 before and after; 0 skips
-    device: str = "auto"
-    quantize: bool = True            # 4-bit NF4 base (QLoRA); False = 16-bit base (LoRA)
-    strict_data: bool = False
-    trust_remote_code: bool = False
-    keep_checkpoints: int = 2
-
-    def __post_init__(self) -> None:
-        checks = (
-            ("--epochs", self.epochs, math.isfinite(self.epochs) and self.epochs > 0, "a number above 0, e.g. 1"),
-            ("--max-steps", self.max_steps, self.max_steps is None or self.max_steps >= 1, "a whole number of 1 or more"),
-            ("--learning-rate", self.learning_rate, math.isfinite(self.learning_rate) and self.learning_rate > 0,
-             "a number above 0, e.g. 2e-4"),
-            ("--save-every", self.save_every, self.save_every >= 1, "a whole number of 1 or more"),
-            ("--eval-fraction", self.eval_fraction, 0 <= self.eval_fraction < 1, "a share from 0 to below 1, e.g. 0.1"),
-            ("--eval-examples", self.eval_examples, self.eval_examples >= 0, "0 (skip) or more"),
-            ("--seed", self.seed, self.seed >= 0, "a whole number of 0 or more"),
-            ("warmup_fraction", self.warmup_fraction, 0 <= self.warmup_fraction < 1, "a share from 0 to below 1"),
-            ("--max-grad-norm", self.max_grad_norm, math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0,
-             "a number above 0"),
-            ("keep_checkpoints", self.keep_checkpoints, self.keep_checkpoints >= 1, "1 or more"),
-        )
-        for flag, value, valid, expected in checks:
-            if not valid:
-                raise UserError(f"{flag} {value} is not a valid setting.", f"Give {expected}.")
-
-    def to_json(self) -> dict:
-        return {**asdict(self), "output": str(self.output)}
-
-    @classmethod
-    def from_json(cls, data: dict) -> TrainConfig:
-        known = {name for name in cls.__dataclass_fields__}
-        try:
-            return cls(**{k: v for k, v in data.items() if k in known} | {"output": Path(data["output"])})
-        except (TypeError, KeyError) as error:
-            raise UserError(f"The run card's training settings are incomplete or of the wrong type ({error}).",
-                            "Restore run.json from a backup, or start a new run with --output.") from None
 
 
 @dataclass(frozen=True)
@@ -172,6 +118,8 @@ def run_training(config: TrainConfig, plan: Plan, resume: bool = False, overwrit
                         "`plan` sizes the other methods.")
     if plan.method == "lora" and config.quantize:
         config = replace(config, quantize=False)  # LoRA means a 16-bit base; QLoRA is the 4-bit one
+    if config.learning_rate is None:  # the card records the rate used, so resume keeps it
+        config = replace(config, learning_rate=plan.learning_rate or LARGE_MODEL_LEARNING_RATE)
     _check_local_model(config.model)
     run = RunDir(Path(config.output))
     card = RunCard.read(run.root) if resume else None
@@ -186,14 +134,14 @@ def run_training(config: TrainConfig, plan: Plan, resume: bool = False, overwrit
             _claim_folder(run, overwrite)
         session = setup(config, plan, card, report)
         try:
-            with _StopSignals() as stop:
+            with StopSignals() as stop:
                 return _train_and_finish(session, stop, evaluate_first=card is None and bool(config.eval_examples))
         except BaseException as error:
             _record_failure(session, error)
             raise
 
 
-def _train_and_finish(session: Session, stop: _StopSignals, evaluate_first: bool) -> RunCard:
+def _train_and_finish(session: Session, stop: StopSignals, evaluate_first: bool) -> RunCard:
     if evaluate_first:
         session.card.metrics["eval_before"] = evaluate(session, "before fine-tuning")
         _write_card(session)
@@ -252,7 +200,7 @@ def setup(config: TrainConfig, plan: Plan, card: RunCard | None, report) -> Sess
 
     steps_per_epoch = math.ceil(len(examples) / plan.effective_batch_size)
     total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
-    phases = _schedule_phases(card, total_steps, config.learning_rate)
+    phases = schedule_phases(card, total_steps, config.learning_rate)
     optimizer = make_optimizer(model, plan.optimizer, config.learning_rate, loaded.device)
     lr_factor = warmup_cosine_phases(phases, config.warmup_fraction)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
@@ -294,28 +242,6 @@ def _resume_state(run: RunDir, model, optimizer, scheduler, fresh: TrainerState,
     return state
 
 
-def _schedule_phases(card: RunCard | None, total_steps: int, learning_rate: float) -> list[list[int]]:
-    """The learning-rate schedule as [[first step, steps], ...]: one warmup + cosine over the run, fixed when it
-    starts. A resumed run keeps it: --max-steps below it stops early on the same curve; above it, one more warmup +
-    cosine runs over the extra steps (the first had decayed to 0). Either is said out loud."""
-    if card is None:
-        return [[0, total_steps]]
-    phases = [list(map(int, phase)) for phase in card.schedule] or [[0, int(card.total_steps or total_steps)]]
-    planned = phases[-1][0] + phases[-1][1]
-    if card.status == "finished" and total_steps <= (card.steps or 0):
-        raise UserError(f"This run already trained {card.steps} steps.",
-                        f"Pass --max-steps above {card.steps} to train it further.")
-    if total_steps < planned:
-        info(f"Stopping at step {total_steps} of the {planned} planned; the learning rate keeps the {planned}-step "
-             "schedule.")
-        return phases
-    if total_steps > planned:
-        info(f"Extending the run from {planned} to {total_steps} steps: the extra {total_steps - planned} steps "
-             f"warm up to --learning-rate {learning_rate:g} again and decay to 0 by step {total_steps}.")
-        return [*phases, [planned, total_steps - planned]]
-    return phases
-
-
 def _keep_4bit_weights_trainable(model: torch.nn.Module) -> None:
     """Stop bitsandbytes repacking NF4 weights for CPU inference.
 
@@ -354,97 +280,18 @@ def _prepare_data(config: TrainConfig, plan: Plan, tokenizer, report) -> tuple[l
     return tokenized.examples, eval_records, data_card
 
 
-def make_optimizer(model: torch.nn.Module, name: str, learning_rate: float, device: torch.device):
-    params = [p for p in model.parameters() if p.requires_grad]
-    if name in ("paged_adamw_8bit", "adamw_8bit") and device.type == "cuda":
-        import bitsandbytes as bnb
-
-        cls = bnb.optim.PagedAdamW8bit if name == "paged_adamw_8bit" else bnb.optim.AdamW8bit
-        return cls(params, lr=learning_rate, weight_decay=0.0)
-    fused = name == "adamw_fused" and device.type == "cuda"
-    return torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0, fused=fused or None)
-
-
-def warmup_cosine(total_steps: int, warmup_fraction: float):
-    warmup = max(1, round(total_steps * warmup_fraction))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
-
-
-def warmup_cosine_phases(phases: list[list[int]], warmup_fraction: float):
-    """`warmup_cosine` per phase of [[first step, steps], ...]; a step belongs to the last phase starting at or before it."""
-    factors = [(start, warmup_cosine(steps, warmup_fraction)) for start, steps in phases]
-
-    def factor(step: int) -> float:
-        start, phase_factor = next((s, f) for s, f in reversed(factors) if s <= step)
-        return phase_factor(step - start)
-
-    return factor
-
-
 # ----------------------------------------------------------------------------------------------------------- fit
-class _StopSignals:
-    """Ctrl-C (SIGINT) or SIGTERM asks the loop to save and stop after the current step; a second one stops at once.
-
-    The handler only records the request: printing from it could raise on a closed pipe (`2>&1 | tee log`, where the
-    same Ctrl-C ends `tee`) and lose the save. The loop does the saving and the telling.
-    """
-
-    SIGNALS = tuple(s for s in (signal.SIGINT, getattr(signal, "SIGTERM", None)) if s is not None)
-
-    def __init__(self) -> None:
-        self.requested: int | None = None
-        self._previous: dict[int, object] = {}
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested is not None:
-            raise KeyboardInterrupt
-        self.requested = signum
-
-    def __enter__(self) -> _StopSignals:
-        with contextlib.suppress(ValueError):  # not the main thread: leave the default handlers
-            for signum in self.SIGNALS:
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for signum, previous in self._previous.items():
-            signal.signal(signum, previous)
-
-
-def _mute_closed_output() -> None:
-    """stdout/stderr went to a pipe that closed: point them at the null device so the run can still save."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):
-            os.dup2(devnull, stream.fileno())
-
-
-def _say(show, *args) -> None:
-    """Print, but never let a closed output stop training or saving (rich exits on a broken pipe)."""
-    try:
-        show(*args)
-    except (OSError, SystemExit):
-        _mute_closed_output()
-
-
-def fit(s: Session, stop: _StopSignals) -> str:
+def fit(s: Session, stop: StopSignals) -> str:
     """The training loop; returns the run's status: finished, interrupted or diverged."""
     log = s.run.metrics
     clock = Stopwatch()
     display = TrainingDisplay(s.total_steps, s.state.step)
-    _say(display.__enter__)
+    say(display.__enter__)
     try:
         while s.state.step < s.total_steps:
             if stop.requested is not None:
                 name = signal.Signals(stop.requested).name
-                _say(warn, f"{name}: saving a checkpoint at step {s.state.step}.")
+                say(warn, f"{name}: saving a checkpoint at step {s.state.step}.")
                 _checkpoint(s)
                 return "interrupted"
             try:
@@ -476,13 +323,13 @@ def fit(s: Session, stop: _StopSignals) -> str:
                 "elapsed_seconds": round(s.state.elapsed_seconds, 3),
             }
             _guard_write(s, log.append, record)
-            _say(display.update, s.state.step, result.loss, record["lr"],
+            say(display.update, s.state.step, result.loss, record["lr"],
                  s.state.tokens_seen / max(s.state.elapsed_seconds, 1e-9))
             if s.state.step % s.config.save_every == 0 or s.state.step == s.total_steps:
                 _checkpoint(s)
                 clock.lap()  # saving is not training time
     finally:
-        _say(display.__exit__, None, None, None)
+        say(display.__exit__, None, None, None)
     return "finished"
 
 
@@ -558,13 +405,13 @@ def _recover_from_oom(s: Session) -> None:
     """Halve the micro-batch token budget and redo the step: the effective batch, and so the maths, stay the same."""
     s.optimizer.zero_grad(set_to_none=True)
     torch.cuda.empty_cache()
-    smallest_row = max(s.lengths)
-    if s.state.token_budget <= smallest_row:
+    longest_row = max(s.lengths)
+    if s.state.token_budget <= longest_row:
         raise UserError(
-            f"CUDA ran out of memory even with one sequence of {smallest_row} tokens per micro-batch.",
+            f"CUDA ran out of memory even with one sequence of {longest_row} tokens per micro-batch.",
             "Lower --seq-len, use a smaller --lora-r, or free VRAM held by other programs (see `falcon-desktop doctor`).",
         )
-    s.state.token_budget = max(smallest_row, s.state.token_budget // 2)
+    s.state.token_budget = max(longest_row, s.state.token_budget // 2)
     s.state.oom_events += 1
     s.card.events.append({"step": s.state.step + 1, "event": "cuda_oom", "new_token_budget": s.state.token_budget})
     warn(f"CUDA out of memory: micro-batch budget lowered to {s.state.token_budget:,} tokens; redoing the step.")

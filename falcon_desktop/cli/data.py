@@ -87,7 +87,7 @@ def _measure(records: list, args: argparse.Namespace) -> dict[str, Any]:
     from falcon_desktop.data.measure import BatchSettings, measure_batches
     from falcon_desktop.errors import UserError
     from falcon_desktop.model import load_tokenizer
-    from falcon_desktop.train import TrainConfig
+    from falcon_desktop.train_config import TrainConfig
 
     seed = TrainConfig.seed if args.seed is None else args.seed  # the order a run with its default seed sees
     settings = BatchSettings(seed, args.seq_len, args.effective_batch_size, args.micro_batch_size)

@@ -12,13 +12,17 @@ EXAMPLES = """examples:
 
 
 def register(subparsers: argparse._SubParsersAction, formatter: type[argparse.HelpFormatter]) -> None:
+    from pathlib import Path
+
     from falcon_desktop.cli.plan import add_plan_arguments
+    from falcon_desktop.train_config import TrainConfig
 
     parser = subparsers.add_parser(
         "train", help="fine-tune a model with QLoRA on SQuAD-format data", description=__doc__,
         epilog=EXAMPLES, formatter_class=formatter,
     )
     add_plan_arguments(parser, training=True)
+    defaults = TrainConfig(model="", data="", output=Path())  # the one place train's defaults live
     run = parser.add_argument_group("run")
     run.add_argument("--data", help="SQuAD JSON, JSONL/Parquet/CSV, or a `datasets` name (e.g. rajpurkar/squad_v2)")
     run.add_argument("--output", help="run directory (default: a new one under the runs folder)")
@@ -26,13 +30,17 @@ def register(subparsers: argparse._SubParsersAction, formatter: type[argparse.He
     run.add_argument("--overwrite", action="store_true",
                      help="let --output replace the run (checkpoints, adapter, metrics) already in that folder")
     run.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (instead of --epochs)")
-    run.add_argument("--learning-rate", type=float, default=2e-4,
-                     help="peak AdamW learning rate, after warmup (cosine decay to 0 follows)")
-    run.add_argument("--seed", type=int, default=42, help="fixes the data split, shuffling and adapter initialisation")
-    run.add_argument("--save-every", type=int, default=50, help="optimizer steps between checkpoints")
-    run.add_argument("--eval-fraction", type=float, default=0.1, help="share of articles held out for evaluation")
-    run.add_argument("--eval-examples", type=int, default=100, help="held-out questions scored before/after (0: skip)")
-    run.add_argument("--device", default="auto", help="auto, cuda:N or cpu")
+    run.add_argument("--learning-rate", type=float,
+                     help="peak AdamW learning rate, after warmup (cosine decay to 0 follows); default: the plan's, "
+                          "1e-3 for a base under 1B parameters, 2e-4 above")
+    run.add_argument("--seed", type=int, default=defaults.seed,
+                     help="fixes the data split, shuffling and adapter initialisation")
+    run.add_argument("--save-every", type=int, default=defaults.save_every, help="optimizer steps between checkpoints")
+    run.add_argument("--eval-fraction", type=float, default=defaults.eval_fraction,
+                     help="share of articles held out for evaluation")
+    run.add_argument("--eval-examples", type=int, default=defaults.eval_examples,
+                     help="held-out questions scored before/after (0: skip)")
+    run.add_argument("--device", default=defaults.device, help="auto, cuda:N or cpu")
     run.add_argument("--quantize", action=argparse.BooleanOptionalAction, default=True,
                      help="4-bit NF4 base (QLoRA); --no-quantize trains on a 16-bit base (LoRA)")
     run.add_argument("--strict", action="store_true", help="fail on any dropped data record")

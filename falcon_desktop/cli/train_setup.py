@@ -13,7 +13,7 @@ from falcon_desktop.errors import UserError
 from falcon_desktop.plan import Plan, make_plan
 from falcon_desktop.shapes import load_shape
 from falcon_desktop.runs import read_run_card
-from falcon_desktop.train import TrainConfig
+from falcon_desktop.train_config import TrainConfig
 
 
 # TrainConfig field -> the `train` flag's attribute. A flag left at None takes TrainConfig's default, so the

@@ -1,0 +1,67 @@
+"""The optimizer and the learning-rate schedule: warmup + cosine, fixed when a run starts and kept on resume."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from falcon_desktop.console import info
+from falcon_desktop.errors import UserError
+from falcon_desktop.runs import RunCard
+
+
+def make_optimizer(model: torch.nn.Module, name: str, learning_rate: float, device: torch.device):
+    params = [p for p in model.parameters() if p.requires_grad]
+    if name in ("paged_adamw_8bit", "adamw_8bit") and device.type == "cuda":
+        import bitsandbytes as bnb
+
+        cls = bnb.optim.PagedAdamW8bit if name == "paged_adamw_8bit" else bnb.optim.AdamW8bit
+        return cls(params, lr=learning_rate, weight_decay=0.0)
+    fused = name == "adamw_fused" and device.type == "cuda"
+    return torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0, fused=fused or None)
+
+
+def warmup_cosine(total_steps: int, warmup_fraction: float):
+    warmup = max(1, round(total_steps * warmup_fraction))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def warmup_cosine_phases(phases: list[list[int]], warmup_fraction: float):
+    """`warmup_cosine` per phase of [[first step, steps], ...]; a step belongs to the last phase starting at or before it."""
+    factors = [(start, warmup_cosine(steps, warmup_fraction)) for start, steps in phases]
+
+    def factor(step: int) -> float:
+        start, phase_factor = next((s, f) for s, f in reversed(factors) if s <= step)
+        return phase_factor(step - start)
+
+    return factor
+
+
+def schedule_phases(card: RunCard | None, total_steps: int, learning_rate: float) -> list[list[int]]:
+    """The learning-rate schedule as [[first step, steps], ...]: one warmup + cosine over the run, fixed when it
+    starts. A resumed run keeps it: --max-steps below it stops early on the same curve; above it, one more warmup +
+    cosine runs over the extra steps (the first had decayed to 0). Either is said out loud."""
+    if card is None:
+        return [[0, total_steps]]
+    phases = [list(map(int, phase)) for phase in card.schedule] or [[0, int(card.total_steps or total_steps)]]
+    planned = phases[-1][0] + phases[-1][1]
+    if card.status == "finished" and total_steps <= (card.steps or 0):
+        raise UserError(f"This run already trained {card.steps} steps.",
+                        f"Pass --max-steps above {card.steps} to train it further.")
+    if total_steps < planned:
+        info(f"Stopping at step {total_steps} of the {planned} planned; the learning rate keeps the {planned}-step "
+             "schedule.")
+        return phases
+    if total_steps > planned:
+        info(f"Extending the run from {planned} to {total_steps} steps: the extra {total_steps - planned} steps "
+             f"warm up to --learning-rate {learning_rate:g} again and decay to 0 by step {total_steps}.")
+        return [*phases, [planned, total_steps - planned]]
+    return phases
