@@ -192,7 +192,8 @@ def setup(config: TrainConfig, plan: Plan, card: RunCard | None, report, cluster
     torch.manual_seed(config.seed)
 
     loaded = load_base_model(ModelSettings(config.model, config.quantize, plan.compute_dtype,
-                                           cluster.device_for(config.device), config.trust_remote_code))
+                                           cluster.device_for(config.device), config.trust_remote_code,
+                                           quant_storage="bfloat16" if plan.sharding == "fsdp" else None))
     _keep_4bit_weights_trainable(loaded.model)
     plan = _fit_plan_to_device(plan, loaded.device)
     examples, eval_records, data_card = _prepare_data(config, plan, loaded.tokenizer, report)

@@ -176,3 +176,65 @@ def test_ctrl_c_stops_both_ranks_at_one_step_and_resume_on_two_or_one_ends_on_th
 
 def _history_lines(run: Path) -> list[str]:
     return (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+
+
+# ------------------------------------------------------------------------------------------ the plan, per GPU
+def _plan(model: str, gpu: str, **request):
+    from falcon_desktop.hardware import gpu_model
+    from falcon_desktop.plan import GpuSpec, PlanRequest, make_plan
+    from falcon_desktop.shapes import load_shape
+
+    return make_plan(load_shape(model), GpuSpec.from_table(gpu_model(gpu)), PlanRequest(**request))
+
+
+def test_ddp_holds_one_gpus_plan_for_its_share_of_the_global_batch() -> None:
+    from falcon_desktop.plan_parallel import SCALING_EFFICIENCY
+
+    one = _plan("falcon-7b", "H100 80GB", effective_batch_size=8)
+    share = _plan("falcon-7b", "H100 80GB", effective_batch_size=4)
+    two = _plan("falcon-7b", "H100 80GB", effective_batch_size=8, gpus=2)
+    assert (two.sharding, two.gpus, two.effective_batch_size) == ("ddp", 2, 8)
+    assert two.breakdown == share.breakdown and two.micro_batch_size == share.micro_batch_size  # 4 examples each
+    assert two.estimated_tokens_per_second == pytest.approx(
+        2 * SCALING_EFFICIENCY["ddp"] * share.estimated_tokens_per_second)
+    assert "estimate" in two.reasons["estimated_tokens_per_second"] and "global batch 8" in two.reasons["gpus"]
+    assert one.sharding == "none" and "gpus" not in one.reasons
+
+
+def test_fsdp_shards_weights_adapters_and_optimizer_but_not_activations() -> None:
+    from falcon_desktop.plan_memory import COEFFICIENTS
+    from falcon_desktop.plan_parallel import fsdp_breakdown
+
+    single = {"weights": 800, "quant_constants": 200, "lora_weights": 40, "gradients": 20, "optimizer": 40,
+              "activations": 500, "loss_buffer": 100, "cuda_context": 50, "allocator_slack": 85}
+    shard = fsdp_breakdown(single, gpus=4, num_layers=10, c=COEFFICIENTS)
+    # 1000 bytes of weights and constants over 10 layers: two layers (200) are gathered whole at a time
+    assert shard["weights"] == 200 + 200 and shard["quant_constants"] == 50
+    assert (shard["lora_weights"], shard["gradients"], shard["optimizer"]) == (10, 5, 10)
+    assert (shard["activations"], shard["loss_buffer"], shard["cuda_context"]) == (500, 100, 50)
+    assert shard["allocator_slack"] == round(0.05 * (400 + 50 + 10 + 5 + 10 + 500 + 100))
+
+
+def test_a_model_too_big_for_one_gpu_is_sharded_and_the_reason_says_why() -> None:
+    one = _plan("falcon-40b", "RTX 4090")
+    two = _plan("falcon-40b", "RTX 4090", gpus=2)
+    assert not one.fits and two.sharding == "fsdp" and "does not fit one GPU" in two.reasons["sharding"]
+    assert two.peak_vram_bytes < one.peak_vram_bytes
+    forced = _plan("falcon-40b", "H200", gpus=2, sharding="fsdp")  # fits one H200: FSDP only when asked
+    assert _plan("falcon-40b", "H200", gpus=2).sharding == "ddp" and forced.sharding == "fsdp"
+    assert "forced" in forced.reasons["sharding"]
+
+
+def test_plan_gpus_flag_and_a_bad_value(capsys) -> None:
+    assert main(["plan", "--model", "falcon-7b", "--gpu", "H100 80GB", "--gpus", "2", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert (plan["gpus"], plan["sharding"]) == (2, "ddp")
+    assert main(["plan", "--model", "falcon-7b", "--gpu", "H100 80GB", "--gpus", "0"]) == 1
+    assert "GPUs must be at least 1" in capsys.readouterr().err
+
+
+def test_fsdp_loads_4_bit_weights_in_bfloat16_storage() -> None:
+    from falcon_desktop.model import _quantization_config
+
+    assert _quantization_config(torch.bfloat16, "bfloat16").bnb_4bit_quant_storage == torch.bfloat16
+    assert _quantization_config(torch.bfloat16).bnb_4bit_quant_storage == torch.uint8

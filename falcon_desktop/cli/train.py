@@ -54,7 +54,8 @@ def register(subparsers: argparse._SubParsersAction, formatter: type[argparse.He
 
 
 # Flags that may differ on --resume: they steer this invocation, not what the run learns.
-_FREE_ON_RESUME = {"resume", "max_steps", "device", "force", "dry_run", "overwrite", "run", "verb", "gpus", "argv"}
+_FREE_ON_RESUME = {"resume", "max_steps", "device", "force", "dry_run", "overwrite", "run", "verb", "gpus", "argv",
+                   "sharding"}
 
 
 def _refuse_changed_settings(args: argparse.Namespace) -> None:
@@ -95,9 +96,13 @@ def _processes_for(args: argparse.Namespace) -> int:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    import os
+
     from falcon_desktop.cli.train_setup import plan_for_training, resume_settings, train_config_from_args
 
     processes = _processes_for(args)
+    # The plan sizes every GPU of the run: the launcher's process count, or in a rank the ranks it belongs to.
+    args.gpus = processes if processes > 1 else int(os.environ.get("WORLD_SIZE", "1"))
     if args.resume:
         _refuse_changed_settings(args)
         config, plan = resume_settings(args)
