@@ -98,7 +98,11 @@ def _processes_for(args: argparse.Namespace) -> int:
 def run_command(args: argparse.Namespace) -> int:
     import os
 
-    from falcon_desktop.cli.train_setup import plan_for_training, resume_settings, train_config_from_args
+    from falcon_desktop.cli.train_setup import (
+        plan_for_training,
+        resume_settings,
+        train_config_from_args,
+    )
 
     processes = _processes_for(args)
     # The plan sizes every GPU of the run: the launcher's process count, or in a rank the ranks it belongs to.
