@@ -238,3 +238,52 @@ def test_fsdp_loads_4_bit_weights_in_bfloat16_storage() -> None:
 
     assert _quantization_config(torch.bfloat16, "bfloat16").bnb_4bit_quant_storage == torch.bfloat16
     assert _quantization_config(torch.bfloat16).bnb_4bit_quant_storage == torch.uint8
+
+
+# ------------------------------------------------------------------------------------- doctor, several GPUs
+class _FakeNvml:
+    """NVML of a 3-GPU machine where GPUs 0 and 1 share NVLink and GPU 2 hangs off another socket (NVML is absent
+    on CI: this is the hardware mocked, not our code)."""
+
+    class NVMLError(Exception):
+        pass
+
+    def nvmlDeviceGetCount(self) -> int:
+        return 3
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> int:
+        return index
+
+    def nvmlDeviceGetP2PStatus(self, a: int, b: int, capability: int) -> int:
+        assert capability == 3  # NVML_P2P_CAPS_INDEX_NVLINK
+        return 0 if {a, b} == {0, 1} else 4  # NVML_P2P_STATUS_OK, else not supported
+
+    def nvmlDeviceGetTopologyCommonAncestor(self, a: int, b: int) -> int:
+        if (a, b) == (1, 2):
+            raise self.NVMLError("not supported")
+        return 50 if b == 2 else 10
+
+
+def test_doctor_names_the_link_of_every_pair_of_gpus() -> None:
+    from falcon_desktop.probe_multi_gpu import link_check, read_links
+    from falcon_desktop.probe_system import PASS, WARN
+
+    pairs = read_links(_FakeNvml())
+    assert pairs == [{"gpus": [0, 1], "nvlink": True, "path": "one PCIe switch"},
+                     {"gpus": [0, 2], "nvlink": False, "path": "across CPU sockets"},
+                     {"gpus": [1, 2], "nvlink": False, "path": "unknown"}]
+    check = link_check(pairs)
+    assert check.status == WARN and "GPU 0-1: NVLink" in check.value and "GPU 0-2: PCIe" in check.value
+    assert link_check(pairs[:1]).status == PASS
+
+
+def test_doctor_nccl_row_and_no_rows_below_two_gpus() -> None:
+    from falcon_desktop.probe_gpu import GpuInfo
+    from falcon_desktop.probe_multi_gpu import multi_gpu_checks, nccl_check
+    from falcon_desktop.probe_system import FAIL, PASS
+
+    assert nccl_check(0, "3.0\n").status == PASS
+    assert nccl_check(1, "RuntimeError: NCCL error\n").status == FAIL and "NCCL error" in nccl_check(1, "x\nNCCL error").value
+    assert "did not finish" in nccl_check(None, "").value
+    one = GpuInfo(0, "NVIDIA H200", 141 * 2**30, 140 * 2**30, (9, 0), 700.0, ())
+    assert multi_gpu_checks((one,), cuda_usable=True) == [] and multi_gpu_checks((), cuda_usable=False) == []
