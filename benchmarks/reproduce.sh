@@ -35,3 +35,14 @@ python3 benchmarks/ask_speed.py --model "$MODELS/falcon-7b" --context-file .benc
 
 # 5. The plots in docs/img/ (loss curves, throughput) from the committed results.
 python3 benchmarks/plot_results.py
+
+# 6. The fixed cost of a small model's step (docs/benchmarks.md "The fixed cost of a step"): SmolLM2-135M-Instruct
+#    ($SMOL, a directory or its .gguf), 16-bit base, the plan's own settings -> step-profile-smol-sdpa.json.
+if [ -n "${SMOL:-}" ]; then
+  python3 benchmarks/step_profile.py --result "$OUT/step-profile-smol-sdpa.json" -- train --model "$SMOL" --data $D \
+    --max-steps 25 --eval-examples 0 --save-every 1000 --output "$MODELS/step-profile-run" --overwrite --no-quantize
+  # 7. docs/quality.md: the tuning table (six settings at once on one GPU) and the before/after benchmark.
+  MODEL="$SMOL" OUT="$OUT/quality-tuning-run" bash benchmarks/quality_tuning.sh
+  python3 benchmarks/quality.py --model "$SMOL" --data $D --seed 45 --heldout-questions 1000 --curve-steps 100,250 \
+    --compare-hf --out "$OUT/quality-smollm2" -- --epochs 2
+fi

@@ -159,8 +159,11 @@ def free_bytes(path: Path) -> int:
     return shutil.disk_usage(nearest_existing(path)).free
 
 
-def disk_check(name: str, path: Path, free: int, need: str) -> Check:
+def disk_check(name: str, path: Path, free: int, need: str, writable: bool = True) -> Check:
     value = f"{gigabytes(free)} free at {path}"
+    if not writable:  # free space is no use on a read-only drive or folder
+        return Check(name, FAIL, f"{path} is not writable",
+                     "Set FALCON_DESKTOP_HOME to a folder you can write to (or give train --output one).")
     if free < MIN_FREE_DISK_BYTES:
         return Check(name, FAIL, value, f"Free disk space there: {need}.")
     if free < SEVEN_B_CHECKPOINT_BYTES:
@@ -247,7 +250,8 @@ def system_checks() -> list[Check]:
     if sys.platform == "win32":
         rows.append(page_file_check(memory.total, psutil.swap_memory().total))
     runs = paths.runs_dir()
-    rows.append(disk_check("Disk (runs)", runs, free_bytes(runs), "`merge` writes a full 7B model (~15 GB)"))
+    rows.append(disk_check("Disk (runs)", runs, free_bytes(runs), "`merge` writes a full 7B model (~15 GB)",
+                           os.access(nearest_existing(runs), os.W_OK)))
     rows.append(disk_check("Disk (HF cache)", hf_cache, free_bytes(hf_cache), "Falcon-7B downloads ~15 GB"))
     rows.append(hf_cache_check(hf_cache, paths.hf_offline(), os.access(nearest_existing(hf_cache), os.W_OK)))
     rows.append(symlink_check(hf_cache))

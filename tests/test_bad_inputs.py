@@ -95,7 +95,6 @@ CASES = [
     ("epochs 0", lambda w: _train(w, "--epochs", "0"), "--epochs 0"),
     ("eval-fraction 1", lambda w: _train(w, "--eval-fraction", "1"), "--eval-fraction 1"),
     ("method full", lambda w: _train(w, "--method", "full"), "cannot run method 'full'"),
-    ("method inference", lambda w: _train(w, "--method", "inference"), "cannot run method 'inference'"),
     ("data with brackets missing", lambda w: [*_train(w)[:4], str(w["root"] / "squad[/v2].json"), *_train(w)[5:]],
      "squad[/v2].json"),
     ("data without answer column", lambda w: [*_train(w)[:4], str(w["no_answers"]), *_train(w)[5:]],
@@ -109,8 +108,8 @@ CASES = [
     ("hub model offline and unknown", lambda w: ["train", "--model", "falcon-desktop-tests/uncached", "--data", DEMO],
      "not in the Hugging Face cache"),
     ("resume a non-run", lambda w: ["train", "--resume", str(w["user_folder"])], "not a run directory"),
-    ("resume with another learning rate", lambda w: ["train", "--resume", str(w["unfinished"]), "--learning-rate", "1e-3"],
-     "--learning-rate 0.001"),
+    ("resume with another learning rate", lambda w: ["train", "--resume", str(w["unfinished"]), "--learning-rate", "5e-2"],
+     "--learning-rate 0.05 (this run: 0.001)"),
     ("resume with other data", lambda w: ["train", "--resume", str(w["unfinished"]), "--data", str(w["no_answers"])],
      "--data"),
     ("resume with another seq-len", lambda w: ["train", "--resume", str(w["unfinished"]), "--seq-len", "256"], "--seq-len 256"),
@@ -159,6 +158,15 @@ def test_bad_input_is_one_clear_error(world, name, argv, words, capsys, monkeypa
     assert "Error:" in err and "Hint:" in err, err[-1500:]
     assert "Traceback" not in err
     assert words in " ".join(err.split()), err[-1500:]
+
+
+def test_train_does_not_offer_inference(world, capsys) -> None:
+    # `plan` sizes inference; `train --help` does not list it, so asking for it is a usage error (exit 2), no traceback.
+    with pytest.raises(SystemExit) as exit_info:
+        main(_train(world, "--method", "inference"))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'inference'" in err and "Traceback" not in err
 
 
 def test_nothing_of_the_user_is_touched_by_a_refused_run(world) -> None:

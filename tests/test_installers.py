@@ -489,16 +489,3 @@ def test_install_cmd_wraps_install_ps1_for_double_click() -> None:
     assert 'powershell.exe -NoProfile -ExecutionPolicy Bypass -File "%~dp0install.ps1" %*' in text
     assert re.search(r"^pause\r$", text, re.MULTILINE)
     assert re.search(r"^exit /b %INSTALL_EXIT_CODE%\r$", text, re.MULTILINE)
-
-
-def test_install_plan_imports_only_the_standard_library() -> None:
-    # The installers run it with a bare interpreter, before anything falcon-desktop needs is installed.
-    code = (
-        "import sys\n"
-        "before = set(sys.modules)\n"
-        "import falcon_desktop.install_plan\n"
-        "new = {name.split('.')[0] for name in set(sys.modules) - before}\n"
-        "print(sorted(new - set(sys.stdlib_module_names) - {'falcon_desktop'}))\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "[]"

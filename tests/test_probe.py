@@ -529,6 +529,8 @@ def test_disk_check(tmp_path):
     assert disk_check("Disk (runs)", runs, 100 * 10**9, "why").status == PASS
     assert disk_check("Disk (runs)", runs, 10 * 10**9, "why").status == WARN
     assert disk_check("Disk (runs)", runs, 10**8, "why").status == FAIL
+    read_only = disk_check("Disk (runs)", runs, 100 * 10**9, "why", writable=False)
+    assert read_only.status == FAIL and "FALCON_DESKTOP_HOME" in read_only.hint
 
 
 def test_hf_cache_check(tmp_path):

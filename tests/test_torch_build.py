@@ -171,16 +171,21 @@ def test_cli_rejects_bad_flags(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_runs_as_a_module_and_imports_only_the_standard_library():
+@pytest.mark.parametrize("module", ["torch_build", "install_plan", "pip_commands"])
+def test_installer_modules_import_only_the_standard_library(module):
+    # The installers run them with a bare interpreter, before anything falcon-desktop needs is installed.
     code = (
         "import sys\n"
         "before = set(sys.modules)\n"
-        "import falcon_desktop.torch_build\n"
+        f"import falcon_desktop.{module}\n"
         "new = {name.split('.')[0] for name in set(sys.modules) - before}\n"
         "print(sorted(new - set(sys.stdlib_module_names) - {'falcon_desktop'}))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_runs_as_a_module():
     module = subprocess.run(
         [sys.executable, "-m", "falcon_desktop.torch_build", "--driver", "none"], capture_output=True, text=True
     )

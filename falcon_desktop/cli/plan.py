@@ -233,6 +233,8 @@ def _choice_table(plan):
     if plan.method != "inference":
         rows += [("gradient_accumulation_steps", plan.gradient_accumulation_steps),
                  ("checkpoint_layers", plan.checkpoint_layers), ("optimizer", plan.optimizer)]
+    if plan.learning_rate is not None:
+        rows.append(("learning_rate", f"{plan.learning_rate:g}"))
     for name, value in rows:
         table.add_row(name, str(value), plan.reasons.get(name, ""))
     return table

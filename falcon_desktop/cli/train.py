@@ -71,8 +71,6 @@ def _refuse_changed_settings(args: argparse.Namespace) -> None:
     given = {k: v for k, v in vars(args).items() if k not in _FREE_ON_RESUME and defaults.get(k) != v}
     if "model" in given:
         given["model"] = model_reference(given["model"])
-    if "no_quantize" in given:
-        given["quantize"] = not given.pop("no_quantize")
     if isinstance(given.get("lora_targets"), str):
         given["lora_targets"] = [name.strip() for name in given["lora_targets"].split(",") if name.strip()]
     conflicts = RunCard.read(Path(args.resume).expanduser()).resume_conflicts(given)
