@@ -34,6 +34,9 @@ class ModelSettings:
     compute_dtype: str = "bfloat16"  # bfloat16 on compute capability >= 8.0, float16 before; float32 on the CPU
     device: str = "auto"             # "auto" -> cuda:0 when available, else cpu
     trust_remote_code: bool = False  # off: remote code runs arbitrary Python from the hub
+    # FSDP shards parameters of one dtype: 4-bit weights packed into bfloat16 storage (not uint8) can be flattened
+    # and sharded with the 16-bit ones, as in the Answer.AI / Hugging Face FSDP-QLoRA recipe. None: uint8.
+    quant_storage: str | None = None
 
 
 @dataclass(frozen=True)
@@ -153,10 +156,12 @@ def _falcon_linear_as_nn_linear() -> Iterator[None]:
         modeling_falcon.FalconLinear = original
 
 
-def _quantization_config(compute_dtype: torch.dtype):
+def _quantization_config(compute_dtype: torch.dtype, quant_storage: str | None = None):
     from transformers import BitsAndBytesConfig
 
+    storage = {"bnb_4bit_quant_storage": getattr(torch, quant_storage)} if quant_storage else {}
     return BitsAndBytesConfig(
+        **storage,
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
@@ -199,7 +204,8 @@ def load_base_model(settings: ModelSettings) -> LoadedModel:
     dtype = resolve_dtype(settings.compute_dtype, device)
     tokenizer = load_tokenizer(settings.model, settings.trust_remote_code)
     config = load_config(settings.model, settings.trust_remote_code)
-    options: dict = {"quantization_config": _quantization_config(dtype)} if settings.quantize else {}
+    options: dict = ({"quantization_config": _quantization_config(dtype, settings.quant_storage)}
+                     if settings.quantize else {})
     is_falcon = config.model_type == "falcon"
     patch = _falcon_linear_as_nn_linear() if (settings.quantize and is_falcon) else contextlib.nullcontext()
     with patch:

@@ -20,6 +20,9 @@ from falcon_desktop.hardware import (
     CLOUD_PRICES, CLOUD_PRICES_DATE, GIB, GPUS, GpuModel, compute_dtype_for_capability, gpu_model, match_gpu,
 )
 from falcon_desktop.plan_memory import COEFFICIENTS, INFERENCE_DTYPES, METHODS, PlannerCoefficients, memory_breakdown
+from falcon_desktop.plan_parallel import (
+    SCALING_EFFICIENCY, SHARDINGS, ShardedPricer, choose_sharding, per_gpu_request, speed_reason,
+)
 from falcon_desktop.plan_search import Choice, Pricer, choose_training, least_memory, longest_fitting_seq
 from falcon_desktop.plan_speed import SpeedEstimate, Workload, estimate_speed
 from falcon_desktop.shapes import ALL_LINEAR, DEFAULT_LORA_TARGETS, ModelShape, valid_lora_targets
@@ -62,6 +65,8 @@ class PlanRequest:
     micro_batch_size: int | None = None       # force instead of choosing
     gradient_checkpointing: bool | None = None    # force on (all layers) / off instead of choosing
     price_per_kwh: float = 0.30               # electricity, in your currency per kWh
+    gpus: int = 1                             # GPUs of one run; effective_batch_size is the global batch
+    sharding: str = "auto"                    # auto | ddp | fsdp (auto: ddp when the model fits one GPU)
 
     def __post_init__(self) -> None:
         if self.lora_targets is not None and not isinstance(self.lora_targets, tuple):
@@ -84,6 +89,8 @@ class PlanRequest:
             (self.micro_batch_size is not None and self.micro_batch_size < 1,
              f"micro-batch must be at least 1 (got {self.micro_batch_size})"),
             (self.price_per_kwh < 0, f"price per kWh cannot be negative (got {self.price_per_kwh})"),
+            (self.gpus < 1, f"GPUs must be at least 1 (got {self.gpus})"),
+            (self.sharding not in SHARDINGS, f"sharding {self.sharding!r} is not one of {', '.join(SHARDINGS)}"),
         ) if wrong]
         if problems:
             raise UserError("Invalid plan request: " + "; ".join(problems) + ".", "See `falcon-desktop plan --help`.")
@@ -195,6 +202,8 @@ class Plan:
     alternatives: tuple[Alternative, ...] = ()   # when it does not fit: nearest settings that do
     parameter_counts: dict[str, int] = field(default_factory=dict)  # embeddings / attention / mlp / norms / head
     learning_rate: float | None = None  # adapter learning rate train uses unless --learning-rate; None: inference
+    gpus: int = 1                      # GPUs of the run: memory figures are per GPU, speed and hours for all
+    sharding: str = "none"             # none (one GPU) | ddp | fsdp (plan_parallel.py)
 
     def to_json(self) -> dict[str, Any]:
         """Every field, JSON-safe (tuples become lists)."""
@@ -299,9 +308,13 @@ def _decide(shape: ModelShape, gpu: GpuSpec | None, request: PlanRequest, c: Pla
     """The plan without alternatives."""
     training = request.method != "inference"
     targets = _lora_targets_for(shape, request)
+    request, whole = (per_gpu_request(request) if training else request), request  # one GPU's share of a step
     pricer = Pricer(shape, request, targets, c)
     usable = None if gpu is None else gpu.vram_bytes * (1 - c.safety_margin_fraction)
     reasons: dict[str, str] = {}
+    sharding, reasons["sharding"] = choose_sharding(pricer, whole, usable) if training else ("none", "inference")
+    if sharding == "fsdp":
+        pricer = ShardedPricer(pricer, whole.gpus)
     choice: Choice | None = None
     if not training:
         choice = Choice(request.max_seq_len, 1, 0, "none")
@@ -326,6 +339,12 @@ def _decide(shape: ModelShape, gpu: GpuSpec | None, request: PlanRequest, c: Pla
                  shape.lora_parameters(targets, request.lora_r) if targets else 0)
     speed, hours = _estimate_time(shape, gpu, request, choice, targets, trainable, c)
     reasons["estimated_tokens_per_second"] = _speed_reason(gpu, request, speed)
+    tokens_per_second = speed.tokens_per_second * whole.gpus * SCALING_EFFICIENCY[sharding] if speed else None
+    if speed and whole.gpus > 1:
+        hours = hours and hours * speed.tokens_per_second / tokens_per_second
+        reasons["estimated_tokens_per_second"] = speed_reason(whole.gpus, sharding, speed.tokens_per_second)
+        reasons["gpus"] = (f"global batch {whole.effective_batch_size} = {whole.gpus} GPUs x up to "
+                           f"{request.effective_batch_size} examples each per step; memory figures are per GPU")
     accumulation = math.ceil(request.effective_batch_size / choice.micro_batch_size) if training else 1
     learning_rate = None
     if targets:
@@ -335,15 +354,15 @@ def _decide(shape: ModelShape, gpu: GpuSpec | None, request: PlanRequest, c: Pla
         total_params=shape.total_params, trainable_params=trainable, lora_r=request.lora_r,
         lora_alpha=request.lora_alpha, lora_dropout=request.lora_dropout, lora_targets=targets,
         max_seq_len=choice.seq_len, micro_batch_size=choice.micro_batch_size,
-        gradient_accumulation_steps=accumulation, effective_batch_size=request.effective_batch_size,
+        gradient_accumulation_steps=accumulation, effective_batch_size=whole.effective_batch_size,
         gradient_checkpointing=choice.checkpoint_layers > 0, checkpoint_layers=choice.checkpoint_layers,
         optimizer=choice.optimizer, peak_vram_bytes=peak, vram_budget_bytes=gpu.vram_bytes if gpu else 0,
         fits=fits, breakdown=breakdown,
         methods={key: sum(memory_breakdown(shape, pricer.setup(choice, method, dtype_name), c).values())
                  for key, (method, dtype_name) in METHOD_COMPARISON.items()},
-        estimated_tokens_per_second=speed.tokens_per_second if speed else None, estimated_hours=hours,
+        estimated_tokens_per_second=tokens_per_second, estimated_hours=hours,
         reasons=reasons, gpu=gpu,
-        parameter_counts=shape.parameter_counts(), learning_rate=learning_rate,
+        parameter_counts=shape.parameter_counts(), learning_rate=learning_rate, gpus=whole.gpus, sharding=sharding,
     )
 
 
@@ -440,7 +459,7 @@ def cost_estimates(shape: ModelShape, request: PlanRequest, plan: Plan,
                        "cost": kwh * request.price_per_kwh}
     cloud = []
     for instance in CLOUD_PRICES if request.method != "inference" else ():
-        card = _decide(shape, GpuSpec.from_table(gpu_model(instance.gpu)), request, coefficients)
+        card = _decide(shape, GpuSpec.from_table(gpu_model(instance.gpu)), replace(request, gpus=1), coefficients)
         speed = (card.estimated_tokens_per_second or 0) * instance.gpu_count  # ideal data-parallel scaling
         row: dict[str, Any] = {"provider": instance.provider, "instance": instance.instance, "gpu": instance.gpu,
                                "gpu_count": instance.gpu_count, "usd_per_hour": instance.usd_per_hour,

@@ -11,7 +11,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from falcon_desktop.probe_gpu import DEFAULT_TIMEOUT_S, GpuInfo, NvmlProbe, detect_gpus, gigabytes
+from falcon_desktop.probe_gpu import (
+    DEFAULT_TIMEOUT_S,
+    GpuInfo,
+    NvmlProbe,
+    detect_gpus,
+    gigabytes,
+)
+from falcon_desktop.probe_multi_gpu import multi_gpu_checks
 from falcon_desktop.probe_system import (
     FAIL,
     PASS,
@@ -97,6 +104,7 @@ def run_checks(nvml_timeout_s: float = DEFAULT_TIMEOUT_S) -> DoctorReport:
     build = torch_build_for(nvml)
     rows = [this_python_check(), driver_check(nvml), *gpu_checks(nvml)]
     rows += torch_checks(nvml, minimums.get("torch"), build)
+    rows += multi_gpu_checks(nvml.gpus, _status(tuple(rows), "CUDA available") == PASS)
     if nvml.error_kind == "timeout":  # importing bitsandbytes initialises CUDA, which would hang in that driver
         rows.append(Check("bitsandbytes", FAIL, "not tried: the driver did not answer NVML", "Reboot."))
     else:

@@ -35,11 +35,12 @@ from falcon_desktop.data import (
     split_micro_batches,
     tokenize_records,
 )
+from falcon_desktop.distributed import Cluster, masked
 from falcon_desktop.errors import UserError, explain_disk_error
-from falcon_desktop.loss import answer_loss_sum, count_label_tokens
+from falcon_desktop.loss import count_label_tokens
 from falcon_desktop.metrics import MetricsLog, Stopwatch, plot_losses, vram_now
 from falcon_desktop.progress import TrainingDisplay
-from falcon_desktop.model import ModelSettings, add_lora, backbone_and_head, load_base_model, set_checkpointing
+from falcon_desktop.model import ModelSettings, add_lora, load_base_model, set_checkpointing
 from falcon_desktop.plan import LARGE_MODEL_LEARNING_RATE, Plan
 from falcon_desktop.optim import make_optimizer, schedule_phases, warmup_cosine_phases
 from falcon_desktop.run_lock import RunLock
@@ -102,6 +103,7 @@ class Session:
     state: TrainerState
     card: RunCard
     schedules: dict[int, list[list[int]]] = field(default_factory=dict)  # epoch -> its steps' example indices
+    cluster: Cluster = field(default_factory=Cluster)  # this process's rank of a multi-GPU run (distributed.py)
 
 
 
@@ -129,16 +131,20 @@ def run_training(config: TrainConfig, plan: Plan, resume: bool = False, overwrit
     except OSError as error:
         raise UserError(f"Cannot create the run folder {run.root} ({error.strerror or error}).",
                         "Choose an --output folder you can write to.") from None
-    with RunLock(run.root):
-        if card is None:
+    cluster = Cluster.from_environment()
+    cluster.start(cluster.device_for(config.device))
+    with RunLock(run.root) if cluster.is_main else contextlib.nullcontext():  # only rank 0 writes the folder
+        if card is None and cluster.is_main:
             _claim_folder(run, overwrite)
-        session = setup(config, plan, card, report)
+        session = setup(config, plan, card, report, cluster)
         try:
             with StopSignals() as stop:
                 return _train_and_finish(session, stop, evaluate_first=card is None and bool(config.eval_examples))
         except BaseException as error:
             _record_failure(session, error)
             raise
+        finally:
+            cluster.stop()
 
 
 def _train_and_finish(session: Session, stop: StopSignals, evaluate_first: bool) -> RunCard:
@@ -179,14 +185,15 @@ def _claim_folder(run: RunDir, overwrite: bool) -> None:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
-def setup(config: TrainConfig, plan: Plan, card: RunCard | None, report) -> Session:
+def setup(config: TrainConfig, plan: Plan, card: RunCard | None, report, cluster: Cluster | None = None) -> Session:
     """Build the session; `card` is the run being resumed, None for a fresh run."""
     run = RunDir(Path(config.output))
+    cluster = cluster or Cluster()
     torch.manual_seed(config.seed)
 
-    loaded = load_base_model(
-        ModelSettings(config.model, config.quantize, plan.compute_dtype, config.device, config.trust_remote_code)
-    )
+    loaded = load_base_model(ModelSettings(config.model, config.quantize, plan.compute_dtype,
+                                           cluster.device_for(config.device), config.trust_remote_code,
+                                           quant_storage="bfloat16" if plan.sharding == "fsdp" else None))
     _keep_4bit_weights_trainable(loaded.model)
     plan = _fit_plan_to_device(plan, loaded.device)
     examples, eval_records, data_card = _prepare_data(config, plan, loaded.tokenizer, report)
@@ -212,7 +219,7 @@ def setup(config: TrainConfig, plan: Plan, card: RunCard | None, report) -> Sess
                 "The training data changed since this run started (its fingerprint differs).",
                 "Resume with the same --data file, or start a new run with --output.",
             )
-        state = _resume_state(run, model, optimizer, scheduler, state, total_steps)
+        state = _resume_state(run, model, optimizer, scheduler, state, total_steps, cluster.is_main)
         for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
             group["lr"] = base * lr_factor(state.step)  # the schedule's value, also where an extension begins
     card = card or RunCard(
@@ -221,15 +228,18 @@ def setup(config: TrainConfig, plan: Plan, card: RunCard | None, report) -> Sess
     )
     card.status, card.trainable_params, card.total_steps, card.schedule = "running", trainable, total_steps, phases
     card.train = {**card.train, "max_steps": config.max_steps}
-    card.write(run.root)
+    if cluster.is_main:
+        card.write(run.root)
     return Session(
         config, plan, run, model, loaded.tokenizer, loaded.device, loaded.compute_dtype, examples,
         [len(e.input_ids) for e in examples], eval_records, steps_per_epoch, total_steps, optimizer, scheduler,
         torch.amp.GradScaler(loaded.device.type, enabled=loaded.compute_dtype == torch.float16), state, card,
+        cluster=cluster,
     )
 
 
-def _resume_state(run: RunDir, model, optimizer, scheduler, fresh: TrainerState, total_steps: int) -> TrainerState:
+def _resume_state(run: RunDir, model, optimizer, scheduler, fresh: TrainerState, total_steps: int,
+                  writes: bool = True) -> TrainerState:
     """The newest readable checkpoint's state; with none, the run starts over and the dead run's metrics go."""
     state = load_newest_checkpoint(run.checkpoints, model, optimizer, scheduler)
     if state is None:
@@ -237,7 +247,8 @@ def _resume_state(run: RunDir, model, optimizer, scheduler, fresh: TrainerState,
             warn(f"No checkpoint in {escape(str(run.checkpoints))} could be read.")
         info(f"No usable checkpoint in {escape(str(run.root))} yet: starting the run over from step 0.")
         state = fresh
-    run.metrics.truncate_after(state.step)
+    if writes:
+        run.metrics.truncate_after(state.step)
     info(f"Resuming {escape(str(run.root))} at step {state.step} of {total_steps}.")
     return state
 
@@ -289,14 +300,16 @@ def fit(s: Session, stop: StopSignals) -> str:
     say(display.__enter__)
     try:
         while s.state.step < s.total_steps:
-            if stop.requested is not None:
-                name = signal.Signals(stop.requested).name
+            if s.cluster.any(stop.requested is not None):  # agreed by every rank: all save the same step
+                name = signal.Signals(stop.requested).name if stop.requested is not None else "Another rank's signal"
                 say(warn, f"{name}: saving a checkpoint at step {s.state.step}.")
                 _checkpoint(s)
                 return "interrupted"
             try:
                 result = train_step(s, _step_indices(s, s.state.step))
             except torch.cuda.OutOfMemoryError:
+                if s.cluster.distributed:  # the other ranks wait mid-step; the launcher stops them
+                    raise
                 _recover_from_oom(s)
                 continue
             if not math.isfinite(result.loss):
@@ -353,41 +366,44 @@ class StepResult:
 def train_step(s: Session, indices: list[int]) -> StepResult:
     """One optimizer step over the examples `indices`."""
     pad_id = s.tokenizer.pad_token_id
+    s.cluster.seed_step(s.config.seed, s.state.step)
     batches = [collate([s.examples[i] for i in group], pad_id)
-               for group in split_micro_batches(indices, s.lengths, s.state.token_budget)]
+               for group in split_micro_batches(s.cluster.shard(indices), s.lengths, s.state.token_budget)]
+    if not batches:  # this rank's share of a short last step is empty: it still joins the gradient reduction
+        batches = [masked(collate([s.examples[indices[0]]], pad_id))]
     loss, grad_norm = optimizer_step(
-        s.model, batches, s.optimizer, s.scheduler, s.scaler, s.compute_dtype, s.config.max_grad_norm
+        s.model, batches, s.optimizer, s.scheduler, s.scaler, s.compute_dtype, s.config.max_grad_norm, s.cluster
     )
-    return StepResult(
-        loss,
-        sum(batch["real_tokens"] for batch in batches),
-        sum(batch["input_ids"].numel() for batch in batches),
-        len(indices),
-        grad_norm,
-    )
+    real_tokens, padded_tokens = s.cluster.sum(sum(b["real_tokens"] for b in batches),
+                                               sum(b["input_ids"].numel() for b in batches if b["real_tokens"]))
+    return StepResult(loss, int(real_tokens), int(padded_tokens), len(indices), grad_norm)
 
 
 def optimizer_step(model, batches: list[dict], optimizer, scheduler, scaler, compute_dtype: torch.dtype,
-                   max_grad_norm: float) -> tuple[float, float]:
+                   max_grad_norm: float, cluster: Cluster | None = None) -> tuple[float, float]:
     """Forward/backward every micro-batch, then one optimizer step; returns (loss per answer token, grad norm).
+
+    On several ranks `batches` are this rank's share; the loss is normalised over the whole step's answer tokens.
 
     A non-finite loss skips the update (and returns NaN as the norm) so the weights stay as last checkpointed.
     """
     model.train()
     device = next(p for p in model.parameters() if p.requires_grad).device
-    label_tokens = sum(count_label_tokens(batch["labels"]) for batch in batches)
-    backbone, head = backbone_and_head(model)
+    cluster = cluster or Cluster()
+    label_tokens = int(cluster.sum(sum(count_label_tokens(batch["labels"]) for batch in batches))[0])
+    loss_of = cluster.loss_function(model)
     autocast = torch.autocast(device.type, dtype=compute_dtype, enabled=compute_dtype != torch.float32)
     total = torch.zeros((), device=device)
     with causal_fast_path(model):  # backward too: checkpointed layers run their forward again there
-        for batch in batches:
+        for number, batch in enumerate(batches, 1):
             input_ids = batch["input_ids"].to(device, non_blocking=True)
             labels = batch["labels"].to(device, non_blocking=True)
-            with autocast:
-                loss_sum = answer_loss_sum(backbone, head, input_ids, labels)
-            scaler.scale(loss_sum / label_tokens).backward()
+            with cluster.accumulating(last=number == len(batches)):
+                with autocast:
+                    loss_sum = loss_of(input_ids, labels)
+                scaler.scale(loss_sum / label_tokens).backward()
             total += loss_sum.detach()
-    loss = float(total) / label_tokens  # the step's one host sync
+    loss = cluster.sum(float(total))[0] / label_tokens  # the step's one host sync
     if not math.isfinite(loss):
         optimizer.zero_grad(set_to_none=True)
         return loss, float("nan")
@@ -418,7 +434,10 @@ def _recover_from_oom(s: Session) -> None:
 
 
 def _guard_write(s: Session, write, *args) -> None:
-    """Run one write of the run; a full, read-only or forbidden disk ends the run with one clear error."""
+    """Run one write of the run (rank 0's alone); a full, read-only or forbidden disk ends the run with one clear
+    error."""
+    if not s.cluster.is_main:
+        return
     try:
         write(*args)
     except OSError as error:
@@ -442,7 +461,7 @@ def _write_card(s: Session) -> None:
 
 def _record_failure(s: Session, error: BaseException) -> None:
     """Best effort: mark the card so `runs` does not show a dead run as running (the disk may be what failed)."""
-    if s.card.status != "running":  # finish already recorded why it stopped (a diverged loss)
+    if s.card.status != "running" or not s.cluster.is_main:  # finish recorded why it stopped (a diverged loss)
         return
     s.card.status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
     s.card.events.append({"step": s.state.step, "event": s.card.status, "error": str(error)[:200]})
@@ -457,7 +476,7 @@ def evaluate(s: Session, label: str) -> dict:
     from falcon_desktop.generate import answer_records
 
     records = s.eval_records[: s.config.eval_examples]
-    if not records:
+    if not records or not s.cluster.is_main:  # the other ranks wait at their next collective
         return {}
     info(f"Evaluating {len(records)} held-out questions ({label})...")
     predictions = answer_records(s.model, s.tokenizer, records, max_prompt_tokens=s.plan.max_seq_len)
@@ -466,6 +485,9 @@ def evaluate(s: Session, label: str) -> dict:
 
 def finish(s: Session, status: str) -> RunCard:
     card = s.card
+    if not s.cluster.is_main:  # rank 0 evaluates, saves the adapter and records the run
+        card.status, card.steps = status, s.state.step
+        return card
     if status == "finished" and s.config.eval_examples:
         card.metrics["eval_after"] = evaluate(s, "after fine-tuning")
     if status in ("finished", "interrupted"):
@@ -484,6 +506,7 @@ def finish(s: Session, status: str) -> RunCard:
         "train_seconds": round(s.state.elapsed_seconds, 1),
         "oom_events": s.state.oom_events,
         "device": torch.cuda.get_device_name() if s.device.type == "cuda" else "cpu",
+        "processes": s.cluster.world_size,
     }
     card.status, card.steps, card.finished_at = status, s.state.step, time.strftime("%Y-%m-%dT%H:%M:%S")
     _write_card(s)

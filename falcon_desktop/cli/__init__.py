@@ -100,6 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_environment()
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # `train --gpus N` relaunches the same command
     if args.verb is None:
         parser.print_help()
         return 2

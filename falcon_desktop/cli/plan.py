@@ -32,6 +32,7 @@ def add_plan_arguments(parser: argparse.ArgumentParser, training: bool = False) 
     """
     from falcon_desktop.plan import PlanRequest
     from falcon_desktop.plan_memory import INFERENCE_DTYPES, METHODS
+    from falcon_desktop.plan_parallel import SHARDINGS
     from falcon_desktop.shapes import PRESETS
 
     default = PlanRequest()
@@ -70,6 +71,12 @@ def add_plan_arguments(parser: argparse.ArgumentParser, training: bool = False) 
     gpu.add_argument("--vram", type=float, metavar="GB",
                      help="memory budget in GiB (the size printed on the card: 24 for an RTX 4090)")
     gpu.add_argument("--gpu", metavar="NAME", help='a card from the table, e.g. "RTX 4090", A10G, "A100 80GB"')
+    if not training:  # train's --gpus (N or all) starts the processes too; its plan gets their number
+        gpu.add_argument("--gpus", type=int, default=default.gpus,
+                         help="GPUs of one run: memory per GPU, global batch and speed-up (docs/multi-gpu.md)")
+    gpu.add_argument("--sharding", choices=SHARDINGS, default=default.sharding,
+                     help="with several GPUs: ddp (the model whole on each), fsdp (sharded), or auto: ddp when it "
+                          "fits one GPU")
     gpu.add_argument("--micro-batch", type=int, help="force the micro-batch instead of choosing it")
     gpu.add_argument("--checkpointing", action=argparse.BooleanOptionalAction, default=None,
                      help="force gradient checkpointing on every layer / off (default: only as many as needed)")
@@ -99,6 +106,7 @@ def request_from_args(args: argparse.Namespace):
         effective_batch_size=args.batch_size, examples=args.examples, tokens=args.tokens,
         mean_tokens_per_example=args.mean_tokens, epochs=args.epochs, micro_batch_size=args.micro_batch,
         gradient_checkpointing=args.checkpointing, price_per_kwh=args.price_per_kwh,
+        gpus=args.gpus if isinstance(args.gpus, int) else 1, sharding=args.sharding,
     )
 
 
@@ -148,7 +156,8 @@ def render_plan(plan, console, costs: dict[str, Any] | None = None) -> None:
     gpu = plan.gpu
     card = (f"{gpu.name} ({gpu.source}), budget {_gib(gpu.vram_bytes)}" if gpu else
             "no GPU detected: pass --vram or --gpu")
-    console.print(f"[bold]{plan.model}[/bold] ({plan.model_type}) {plan.method} on {card}")
+    gpus = f"{plan.gpus} x " if plan.gpus > 1 else ""
+    console.print(f"[bold]{plan.model}[/bold] ({plan.model_type}) {plan.method} on {gpus}{card}")
     console.print(_parameters_table(plan))
     console.print(_memory_table(plan))
     console.print(_methods_table(plan))
@@ -219,6 +228,8 @@ def _choice_table(plan):
         column.overflow = "fold"
     rows = [("compute_dtype", plan.compute_dtype), ("max_seq_len", plan.max_seq_len),
             ("micro_batch_size", plan.micro_batch_size)]
+    if plan.gpus > 1:
+        rows[:0] = [("sharding", plan.sharding), ("gpus", plan.gpus)]
     if plan.method != "inference":
         rows += [("gradient_accumulation_steps", plan.gradient_accumulation_steps),
                  ("checkpoint_layers", plan.checkpoint_layers), ("optimizer", plan.optimizer)]

@@ -41,6 +41,9 @@ def register(subparsers: argparse._SubParsersAction, formatter: type[argparse.He
     run.add_argument("--eval-examples", type=int, default=defaults.eval_examples,
                      help="held-out questions scored before/after (0: skip)")
     run.add_argument("--device", default=defaults.device, help="auto, cuda:N or cpu")
+    run.add_argument("--gpus", default="1", metavar="N|all",
+                     help="train on N GPUs of this machine (or all), one process each through accelerate: "
+                          "data parallel, or FSDP when the plan says the model needs sharding (docs/multi-gpu.md)")
     run.add_argument("--quantize", action=argparse.BooleanOptionalAction, default=True,
                      help="4-bit NF4 base (QLoRA); --no-quantize trains on a 16-bit base (LoRA)")
     run.add_argument("--strict", action="store_true", help="fail on any dropped data record")
@@ -51,7 +54,8 @@ def register(subparsers: argparse._SubParsersAction, formatter: type[argparse.He
 
 
 # Flags that may differ on --resume: they steer this invocation, not what the run learns.
-_FREE_ON_RESUME = {"resume", "max_steps", "device", "force", "dry_run", "overwrite", "run", "verb"}
+_FREE_ON_RESUME = {"resume", "max_steps", "device", "force", "dry_run", "overwrite", "run", "verb", "gpus", "argv",
+                   "sharding"}
 
 
 def _refuse_changed_settings(args: argparse.Namespace) -> None:
@@ -75,9 +79,32 @@ def _refuse_changed_settings(args: argparse.Namespace) -> None:
                         "Drop them to resume, or start a new run with --output (--overwrite replaces this one).")
 
 
-def run_command(args: argparse.Namespace) -> int:
-    from falcon_desktop.cli.train_setup import plan_for_training, resume_settings, train_config_from_args
+def _processes_for(args: argparse.Namespace) -> int:
+    """How many processes --gpus starts (1: this one trains); checked before any model loads."""
+    import os
 
+    from falcon_desktop.launch import parse_gpus, process_count
+
+    gpus = parse_gpus(args.gpus)
+    if gpus == 1:
+        return 1
+    import torch
+
+    return process_count(gpus, args.device, torch.cuda.device_count(), os.environ)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    import os
+
+    from falcon_desktop.cli.train_setup import (
+        plan_for_training,
+        resume_settings,
+        train_config_from_args,
+    )
+
+    processes = _processes_for(args)
+    # The plan sizes every GPU of the run: the launcher's process count, or in a rank the ranks it belongs to.
+    args.gpus = processes if processes > 1 else int(os.environ.get("WORLD_SIZE", "1"))
     if args.resume:
         _refuse_changed_settings(args)
         config, plan = resume_settings(args)
@@ -86,6 +113,10 @@ def run_command(args: argparse.Namespace) -> int:
         plan = plan_for_training(args, config)
     if args.dry_run:
         return 0
+    if processes > 1:
+        from falcon_desktop.launch import launch
+
+        return launch(args.argv, processes)
     from rich.markup import escape
 
     from falcon_desktop.console import info
