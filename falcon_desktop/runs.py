@@ -8,14 +8,19 @@ or an adapter directory itself, and share `resolve_adapter` to find the adapter.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 import types
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 
+from rich.markup import escape
+
 from falcon_desktop import __version__
+from falcon_desktop.console import warn
 from falcon_desktop.errors import UserError
+from falcon_desktop.metrics import MetricsLog
 from falcon_desktop.paths import runs_dir
 from falcon_desktop.prompts import TEMPLATE_VERSION
 from falcon_desktop.run_lock import is_training
@@ -24,6 +29,55 @@ RUN_CARD = "run.json"
 STOPPED = "stopped (crashed)"  # a card saying "running" whose writer is gone; `train --resume` continues it
 ADAPTER_DIR = "adapter"
 ADAPTER_CONFIG = "adapter_config.json"
+
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """The files of one run folder, as `train` lays them out."""
+
+    root: Path
+
+    @property
+    def adapter(self) -> Path:
+        return self.root / ADAPTER_DIR
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def card(self) -> Path:
+        return self.root / RUN_CARD
+
+    @property
+    def metrics(self) -> MetricsLog:
+        return MetricsLog(self.root / "metrics.jsonl")
+
+    @property
+    def loss_plot(self) -> Path:
+        return self.root / "loss.png"
+
+    def own_files(self) -> list[Path]:
+        """What `train` writes here, and so what --overwrite may remove (nothing else in the folder is touched)."""
+        return [self.card, self.metrics.path, self.loss_plot, self.checkpoints, self.adapter]
+
+    def claim(self, overwrite: bool) -> None:
+        """A fresh run may only replace an earlier run's files when told to; it never touches anything else."""
+        existing = [path for path in self.own_files() if path.exists()]
+        if not existing:
+            return
+        if not overwrite:
+            if self.card.exists():
+                raise UserError(f"{self.root} already holds a run (its {RUN_CARD}, checkpoints and adapter).",
+                                f"Continue it with `falcon-desktop train --resume {self.root}`, choose another "
+                                "--output, or pass --overwrite to delete it and start over.")
+            names = ", ".join(path.name for path in existing)
+            raise UserError(f"{self.root} already holds {names}, which a new run would replace.",
+                            "Choose an empty or new --output folder, or pass --overwrite to replace them.")
+        warn(f"--overwrite: replacing {', '.join(path.name for path in existing)} in {escape(str(self.root))}.")
+        for path in existing:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 @dataclass

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import shutil
 import signal
 import time
 from dataclasses import dataclass, field, replace
@@ -38,47 +37,18 @@ from falcon_desktop.data import (
 from falcon_desktop.distributed import Cluster, masked
 from falcon_desktop.errors import UserError, explain_disk_error
 from falcon_desktop.loss import count_label_tokens
-from falcon_desktop.metrics import MetricsLog, Stopwatch, plot_losses, vram_now
+from falcon_desktop.metrics import Stopwatch, plot_losses, vram_now
 from falcon_desktop.progress import TrainingDisplay
 from falcon_desktop.model import ModelSettings, add_lora, load_base_model, set_checkpointing
 from falcon_desktop.plan import LARGE_MODEL_LEARNING_RATE, Plan
 from falcon_desktop.optim import make_optimizer, schedule_phases, warmup_cosine_phases
 from falcon_desktop.run_lock import RunLock
 from falcon_desktop.train_config import TrainConfig
-from falcon_desktop.runs import RUN_CARD, RunCard
+from falcon_desktop.runs import RunCard, RunDir
 from falcon_desktop.stop import StopSignals, say
 
 # Methods `train` can run: the planner also knows full fine-tuning and inference, which it only sizes.
 TRAINABLE_METHODS = ("qlora", "lora")
-
-
-@dataclass(frozen=True)
-class RunDir:
-    root: Path
-
-    @property
-    def adapter(self) -> Path:
-        return self.root / "adapter"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    @property
-    def card(self) -> Path:
-        return self.root / RUN_CARD
-
-    @property
-    def metrics(self) -> MetricsLog:
-        return MetricsLog(self.root / "metrics.jsonl")
-
-    @property
-    def loss_plot(self) -> Path:
-        return self.root / "loss.png"
-
-    def own_files(self) -> list[Path]:
-        """What `train` writes here, and so what --overwrite may remove (nothing else in the folder is touched)."""
-        return [self.card, self.metrics.path, self.loss_plot, self.checkpoints, self.adapter]
 
 
 @dataclass
@@ -135,7 +105,7 @@ def run_training(config: TrainConfig, plan: Plan, resume: bool = False, overwrit
     cluster.start(cluster.device_for(config.device))
     with RunLock(run.root) if cluster.is_main else contextlib.nullcontext():  # only rank 0 writes the folder
         if card is None and cluster.is_main:
-            _claim_folder(run, overwrite)
+            run.claim(overwrite)
         session = setup(config, plan, card, report, cluster)
         try:
             with StopSignals() as stop:
@@ -165,24 +135,6 @@ def _check_local_model(model: str) -> None:
     if missing:
         raise UserError(f"The model folder {folder} lacks {' and '.join(missing)} (*.safetensors or *.bin).",
                         "Pass a folder saved with save_pretrained (config.json, weights, tokenizer files), or a hub id.")
-
-
-def _claim_folder(run: RunDir, overwrite: bool) -> None:
-    """A fresh run may only replace an earlier run's files when told to; it never touches anything else."""
-    existing = [path for path in run.own_files() if path.exists()]
-    if not existing:
-        return
-    if not overwrite:
-        if run.card.exists():
-            raise UserError(f"{run.root} already holds a run (its {RUN_CARD}, checkpoints and adapter).",
-                            f"Continue it with `falcon-desktop train --resume {run.root}`, choose another --output, "
-                            "or pass --overwrite to delete it and start over.")
-        names = ", ".join(path.name for path in existing)
-        raise UserError(f"{run.root} already holds {names}, which a new run would replace.",
-                        "Choose an empty or new --output folder, or pass --overwrite to replace them.")
-    warn(f"--overwrite: replacing {', '.join(path.name for path in existing)} in {escape(str(run.root))}.")
-    for path in existing:
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 def setup(config: TrainConfig, plan: Plan, card: RunCard | None, report, cluster: Cluster | None = None) -> Session:
