@@ -58,7 +58,8 @@ def write_json(path: Path, payload: dict) -> None:
 
 def _fsync_tree(directory: Path) -> None:
     for file in sorted(p for p in directory.rglob("*") if p.is_file()):
-        with open(file, "rb") as handle:
+        # Opened for writing: Windows' fsync (FlushFileBuffers) fails with EBADF on a read-only handle.
+        with open(file, "r+b") as handle:
             os.fsync(handle.fileno())
     fsync_directory(directory)
 
