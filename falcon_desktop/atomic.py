@@ -32,20 +32,25 @@ def fsync_directory(directory: Path) -> None:
         os.close(handle)
 
 
-def write_bytes(path: Path, data: bytes) -> None:
-    """Replace `path` by `data` atomically and durably."""
+def write_file(path: Path, write: Callable[[Path], None]) -> None:
+    """Run `write(tmp)` to write the file under a temporary name, fsync it, then rename it over `path`; on failure
+    remove the temporary. For writers that need a path of their own (a GGUF writer); `write_bytes` otherwise."""
     path = Path(path)
     tmp = _temporary_name(path)
     try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
+        write(tmp)
+        with open(tmp, "r+b") as handle:  # writable: Windows' fsync fails on a read-only handle
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     fsync_directory(path.parent)
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Replace `path` by `data` atomically and durably."""
+    write_file(path, lambda tmp: tmp.write_bytes(data))
 
 
 def write_text(path: Path, text: str) -> None:
