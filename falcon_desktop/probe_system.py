@@ -18,6 +18,7 @@ from pathlib import Path
 
 from falcon_desktop import paths
 from falcon_desktop.errors import first_line
+from falcon_desktop.install_plan import PYTHON_RANGE
 from falcon_desktop.pip_commands import install_command, python_command
 from falcon_desktop.probe_gpu import gigabytes
 
@@ -50,7 +51,7 @@ def python_check(version: tuple[int, int, int], pointer_bits: int) -> Check:
     if pointer_bits != 64:
         return Check(
             "Python", FAIL, value,
-            "Install 64-bit Python 3.10-3.14 from python.org, then the installer again: PyTorch has no 32-bit wheels.",
+            f"Install 64-bit Python {PYTHON_RANGE} from python.org, then the installer again: PyTorch has no 32-bit wheels.",
         )
     return Check("Python", PASS, value)
 
