@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import tempfile
 import re
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +19,6 @@ from typing import Any
 
 from falcon_desktop.atomic import write_text
 from falcon_desktop.console import info, warn
-from falcon_desktop.data.questions import read_questions  # noqa: F401 - `ask --input` reads through ask
 from falcon_desktop.data.records import QARecord
 from falcon_desktop.decoding import GenerationSettings
 from falcon_desktop.errors import UserError
