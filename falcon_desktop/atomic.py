@@ -125,10 +125,13 @@ def _last_newline_end(handle, size: int) -> int:
 def read_json_lines(path: Path) -> list[dict]:
     """The complete JSON objects of a JSON-lines file; a torn or garbled line (a crash mid-write) is skipped."""
     path = Path(path)
-    if not path.exists():
-        return []
+    return parse_json_lines(path.read_bytes()) if path.exists() else []
+
+
+def parse_json_lines(data: bytes) -> list[dict]:
+    """The JSON objects among the lines of `data`; a torn or garbled line is skipped."""
     records = []
-    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
+    for line in data.decode("utf-8", errors="replace").splitlines():
         try:
             record = json.loads(line)
         except ValueError:
