@@ -187,7 +187,7 @@ def check_answers_path(path: str | Path, questions_path: str | Path | None = Non
     if path.suffix.lower() not in (".json", ".jsonl"):
         raise UserError(f"Cannot write answers to {path.name!r}.", "Use .json (SQuAD predictions) or .jsonl.")
     if questions_path is not None and path.resolve() == Path(questions_path).resolve():
-        raise UserError(f"--output {path} is the --input file: the answers would replace the questions.",
+        raise UserError(f"--output {path} is the --data file: the answers would replace the questions.",
                         "Write the answers to another file.")
     if path.exists() and not overwrite:
         raise UserError(f"{path} already exists.", "Choose another --output, or pass --overwrite to replace it.")
