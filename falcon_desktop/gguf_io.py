@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import shutil
 import struct
 from pathlib import Path
 from typing import Any
@@ -238,12 +237,10 @@ def hf_directory(reference: str) -> str:
     target = cache_dir() / "gguf" / _cache_key(path)
     if (target / SOURCE_RECORD).is_file():
         return str(target)
+    from falcon_desktop.atomic import write_directory
+
     info(f"Converting {path.name} to a Hugging Face model (once; cached in {target}) ...")
-    staging = target.with_name(f".{target.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    convert_gguf(path, staging)
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
+    write_directory(target, lambda staging: convert_gguf(path, staging))  # complete, or not there at all
     return str(target)
 
 
