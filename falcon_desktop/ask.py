@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from falcon_desktop.atomic import write_text
+from falcon_desktop.atomic import refuse_existing, write_text
 from falcon_desktop.console import info, warn
 from falcon_desktop.data.records import QARecord
 from falcon_desktop.decoding import GenerationSettings
@@ -189,8 +189,7 @@ def check_answers_path(path: str | Path, questions_path: str | Path | None = Non
     if questions_path is not None and path.resolve() == Path(questions_path).resolve():
         raise UserError(f"--output {path} is the --data file: the answers would replace the questions.",
                         "Write the answers to another file.")
-    if path.exists() and not overwrite:
-        raise UserError(f"{path} already exists.", "Choose another --output, or pass --overwrite to replace it.")
+    refuse_existing(path, overwrite)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=path.parent):  # the answers are written beside it, then renamed

@@ -139,3 +139,13 @@ def parse_json_lines(data: bytes) -> list[dict]:
         if isinstance(record, dict):
             records.append(record)
     return records
+
+
+def refuse_existing(path: Path, overwrite: bool) -> None:
+    """No command replaces an --output it did not create unless told to; an empty folder counts as free."""
+    from falcon_desktop.errors import UserError
+
+    taken = path.exists() and (not path.is_dir() or any(path.iterdir()))
+    if taken and not overwrite:
+        what = "already exists and is not empty" if path.is_dir() else "already exists"
+        raise UserError(f"--output {path} {what}.", "Choose another --output, or pass --overwrite to replace it.")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from falcon_desktop import __version__
+from falcon_desktop.atomic import refuse_existing, write_directory
 from falcon_desktop.console import info
 from falcon_desktop.errors import UserError
 from falcon_desktop.prompts import ABSTAIN, QAPrompt
@@ -33,11 +34,6 @@ class MergeOptions:
     device: str = "cpu"
     overwrite: bool = False
     trust_remote_code: bool = False
-
-
-def _check_output(output: Path, overwrite: bool) -> None:
-    if output.exists() and (not output.is_dir() or any(output.iterdir())) and not overwrite:
-        raise UserError(f"{str(output)!r} already exists and is not empty.", "Pick another --output, or pass --overwrite.")
 
 
 def _fmt(value: object, digits: int = 2) -> str:
@@ -116,7 +112,6 @@ def merge_adapter(options: MergeOptions) -> Path:
     import torch
     from transformers import AutoTokenizer
 
-    from falcon_desktop.atomic import write_directory
     from falcon_desktop.gguf_io import hf_directory
     from falcon_desktop.model import check_model_reference, load_adapter, load_causal_lm, resolve_device
 
@@ -129,7 +124,7 @@ def merge_adapter(options: MergeOptions) -> Path:
     weights = hf_directory(base)  # a .gguf base merges into its cached safetensors copy
     check_model_reference(weights)  # a moved or mistyped local base fails here with a message, not a traceback
     output = Path(options.output).expanduser()
-    _check_output(output, options.overwrite)
+    refuse_existing(output, options.overwrite)
     device = resolve_device(options.device)
 
     info(f"Loading {base} in {options.dtype} on {device} ...")

@@ -37,14 +37,14 @@ def run(args: argparse.Namespace) -> int:
     import tempfile
     from pathlib import Path
 
+    from falcon_desktop.atomic import refuse_existing
     from falcon_desktop.console import info
     from falcon_desktop.errors import UserError
 
     output = Path(args.output).expanduser()
     if output.suffix.lower() != ".gguf":
         raise UserError(f"--output {args.output!r} does not end in .gguf.", f"e.g. --output {output.stem}.gguf")
-    if output.exists() and not args.overwrite:
-        raise UserError(f"{str(output)!r} already exists.", "Pick another --output, or pass --overwrite.")
+    refuse_existing(output, args.overwrite)
     output.parent.mkdir(parents=True, exist_ok=True)
     if args.merged:
         report = _export(Path(args.merged).expanduser(), output, args)
