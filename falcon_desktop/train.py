@@ -151,12 +151,12 @@ def setup(config: TrainConfig, plan: Plan, card: RunCard | None, report, cluster
     examples, eval_records, data_card = _prepare_data(config, plan, loaded.tokenizer, report)
     model = add_lora(loaded.model, plan.lora_targets, plan.lora_r, plan.lora_alpha, plan.lora_dropout)
     set_checkpointing(model, plan.checkpoint_layers)
-    cluster.prepare(model, plan.sharding)  # FSDP shards here, before the optimizer is built over the shards
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if trainable != plan.trainable_params:
         warn(f"peft trains {trainable:,} parameters; the plan counted {plan.trainable_params:,}.")
     info(f"Trainable parameters: {trainable:,} of {plan.total_params:,} "
          f"(LoRA r={plan.lora_r} on {', '.join(plan.lora_targets)}).")
+    cluster.prepare(model, plan.sharding)  # FSDP shards here (counted whole above), before the optimizer is built
 
     steps_per_epoch = math.ceil(len(examples) / plan.effective_batch_size)
     total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))

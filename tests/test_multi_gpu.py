@@ -157,6 +157,8 @@ def test_two_ranks_learn_what_one_process_learns_from_the_same_global_batch(
     _assert_same_adapter(run, one_process_run)
     card = json.loads((run / "run.json").read_text(encoding="utf-8"))
     assert card["status"] == "finished" and card["measured"]["processes"] == 2
+    reference_card = json.loads((one_process_run / "run.json").read_text(encoding="utf-8"))
+    assert card["trainable_params"] == reference_card["trainable_params"]  # counted whole, not one rank's shard
     assert not (run / "train.lock").exists()
 
 
