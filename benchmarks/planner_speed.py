@@ -24,7 +24,7 @@ from falcon_desktop.shapes import DEFAULT_LORA_TARGETS, ModelShape, load_shape
 
 RESULTS = Path(__file__).parent / "results"
 TOLERANCE = 0.25
-SQUAD_TOKENS_PER_EXAMPLE = 214   # shared/README.md: real SQuAD v2 prompts through the Falcon tokenizer
+SQUAD_TOKENS_PER_EXAMPLE = 214   # real SQuAD v2 prompts through the Falcon tokenizer (docs/benchmarks.md)
 
 
 def _accuracy_module():

@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from falcon_desktop.atomic import write_text  # noqa: E402
 from falcon_desktop.evaluate import iter_squad_questions, read_squad, score_predictions  # noqa: E402
 
 KEYS = ("f1", "exact", "HasAns_f1", "HasAns_exact", "NoAns_f1", "NoAns_exact", "total")
@@ -132,6 +133,11 @@ def plot(result: dict, path: Path) -> None:
     figure.savefig(path, dpi=120)
 
 
+def write_result(result: dict, out: Path) -> None:
+    """quality.json as it stands: written after every stage, so a run cut short still leaves what it measured."""
+    write_text(out / "quality.json", json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="base: a .gguf file, a model directory or a Hub id")
@@ -166,24 +172,29 @@ def main(argv: list[str] | None = None) -> int:
                                          "questions": sum(1 for _ in iter_squad_questions(train_doc))},
         "heldout": {"articles": len(heldout_doc["data"]), "titles": [a.get("title") for a in heldout_doc["data"]],
                     "questions": len(questions)},
-        "abstain_always": {key: abstain.get(key) for key in KEYS},
+        "abstain_always": {key: abstain.get(key) for key in KEYS}, "complete": False,
     }
     result["base"] = evaluate("base", ["--model", args.model], heldout_file, args)
+    write_result(result, args.out)
     final = train("final", train_file, args.train_args, args)
     result["finetuned"] = {**evaluate("final", ["--adapter", final["run"]], heldout_file, args), "train": final}
+    write_result(result, args.out)
     curve = [{"steps": 0, **{key: result["base"][key] for key in KEYS}},
              {"steps": final["steps"], **{key: result["finetuned"][key] for key in KEYS}}]
     for steps in [int(s) for s in args.curve_steps.split(",") if s.strip()]:
         run = train(f"steps-{steps}", train_file, [*args.train_args, "--max-steps", str(steps)], args)
         scores = evaluate(f"steps-{steps}", ["--adapter", run["run"]], heldout_file, args)
         curve.append({"steps": run["steps"], **{key: scores[key] for key in KEYS}, "train": run, "eval": scores})
+        result["learning_curve"] = sorted(curve, key=lambda point: point["steps"])
+        write_result(result, args.out)
     result["learning_curve"] = sorted(curve, key=lambda point: point["steps"])
     if args.compare_hf:
         hf = train_hf(final["steps"], train_file, args)
         result["hf_trainer"] = {**evaluate("hf-trainer", ["--adapter", hf["run"]], heldout_file, args), "train": hf,
                                 "steps": final["steps"]}
     result["wall_seconds"] = round(time.perf_counter() - started, 1)
-    (args.out / "quality.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    result["complete"] = True
+    write_result(result, args.out)
     plot(result, args.out / "quality.png")
     summary = {key: result[key]["f1"] for key in ("abstain_always", "base", "finetuned")}
     print(json.dumps({"f1": summary, "out": str(args.out)}))

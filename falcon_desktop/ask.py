@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import tempfile
 import re
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +19,6 @@ from typing import Any
 
 from falcon_desktop.atomic import write_text
 from falcon_desktop.console import info, warn
-from falcon_desktop.data.questions import read_questions  # noqa: F401 - `ask --input` reads through ask
 from falcon_desktop.data.records import QARecord
 from falcon_desktop.decoding import GenerationSettings
 from falcon_desktop.errors import UserError
@@ -188,7 +187,7 @@ def check_answers_path(path: str | Path, questions_path: str | Path | None = Non
     if path.suffix.lower() not in (".json", ".jsonl"):
         raise UserError(f"Cannot write answers to {path.name!r}.", "Use .json (SQuAD predictions) or .jsonl.")
     if questions_path is not None and path.resolve() == Path(questions_path).resolve():
-        raise UserError(f"--output {path} is the --input file: the answers would replace the questions.",
+        raise UserError(f"--output {path} is the --data file: the answers would replace the questions.",
                         "Write the answers to another file.")
     if path.exists() and not overwrite:
         raise UserError(f"{path} already exists.", "Choose another --output, or pass --overwrite to replace it.")

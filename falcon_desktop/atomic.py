@@ -32,20 +32,25 @@ def fsync_directory(directory: Path) -> None:
         os.close(handle)
 
 
-def write_bytes(path: Path, data: bytes) -> None:
-    """Replace `path` by `data` atomically and durably."""
+def write_file(path: Path, write: Callable[[Path], None]) -> None:
+    """Run `write(tmp)` to write the file under a temporary name, fsync it, then rename it over `path`; on failure
+    remove the temporary. For writers that need a path of their own (a GGUF writer); `write_bytes` otherwise."""
     path = Path(path)
     tmp = _temporary_name(path)
     try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
+        write(tmp)
+        with open(tmp, "r+b") as handle:  # writable: Windows' fsync fails on a read-only handle
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     fsync_directory(path.parent)
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Replace `path` by `data` atomically and durably."""
+    write_file(path, lambda tmp: tmp.write_bytes(data))
 
 
 def write_text(path: Path, text: str) -> None:
@@ -58,7 +63,8 @@ def write_json(path: Path, payload: dict) -> None:
 
 def _fsync_tree(directory: Path) -> None:
     for file in sorted(p for p in directory.rglob("*") if p.is_file()):
-        with open(file, "rb") as handle:
+        # Opened for writing: Windows' fsync (FlushFileBuffers) fails with EBADF on a read-only handle.
+        with open(file, "r+b") as handle:
             os.fsync(handle.fileno())
     fsync_directory(directory)
 
@@ -119,10 +125,13 @@ def _last_newline_end(handle, size: int) -> int:
 def read_json_lines(path: Path) -> list[dict]:
     """The complete JSON objects of a JSON-lines file; a torn or garbled line (a crash mid-write) is skipped."""
     path = Path(path)
-    if not path.exists():
-        return []
+    return parse_json_lines(path.read_bytes()) if path.exists() else []
+
+
+def parse_json_lines(data: bytes) -> list[dict]:
+    """The JSON objects among the lines of `data`; a torn or garbled line is skipped."""
     records = []
-    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
+    for line in data.decode("utf-8", errors="replace").splitlines():
         try:
             record = json.loads(line)
         except ValueError:

@@ -45,6 +45,7 @@ class GenerationSettings:
 # Scoring SQuAD: a span is a few words on one line, so a model that keeps talking (an untrained base) is cut at its
 # first line end and 32 tokens instead of running every batch to 64 (issue #15: evaluation was slow on such a model).
 EXTRACTIVE = GenerationSettings(max_new_tokens=32, single_line=True)
+EXTRACTIVE_BATCH_SIZE = 32  # questions generated together when scoring: short answers leave room for more rows
 
 
 def _parse_bool(text: str) -> bool:

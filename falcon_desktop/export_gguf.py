@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from falcon_desktop import __version__
+from falcon_desktop.atomic import write_file
 from falcon_desktop.console import info, warn
 from falcon_desktop.errors import UserError
 from falcon_desktop.prompts import QAPrompt
@@ -267,8 +268,7 @@ def export_gguf(directory: str | Path, output: str | Path, outtype: str = "q8_0"
     file_type = gguf.LlamaFileType.MOSTLY_F16 if outtype == "f16" else gguf.LlamaFileType.MOSTLY_Q8_0
 
     output.parent.mkdir(parents=True, exist_ok=True)
-    staging = output.with_name(f".{output.name}.partial")
-    writer = gguf.GGUFWriter(str(staging), arch.name)
+    writer = gguf.GGUFWriter(None, arch.name)  # the path comes at writing: a temporary one, renamed when complete
     writer.add_name(name or directory.name)
     writer.add_string("general.quantized_by", f"falcon-desktop {__version__}")
     writer.add_file_type(file_type)
@@ -290,11 +290,16 @@ def export_gguf(directory: str | Path, output: str | Path, outtype: str = "q8_0"
     pre = _add_tokenizer(writer, directory, embedding_rows)
 
     info(f"Writing {count} tensors ({parameters:,} parameters, {outtype}) to {output} ...")
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    staging.replace(output)
+
+    def write(staging: Path) -> None:
+        try:
+            writer.write_header_to_file(staging)
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file()
+        finally:
+            writer.close()
+
+    write_file(output, write)
     return ExportReport(output, outtype, arch.name, count, parameters, output.stat().st_size, pre)
 
 

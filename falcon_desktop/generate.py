@@ -22,7 +22,7 @@ import torch
 from transformers import StoppingCriteria
 
 from falcon_desktop.data.records import QARecord
-from falcon_desktop.decoding import EXTRACTIVE, GenerationSettings
+from falcon_desktop.decoding import EXTRACTIVE, EXTRACTIVE_BATCH_SIZE, GenerationSettings
 from falcon_desktop.errors import UserError
 from falcon_desktop.fast_decode import StreamingDecoder, input_device
 from falcon_desktop.prompts import STOP_STRINGS, QAPrompt, clean_generation
@@ -246,7 +246,7 @@ def generate_batch(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[Seq
 
 def answer_records(model: torch.nn.Module, tokenizer: Any, records: Sequence[QARecord],
                    max_prompt_tokens: int | None = None, settings: GenerationSettings | None = None,
-                   batch_size: int = 32, on_progress: Callable[[int], None] | None = None) -> dict[str, str]:
+                   batch_size: int = EXTRACTIVE_BATCH_SIZE, on_progress: Callable[[int], None] | None = None) -> dict[str, str]:
     """{record id: answer} for each record's question and context.
 
     Prompts are sorted by length so each batch pads little; `on_progress(n)` is called after each batch of n.

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
 
 from falcon_desktop import __version__
+from falcon_desktop.paths import nearest_existing
 from falcon_desktop.pip_commands import POSIX, POWERSHELL, command_line
 from falcon_desktop.torch_build import (
     OLDEST_SUPPORTED_CAPABILITY,
@@ -293,13 +294,6 @@ def _long_paths_enabled() -> bool:
         return False
 
 
-def _nearest_existing(path: Path) -> Path:
-    path = path.absolute()
-    while not path.exists() and path.parent != path:
-        path = path.parent
-    return path
-
-
 def check_python(out: Path | None) -> int:
     """This interpreter's verdict; its path goes to `out` (UTF-8) for the script to build the environment with."""
     code = _report(python_findings(sys.version_info[:2], struct.calcsize("P") * 8, sys.executable, sys.base_prefix))
@@ -315,7 +309,7 @@ def preflight(options: Options, running: Sequence[str]) -> int:
     findings = python_findings(sys.version_info[:2], struct.calcsize("P") * 8, sys.executable, sys.base_prefix)
     if sys.platform == "win32":
         findings.append(long_path_finding(options.prefix, _long_paths_enabled(), options))
-    where = _nearest_existing(Path(options.prefix))
+    where = nearest_existing(Path(options.prefix))
     findings.append(disk_finding(shutil.disk_usage(where).free, build.tag if build else "cuda", str(where)))
     if build is not None and not (options.cpu or options.index_url):
         findings.append(driver_finding(driver, capability, build, options))

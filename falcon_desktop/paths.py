@@ -35,6 +35,15 @@ def new_run_dir(model: str) -> Path:
     return runs_dir() / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def nearest_existing(path: Path) -> Path:
+    """`path` or its closest ancestor that exists (the cache and runs folders, an install prefix, appear on first
+    use), for asking about free space and write permission before anything is created."""
+    path = Path(path).absolute()
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
+
+
 def cache_dir() -> Path:
     """Processed datasets and other derived files that can be rebuilt."""
     return home() / "cache"

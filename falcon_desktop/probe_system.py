@@ -18,6 +18,7 @@ from pathlib import Path
 
 from falcon_desktop import paths
 from falcon_desktop.errors import first_line
+from falcon_desktop.install_plan import PYTHON_RANGE
 from falcon_desktop.pip_commands import install_command, python_command
 from falcon_desktop.probe_gpu import gigabytes
 
@@ -50,7 +51,7 @@ def python_check(version: tuple[int, int, int], pointer_bits: int) -> Check:
     if pointer_bits != 64:
         return Check(
             "Python", FAIL, value,
-            "Install 64-bit Python 3.10-3.14 from python.org, then the installer again: PyTorch has no 32-bit wheels.",
+            f"Install 64-bit Python {PYTHON_RANGE} from python.org, then the installer again: PyTorch has no 32-bit wheels.",
         )
     return Check("Python", PASS, value)
 
@@ -147,16 +148,8 @@ def page_file_check(ram_bytes: int, page_file_bytes: int) -> Check:
     return Check("Page file", PASS, value)
 
 
-def nearest_existing(path: Path) -> Path:
-    """`path` or its closest ancestor that exists (the cache and runs folders appear on first use)."""
-    path = path.absolute()
-    while not path.exists() and path.parent != path:
-        path = path.parent
-    return path
-
-
 def free_bytes(path: Path) -> int:
-    return shutil.disk_usage(nearest_existing(path)).free
+    return shutil.disk_usage(paths.nearest_existing(path)).free
 
 
 def disk_check(name: str, path: Path, free: int, need: str, writable: bool = True) -> Check:
@@ -188,7 +181,7 @@ def hf_cache_check(cache: Path, offline: bool, writable: bool) -> Check:
 def symlink_check(directory: Path) -> Check:
     """Try a real symlink where the Hugging Face cache lives: without them huggingface_hub stores duplicate copies."""
     try:
-        with tempfile.TemporaryDirectory(prefix="falcon-desktop-", dir=nearest_existing(directory)) as scratch:
+        with tempfile.TemporaryDirectory(prefix="falcon-desktop-", dir=paths.nearest_existing(directory)) as scratch:
             target = Path(scratch, "target")
             target.write_text("x", encoding="utf-8")
             Path(scratch, "link").symlink_to(target)
@@ -251,9 +244,9 @@ def system_checks() -> list[Check]:
         rows.append(page_file_check(memory.total, psutil.swap_memory().total))
     runs = paths.runs_dir()
     rows.append(disk_check("Disk (runs)", runs, free_bytes(runs), "`merge` writes a full 7B model (~15 GB)",
-                           os.access(nearest_existing(runs), os.W_OK)))
+                           os.access(paths.nearest_existing(runs), os.W_OK)))
     rows.append(disk_check("Disk (HF cache)", hf_cache, free_bytes(hf_cache), "Falcon-7B downloads ~15 GB"))
-    rows.append(hf_cache_check(hf_cache, paths.hf_offline(), os.access(nearest_existing(hf_cache), os.W_OK)))
+    rows.append(hf_cache_check(hf_cache, paths.hf_offline(), os.access(paths.nearest_existing(hf_cache), os.W_OK)))
     rows.append(symlink_check(hf_cache))
     if sys.platform == "win32":
         rows.append(long_paths_check(_long_paths_registry_value()))

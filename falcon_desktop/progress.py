@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from falcon_desktop.console import err
 from falcon_desktop.metrics import vram_now
@@ -119,19 +119,28 @@ class ProgressLine:
         self._progress.start()
 
 
-class TrainingDisplay:
-    """The training line: step of total, loss, learning rate, tokens/s, VRAM, elapsed and ETA."""
+_Display = TypeVar("_Display", bound="_OnProgressLine")
 
-    def __init__(self, total_steps: int, start_step: int, console: Console | None = None,
-                 plain_every: int | None = None) -> None:
-        self.line = ProgressLine("train", total_steps, start_step, console, plain_every)
 
-    def __enter__(self) -> TrainingDisplay:
+class _OnProgressLine:
+    """A job's own progress display, shown (and started and stopped, as a context manager) by its `line`."""
+
+    line: ProgressLine
+
+    def __enter__(self: _Display) -> _Display:
         self.line.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.line.__exit__(*exc)
+
+
+class TrainingDisplay(_OnProgressLine):
+    """The training line: step of total, loss, learning rate, tokens/s, VRAM, elapsed and ETA."""
+
+    def __init__(self, total_steps: int, start_step: int, console: Console | None = None,
+                 plain_every: int | None = None) -> None:
+        self.line = ProgressLine("train", total_steps, start_step, console, plain_every)
 
     def update(self, step: int, loss: float, lr: float, tokens_per_second: float) -> None:
         reserved, peak = vram_now()
@@ -141,18 +150,11 @@ class TrainingDisplay:
         self.line.update(step, f"loss {loss:.4f}  lr {lr:.2e}  {speed}  {vram}", f"loss {loss:.3f} {speed} {peak_vram}")
 
 
-class AnswerProgress:
+class AnswerProgress(_OnProgressLine):
     """The "Answering" line of `ask --data` and `eval --adapter`: questions answered of total, and the rate."""
 
     def __init__(self, total: int, console: Console | None = None, plain_every: int | None = None) -> None:
         self.line = ProgressLine("Answering", total, 0, console, plain_every)
-
-    def __enter__(self) -> AnswerProgress:
-        self.line.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.line.__exit__(*exc)
 
     def advance(self, answered: int) -> None:
         done = self.line.completed + answered

@@ -229,11 +229,6 @@ def read_json_file(path: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def read_run_card(run_dir: Path) -> RunCard:
-    """The run card of `run_dir`; a UserError when the directory is not a run (resume needs a real one)."""
-    return RunCard.read(run_dir)
-
-
 def run_dir_of(adapter_dir: Path) -> Path | None:
     """The run directory an adapter belongs to (the one holding run.json), if any."""
     adapter_dir = Path(adapter_dir)

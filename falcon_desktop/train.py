@@ -38,14 +38,14 @@ from falcon_desktop.distributed import Cluster, masked
 from falcon_desktop.errors import UserError, explain_disk_error
 from falcon_desktop.loss import count_label_tokens
 from falcon_desktop.metrics import Stopwatch, plot_losses, vram_now
-from falcon_desktop.progress import TrainingDisplay
 from falcon_desktop.model import ModelSettings, add_lora, load_base_model, set_checkpointing
-from falcon_desktop.plan import LARGE_MODEL_LEARNING_RATE, Plan
 from falcon_desktop.optim import make_optimizer, schedule_phases, warmup_cosine_phases
+from falcon_desktop.plan import Plan, adapter_learning_rate
+from falcon_desktop.progress import TrainingDisplay
 from falcon_desktop.run_lock import RunLock
-from falcon_desktop.train_config import TrainConfig
 from falcon_desktop.runs import RunCard, RunDir
 from falcon_desktop.stop import StopSignals, say
+from falcon_desktop.train_config import TrainConfig
 
 # Methods `train` can run: the planner also knows full fine-tuning and inference, which it only sizes.
 TRAINABLE_METHODS = ("qlora", "lora")
@@ -90,8 +90,8 @@ def run_training(config: TrainConfig, plan: Plan, resume: bool = False, overwrit
                         "`plan` sizes the other methods.")
     if plan.method == "lora" and config.quantize:
         config = replace(config, quantize=False)  # LoRA means a 16-bit base; QLoRA is the 4-bit one
-    if config.learning_rate is None:  # the card records the rate used, so resume keeps it
-        config = replace(config, learning_rate=plan.learning_rate or LARGE_MODEL_LEARNING_RATE)
+    if config.learning_rate is None:  # the card records the rate used, so resume keeps it; old plans had none
+        config = replace(config, learning_rate=plan.learning_rate or adapter_learning_rate(plan.total_params)[0])
     _check_local_model(config.model)
     run = RunDir(Path(config.output))
     card = RunCard.read(run.root) if resume else None

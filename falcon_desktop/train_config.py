@@ -1,6 +1,8 @@
-"""The settings of one training run, apart from the plan: what `train`'s flags set and the run card records.
+"""The settings of one training run, apart from the plan: what `train`'s flags set and the run card records; and
+the few of them that decide how data batches, which `data inspect` measures with.
 
-No torch here, so `train --help` can show these defaults without loading it.
+No torch here (nor the data package), so `train --help` and `data inspect --help` show these defaults without
+loading either.
 """
 
 from __future__ import annotations
@@ -10,6 +12,24 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from falcon_desktop.errors import UserError
+from falcon_desktop.plan import PlanRequest
+
+# Rows of max_seq_len tokens per forward pass when measuring: `data inspect` has no GPU plan to take it from.
+DEFAULT_MICRO_BATCH_SIZE = 4
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """The trainer settings that decide lengths and batches; defaults are the planner's."""
+
+    seed: int                        # of the data order, as the run's TrainConfig.seed
+    max_seq_len: int = PlanRequest.max_seq_len
+    effective_batch_size: int = PlanRequest.effective_batch_size
+    micro_batch_size: int = DEFAULT_MICRO_BATCH_SIZE
+
+    @property
+    def token_budget(self) -> int:
+        return self.micro_batch_size * self.max_seq_len
 
 
 @dataclass(frozen=True)

@@ -352,7 +352,7 @@ def test_bad_arguments_are_user_errors(argv, message, tmp_path, monkeypatch, cap
 
 
 def test_bad_question_line_names_its_line(tmp_path):
-    from falcon_desktop.ask import read_questions
+    from falcon_desktop.data.questions import read_questions
     from falcon_desktop.errors import UserError
 
     path = tmp_path / "q.jsonl"

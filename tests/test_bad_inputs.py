@@ -123,7 +123,7 @@ CASES = [
     ("ask device banana", lambda w: ["ask", "--model", str(w["tiny"]), "--device", "banana", "--question", "Who?"],
      "Unknown device"),
     ("ask output is input", lambda w: ["ask", "--adapter", str(w["run"]), "--input", str(w["questions"]),
-                                       "--output", str(w["questions"])], "is the --input file"),
+                                       "--output", str(w["questions"])], "is the --data file"),
     ("ask output exists", lambda w: ["ask", "--adapter", str(w["run"]), "--input", str(w["questions"]),
                                      "--output", str(w["existing"])], "already exists"),
     ("ask output unwritable", lambda w: ["ask", "--adapter", str(w["run"]), "--input", str(w["questions"]),

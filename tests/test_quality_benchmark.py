@@ -46,7 +46,7 @@ def test_quality_benchmark_runs_end_to_end_on_a_tiny_gguf(tiny_model_dir: Path, 
                             env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((out / "quality.json").read_text(encoding="utf-8"))
-    assert report["split"] == "by article" and report["heldout"]["questions"] == 6
+    assert report["split"] == "by article" and report["heldout"]["questions"] == 6 and report["complete"] is True
     assert report["abstain_always"]["NoAns_f1"] in (100.0, None) and report["abstain_always"]["HasAns_f1"] in (0.0, None)
     for key in ("base", "finetuned"):
         assert report[key]["total"] == 6 and report[key]["questions_per_second"] > 0

@@ -161,8 +161,9 @@ def report_answer(question: str, result, as_json: bool) -> int:
 
 
 def _answer_file(options, args: argparse.Namespace) -> int:
-    from falcon_desktop.ask import answer_file, check_answers_path, load_answerer, read_questions, write_answers
+    from falcon_desktop.ask import answer_file, check_answers_path, load_answerer, write_answers
     from falcon_desktop.console import info
+    from falcon_desktop.data.questions import read_questions
 
     # Both files are checked before the model loads: a typo should fail in a second, not after a minute.
     check_answers_path(args.output, args.data, overwrite=args.overwrite)

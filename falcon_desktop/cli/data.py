@@ -20,7 +20,7 @@ MIN_SEQ_LEN = 32
 
 
 def register(subparsers: argparse._SubParsersAction, formatter: type[argparse.HelpFormatter]) -> None:
-    from falcon_desktop.data.measure import BatchSettings as defaults  # the planner's sequence length and batch
+    from falcon_desktop.train_config import BatchSettings as defaults  # the planner's sequence length and batch
 
     parser = subparsers.add_parser(
         "data", help="check training data and see how it would batch", description=__doc__,
@@ -84,10 +84,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _measure(records: list, args: argparse.Namespace) -> dict[str, Any]:
     from falcon_desktop.console import err
-    from falcon_desktop.data.measure import BatchSettings, measure_batches
+    from falcon_desktop.data.measure import measure_batches
     from falcon_desktop.errors import UserError
     from falcon_desktop.model import load_tokenizer
-    from falcon_desktop.train_config import TrainConfig
+    from falcon_desktop.train_config import BatchSettings, TrainConfig
 
     seed = TrainConfig.seed if args.seed is None else args.seed  # the order a run with its default seed sees
     settings = BatchSettings(seed, args.seq_len, args.effective_batch_size, args.micro_batch_size)

@@ -21,6 +21,7 @@ EXAMPLES = """examples:
 
 def register(subparsers: argparse._SubParsersAction, formatter: type[argparse.HelpFormatter]) -> None:
     from falcon_desktop.cli.ask import add_model_arguments
+    from falcon_desktop.decoding import EXTRACTIVE, EXTRACTIVE_BATCH_SIZE
 
     parser = subparsers.add_parser(
         "eval", help="score SQuAD v2 predictions (or a model's answers): exact match and F1",
@@ -33,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction, formatter: type[argparse.He
     parser.add_argument("--json", action="store_true", help="print one JSON object (the official keys) instead of a table")
     add_model_arguments(parser.add_argument_group("answering with a model (instead of --predictions)"))
     # Extractive answers are short: fewer new tokens and bigger batches than `ask` (issue #15: eval speed).
-    parser.set_defaults(answer_batch=32, max_new_tokens=32)
+    parser.set_defaults(answer_batch=EXTRACTIVE_BATCH_SIZE, max_new_tokens=EXTRACTIVE.max_new_tokens)
     parser.set_defaults(run=run)
 
 
@@ -69,12 +70,14 @@ def _answer(questions: list, args: argparse.Namespace) -> dict[str, str]:
     from falcon_desktop.ask import answer_file, check_answers_path, load_answerer, write_answers
     from falcon_desktop.cli.ask import ask_options
     from falcon_desktop.console import info
+    from falcon_desktop.decoding import EXTRACTIVE
 
     if args.save_predictions:
         check_answers_path(args.save_predictions)
     options = ask_options(args)
     # A span is one line: stop each answer at its first line end (a base model otherwise talks to the token limit).
-    options = dataclasses.replace(options, settings=dataclasses.replace(options.settings, single_line=True))
+    options = dataclasses.replace(options, settings=dataclasses.replace(options.settings,
+                                                                        single_line=EXTRACTIVE.single_line))
     answerer = load_answerer(options)
     started = time.perf_counter()
     answers = answer_file(answerer, questions, args.answer_batch)

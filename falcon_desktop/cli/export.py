@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
 def _export(directory, output, args: argparse.Namespace):
     from transformers import AutoTokenizer
 
+    from falcon_desktop.atomic import write_text
     from falcon_desktop.console import info
     from falcon_desktop.export_gguf import export_gguf, modelfile
 
@@ -69,6 +70,6 @@ def _export(directory, output, args: argparse.Namespace):
     if not args.no_modelfile:
         eos = AutoTokenizer.from_pretrained(str(directory)).eos_token
         path = output.with_suffix(".Modelfile")
-        path.write_text(modelfile(output, [eos] if eos else []), encoding="utf-8")
+        write_text(path, modelfile(output, [eos] if eos else []))
         info(f"Ollama: `ollama create {output.stem} -f {path}` (Modelfile written beside the file)")
     return report

@@ -44,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction, formatter: type[argparse.He
     run.add_argument("--gpus", default="1", metavar="N|all",
                      help="train on N GPUs of this machine (or all), one process each through accelerate: "
                           "data parallel, or FSDP when the plan says the model needs sharding (docs/multi-gpu.md)")
-    run.add_argument("--quantize", action=argparse.BooleanOptionalAction, default=True,
+    run.add_argument("--quantize", action=argparse.BooleanOptionalAction, default=defaults.quantize,
                      help="4-bit NF4 base (QLoRA); --no-quantize trains on a 16-bit base (LoRA)")
     run.add_argument("--strict", action="store_true", help="fail on any dropped data record")
     run.add_argument("--trust-remote-code", action="store_true", help="run the model repository's own Python code")

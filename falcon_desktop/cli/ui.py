@@ -34,12 +34,13 @@ def run(args: argparse.Namespace) -> int:
 
     from falcon_desktop.errors import UserError
     from falcon_desktop.paths import home
+    from falcon_desktop.pip_commands import install_command
 
     try:
         from falcon_desktop.ui.server import UiSettings, serve
     except ImportError as error:
         raise UserError(f"The UI needs packages that are not installed ({error.name}).",
-                        "pip install 'falcon-desktop[ui]'") from None
+                        f"Install them: {install_command('falcon-desktop[ui]')}") from None
     roots = tuple(Path(root).expanduser() for root in args.root) if args.root else (Path.cwd(), home())
     missing = [str(root) for root in roots if not root.is_dir()]
     if missing:

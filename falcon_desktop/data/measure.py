@@ -8,31 +8,13 @@ run card records. The numbers come from the same functions the trainer uses, so 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 from falcon_desktop.data.batching import padding_efficiency, schedule_steps
 from falcon_desktop.data.cache import fingerprint
 from falcon_desktop.data.records import QARecord
 from falcon_desktop.data.tokens import tokenize_records
-from falcon_desktop.plan import PlanRequest
-
-# Rows of max_seq_len tokens per forward pass when measuring: `data inspect` has no GPU plan to take it from.
-DEFAULT_MICRO_BATCH_SIZE = 4
-
-
-@dataclass(frozen=True)
-class BatchSettings:
-    """The trainer settings that decide lengths and batches; defaults are the planner's."""
-
-    seed: int                        # of the data order, as the run's TrainConfig.seed
-    max_seq_len: int = PlanRequest.max_seq_len
-    effective_batch_size: int = PlanRequest.effective_batch_size
-    micro_batch_size: int = DEFAULT_MICRO_BATCH_SIZE
-
-    @property
-    def token_budget(self) -> int:
-        return self.micro_batch_size * self.max_seq_len
+from falcon_desktop.train_config import BatchSettings
 
 
 def measure_batches(records: list[QARecord], tokenizer: Any, settings: BatchSettings) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Questions to answer or score, read as the file has them: the one reader of `ask --input`, `eval` and the scorer.
+"""Questions to answer or score, read as the file has them: the one reader of `ask --data`, `eval` and the scorer.
 
 Training data goes through `load_records`, which repairs answer spans and drops broken records. Questions to
 answer or score must not change: the official SQuAD v2 script scores every question of the file with its gold

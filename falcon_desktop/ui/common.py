@@ -11,6 +11,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from falcon_desktop.atomic import parse_json_lines
 from falcon_desktop.errors import UserError
 from falcon_desktop.ui import library
 
@@ -81,5 +82,4 @@ def read_new_lines(path: Path, offset: int) -> tuple[list[dict], int, bool]:
         handle.seek(0 if restarted else offset)
         chunk = handle.read()
     complete = chunk[: chunk.rfind(b"\n") + 1]
-    records = [json.loads(line) for line in complete.decode("utf-8").splitlines() if line.strip()]
-    return records, (0 if restarted else offset) + len(complete), restarted
+    return parse_json_lines(complete), (0 if restarted else offset) + len(complete), restarted

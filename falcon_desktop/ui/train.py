@@ -27,6 +27,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from falcon_desktop.errors import UserError
+from falcon_desktop.runs import STOPPED
 from falcon_desktop.ui import library
 from falcon_desktop.ui.common import endpoint, event_stream, read_form, read_new_lines, run_dir, run_name, sse
 from falcon_desktop.ui.jobs import Jobs, child_environment, error_lines, tail
@@ -112,7 +113,7 @@ class Trainings:
         log = tail(directory / LOG_FILE)
         status = card.get("status", "starting" if alive else "not started")
         if status == "running" and not alive:
-            status = "stopped unexpectedly"
+            status = STOPPED  # what `runs` and the Runs tab call a run whose trainer died without saying so
         return {"run": run_name(directory), "status": status, "alive": alive, "total_steps": card.get("total_steps"),
                 "steps": card.get("steps"), "eval": (card.get("metrics") or {}), "log": log,
                 "problem": error_lines(log) if not alive else None}

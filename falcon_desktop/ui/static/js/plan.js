@@ -55,11 +55,13 @@ function render(plan) {
   memoryBar(plan);
   const choice = [["compute dtype", plan.compute_dtype], ["max seq len", plan.max_seq_len]];
   const reasonKey = {"compute dtype": "compute_dtype", "max seq len": "max_seq_len", "micro-batch": "micro_batch_size",
-    "gradient accumulation": "gradient_accumulation_steps", "checkpointed layers": "checkpoint_layers", optimizer: "optimizer"};
+    "gradient accumulation": "gradient_accumulation_steps", "checkpointed layers": "checkpoint_layers", optimizer: "optimizer",
+    "learning rate": "learning_rate"};
   choice.push(["micro-batch", plan.micro_batch_size]);
   if (plan.method !== "inference") {
     choice.push(["gradient accumulation", plan.gradient_accumulation_steps], ["checkpointed layers", plan.checkpoint_layers], ["optimizer", plan.optimizer]);
   }
+  if (plan.learning_rate != null) choice.push(["learning rate", plan.learning_rate]);
   table($("plan-choice"), ["setting", "value", "why"], choice.map(([label, value]) => [label, String(value), plan.reasons[reasonKey[label]] || ""]));
   const params = Object.entries(plan.params).map(([kind, count]) => [kind, fmt.int(count), `${((100 * count) / plan.total_params).toFixed(1)}%`]);
   params.push([el("strong", {}, "total"), el("strong", {}, fmt.int(plan.total_params)), "100%"]);
