@@ -1,7 +1,7 @@
 """GPU benchmark: the tutorials' Trainer recipe vs `falcon-desktop train`, under an emulated desktop VRAM cap.
 
 One process per run (clean memory statistics). Subcommands:
-  make-model  --shape falcon-7b|llama-1b --tokenizer DIR --out DIR   random weights of the real shape, bf16 safetensors
+  make-model  --shape SHAPE --tokenizer DIR --out DIR               random weights of a SHAPES entry, bf16 safetensors
   hf          --recipe seed|careful ...                              transformers Trainer (the baseline)
   ours        ...                                                    falcon-desktop's planner + trainer
   compare     --model DIR --data FILE --out DIR                      seed recipe, careful user and ours, one after
@@ -34,6 +34,10 @@ SHAPES = {
     "falcon-7b": dict(model_type="falcon", hidden_size=4544, num_hidden_layers=32, num_attention_heads=71,
                       multi_query=True, new_decoder_architecture=False, parallel_attn=True, bias=False,
                       alibi=False, vocab_size=65024, bos_token_id=11, eos_token_id=11),
+    # Falcon-40B as published (falcon_desktop/assets/presets/falcon-40b.json): the multi-GPU FSDP measurement's model.
+    "falcon-40b": dict(model_type="falcon", hidden_size=8192, num_hidden_layers=60, num_attention_heads=128,
+                       num_kv_heads=8, new_decoder_architecture=True, parallel_attn=True, bias=False, alibi=False,
+                       vocab_size=65024, bos_token_id=11, eos_token_id=11),
     # TinyLlama-1.1B's dimensions with Falcon's 65,024-token vocabulary, so the Falcon tokenizer drives it.
     "llama-1b": dict(model_type="llama", hidden_size=2048, num_hidden_layers=22, num_attention_heads=32,
                      num_key_value_heads=4, intermediate_size=5632, vocab_size=65024, tie_word_embeddings=False,

@@ -22,6 +22,7 @@ from rich.markup import escape
 
 from falcon_desktop.atomic import write_directory, write_json
 from falcon_desktop.console import warn
+from falcon_desktop.distributed import Cluster
 from falcon_desktop.errors import UserError
 
 STEP_PREFIX = "step-"
@@ -53,17 +54,23 @@ def restore_rng(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(directory: Path, model, optimizer, scheduler, state: TrainerState, keep: int = 2) -> Path:
-    """Write checkpoints/step-NNNNNN atomically and keep the newest `keep` of them."""
+def save_checkpoint(directory: Path, model, optimizer, scheduler, state: TrainerState, keep: int = 2,
+                    gathered: tuple[dict, dict] | None = None) -> Path:
+    """Write checkpoints/step-NNNNNN atomically and keep the newest `keep` of them.
+
+    `gathered`: (the adapter's state dict, the optimizer's state dict) gathered beforehand from the ranks of a sharded
+    run (`Cluster.adapter_state`, `Cluster.optimizer_state`); by default read from `model` and `optimizer`.
+    """
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
 
     target = Path(directory) / f"{STEP_PREFIX}{state.step:06d}"
+    adapter, optimizer_state = gathered or (get_peft_model_state_dict(model), optimizer.state_dict())
 
     def write(tmp: Path) -> None:
-        weights = {k: v.detach().contiguous().cpu() for k, v in get_peft_model_state_dict(model).items()}
+        weights = {k: v.detach().contiguous().cpu() for k, v in adapter.items()}
         save_file(weights, str(tmp / "adapter_model.safetensors"))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
+        torch.save({"optimizer": optimizer_state, "scheduler": scheduler.state_dict(), "rng": rng_state()},
                    tmp / "training_state.pt")
         write_json(tmp / "trainer_state.json", state.to_json())
 
@@ -81,39 +88,35 @@ def list_checkpoints(directory: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.is_dir() and p.name.startswith(STEP_PREFIX))
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> TrainerState:
-    """Restore adapter weights, optimizer, scheduler and RNG from a checkpoint directory.
+def load_checkpoint(path: Path, model, optimizer, scheduler, cluster: Cluster | None = None) -> TrainerState:
+    """Restore adapter weights, optimizer, scheduler and RNG from a checkpoint directory (`cluster` applies them
+    to a sharded model's shards).
 
     Every file is read and checked before anything is applied, so a damaged checkpoint changes nothing.
     """
-    from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
+
+    cluster = cluster or Cluster()
 
     path = Path(path)
     weights = load_file(str(path / "adapter_model.safetensors"))
     blob = torch.load(path / "training_state.pt", map_location="cpu", weights_only=True)
     state = TrainerState(**json.loads((path / "trainer_state.json").read_text(encoding="utf-8")))
-    expected = set(get_trainable_names(model))
+    expected = set(cluster.adapter_keys(model))
     if set(weights) != expected:
         raise ValueError(f"its adapter holds {len(weights)} tensors, the model expects {len(expected)}")
-    set_peft_model_state_dict(model, weights)
-    optimizer.load_state_dict(blob["optimizer"])
+    cluster.load_state(model, optimizer, weights, blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])
     restore_rng(blob["rng"])
     return state
 
 
-def get_trainable_names(model) -> list[str]:
-    from peft import get_peft_model_state_dict
-
-    return list(get_peft_model_state_dict(model))
-
-
-def load_newest_checkpoint(directory: Path, model, optimizer, scheduler) -> TrainerState | None:
+def load_newest_checkpoint(directory: Path, model, optimizer, scheduler,
+                           cluster: Cluster | None = None) -> TrainerState | None:
     """Load the newest checkpoint that reads back complete, falling back to older ones; None when none does."""
     for path in reversed(list_checkpoints(directory)):
         try:
-            return load_checkpoint(path, model, optimizer, scheduler)
+            return load_checkpoint(path, model, optimizer, scheduler, cluster)
         except Exception as error:  # noqa: BLE001 - any damage (torn file, wrong content) means: try the older one
             warn(escape(f"Checkpoint {path.name} is damaged ({type(error).__name__}: {str(error)[:120]}); trying the one before."))
     return None

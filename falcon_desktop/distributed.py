@@ -14,6 +14,11 @@ The adapters are replicated with PyTorch DDP (`Cluster.loss_function`). Two deta
 accelerate's `Accelerator` is not used: its gradient accumulation counts micro-batches and averages their losses,
 while ours counts examples and sums over answer tokens, and our micro-batches differ in number between ranks.
 LoRA dropout draws from a generator reseeded per (seed, step, rank), so resuming needs no per-rank RNG state.
+
+A plan that shards (`sharding == "fsdp"`) wraps the same loss module in FSDP instead (`fsdp.py`), before the optimizer
+is built over the shards. Every forward then gathers weights, a collective, so under FSDP every rank runs as many
+micro-batches as the rank with the most (`even_out`), and evaluation, which rank 0 runs alone, is skipped. Saving
+gathers the adapter and optimizer to rank 0, in the single-process format, so checkpoints resume on any N.
 """
 
 from __future__ import annotations
@@ -24,13 +29,18 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 
+from falcon_desktop.console import info
 from falcon_desktop.loss import answer_loss_sum
 from falcon_desktop.model import backbone_and_head
+
+if TYPE_CHECKING:
+    from falcon_desktop.fsdp import ShardedModel
 
 # Rank 0 evaluates before and after training while the others wait at their next collective.
 COLLECTIVE_TIMEOUT = timedelta(minutes=60)
@@ -44,6 +54,7 @@ class Cluster:
     world_size: int = 1
     local_rank: int = 0
     _loss: Callable | None = field(default=None, repr=False)
+    _sharded: ShardedModel | None = field(default=None, repr=False)
 
     @property
     def is_main(self) -> bool:
@@ -83,6 +94,23 @@ class Cluster:
             dist.init_process_group("nccl" if on_gpu else "gloo", timeout=COLLECTIVE_TIMEOUT,
                                     device_id=torch.device(device) if on_gpu else None)
 
+    def prepare(self, model: torch.nn.Module, sharding: str) -> None:
+        """Under FSDP on several ranks, shard the model now: the optimizer must be built over the shards."""
+        if not self.distributed or sharding != "fsdp":
+            return
+        from falcon_desktop.fsdp import ShardedModel
+
+        device = next(p for p in model.parameters() if p.requires_grad).device
+        self._sharded = ShardedModel.wrap(AnswerLoss(model), model, device)
+        self._loss = self._sharded.root
+        info(f"FSDP: the model is sharded over {self.world_size} processes; the held-out evaluation is skipped "
+             "during training (run `falcon-desktop eval` on the adapter afterwards).")
+
+    @property
+    def evaluates(self) -> bool:
+        """Rank 0 generates alone, which a sharded model cannot: each rank holds only part of it."""
+        return self.is_main and self._sharded is None
+
     def stop(self) -> None:
         if self.distributed and dist.is_initialized():
             dist.destroy_process_group()
@@ -105,6 +133,19 @@ class Cluster:
         tensor = torch.tensor(values, dtype=torch.float64, device=self._collective_device())
         dist.all_reduce(tensor)
         return tensor.tolist()
+
+    def even_out(self, batches: list[dict], filler: Callable[[], dict]) -> list[dict]:
+        """This rank's micro-batches, topped up with contributing-nothing ones (`filler()`): at least one, for DDP's
+        reduction; under FSDP as many as on the busiest rank, for FSDP's weight gathers in each forward."""
+        wanted = 1 if self._sharded is None else self.maximum(len(batches))
+        return batches + [filler() for _ in range(wanted - len(batches))]
+
+    def maximum(self, value: int) -> int:
+        if not self.distributed:
+            return value
+        tensor = torch.tensor([value], device=self._collective_device())
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return int(tensor.item())
 
     def any(self, flag: bool) -> bool:
         """True on every rank when it is true on any: a Ctrl-C seen by one rank stops all at the same step."""
@@ -129,6 +170,50 @@ class Cluster:
                 yield
         else:
             yield
+
+    def clip_gradients(self, parameters: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+        if self._sharded is not None:
+            return self._sharded.clip_gradients(max_norm)
+        return torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+
+    # ------------------------------------------------------------------------- checkpoints, one format for all
+    def adapter_state(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """peft's state dict of the adapter; under FSDP a collective that gathers it whole to rank 0."""
+        if self._sharded is not None:
+            return self._sharded.adapter_state()
+        from peft import get_peft_model_state_dict
+
+        return get_peft_model_state_dict(model)
+
+    def save_adapter(self, model: torch.nn.Module, weights: dict[str, torch.Tensor], directory: Path) -> None:
+        """peft's adapter folder; under FSDP from `weights` gathered by `adapter_state` (rank 0)."""
+        if self._sharded is not None:
+            self._sharded.save_adapter(model, weights, directory)
+        else:
+            model.save_pretrained(str(directory), safe_serialization=True)
+
+    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict:
+        """`optimizer.state_dict()`; under FSDP a collective that gathers it to rank 0 in that same format."""
+        return optimizer.state_dict() if self._sharded is None else self._sharded.optimizer_state(optimizer)
+
+    def adapter_keys(self, model: torch.nn.Module) -> list[str]:
+        """The adapter tensors a checkpoint must hold (peft's keys)."""
+        if self._sharded is not None:
+            return list(self._sharded.adapter_names)
+        from peft import get_peft_model_state_dict
+
+        return list(get_peft_model_state_dict(model))
+
+    def load_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, weights: dict[str, torch.Tensor],
+                   optimizer_state: dict) -> None:
+        """Apply a checkpoint read whole (every rank reads it); under FSDP each rank keeps its shard."""
+        if self._sharded is not None:
+            self._sharded.load(weights, optimizer, optimizer_state)
+            return
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, weights)
+        optimizer.load_state_dict(optimizer_state)
 
     def _collective_device(self) -> str:
         return "cuda" if dist.get_backend() == "nccl" else "cpu"

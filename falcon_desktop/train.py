@@ -156,6 +156,7 @@ def setup(config: TrainConfig, plan: Plan, card: RunCard | None, report, cluster
         warn(f"peft trains {trainable:,} parameters; the plan counted {plan.trainable_params:,}.")
     info(f"Trainable parameters: {trainable:,} of {plan.total_params:,} "
          f"(LoRA r={plan.lora_r} on {', '.join(plan.lora_targets)}).")
+    cluster.prepare(model, plan.sharding)  # FSDP shards here (counted whole above), before the optimizer is built
 
     steps_per_epoch = math.ceil(len(examples) / plan.effective_batch_size)
     total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
@@ -171,7 +172,7 @@ def setup(config: TrainConfig, plan: Plan, card: RunCard | None, report, cluster
                 "The training data changed since this run started (its fingerprint differs).",
                 "Resume with the same --data file, or start a new run with --output.",
             )
-        state = _resume_state(run, model, optimizer, scheduler, state, total_steps, cluster.is_main)
+        state = _resume_state(run, model, optimizer, scheduler, state, total_steps, cluster)
         for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
             group["lr"] = base * lr_factor(state.step)  # the schedule's value, also where an extension begins
     card = card or RunCard(
@@ -191,15 +192,15 @@ def setup(config: TrainConfig, plan: Plan, card: RunCard | None, report, cluster
 
 
 def _resume_state(run: RunDir, model, optimizer, scheduler, fresh: TrainerState, total_steps: int,
-                  writes: bool = True) -> TrainerState:
+                  cluster: Cluster) -> TrainerState:
     """The newest readable checkpoint's state; with none, the run starts over and the dead run's metrics go."""
-    state = load_newest_checkpoint(run.checkpoints, model, optimizer, scheduler)
+    state = load_newest_checkpoint(run.checkpoints, model, optimizer, scheduler, cluster)
     if state is None:
         if list_checkpoints(run.checkpoints):
             warn(f"No checkpoint in {escape(str(run.checkpoints))} could be read.")
         info(f"No usable checkpoint in {escape(str(run.root))} yet: starting the run over from step 0.")
         state = fresh
-    if writes:
+    if cluster.is_main:
         run.metrics.truncate_after(state.step)
     info(f"Resuming {escape(str(run.root))} at step {state.step} of {total_steps}.")
     return state
@@ -321,8 +322,8 @@ def train_step(s: Session, indices: list[int]) -> StepResult:
     s.cluster.seed_step(s.config.seed, s.state.step)
     batches = [collate([s.examples[i] for i in group], pad_id)
                for group in split_micro_batches(s.cluster.shard(indices), s.lengths, s.state.token_budget)]
-    if not batches:  # this rank's share of a short last step is empty: it still joins the gradient reduction
-        batches = [masked(collate([s.examples[indices[0]]], pad_id))]
+    # A rank with fewer micro-batches (none: its share of a short last step is empty) still joins the collectives
+    batches = s.cluster.even_out(batches, lambda: masked(collate([s.examples[indices[0]]], pad_id)))
     loss, grad_norm = optimizer_step(
         s.model, batches, s.optimizer, s.scheduler, s.scaler, s.compute_dtype, s.config.max_grad_norm, s.cluster
     )
@@ -361,7 +362,7 @@ def optimizer_step(model, batches: list[dict], optimizer, scheduler, scaler, com
         return loss, float("nan")
     scaler.unscale_(optimizer)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    grad_norm = torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
+    grad_norm = cluster.clip_gradients(trainable, max_grad_norm)
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
@@ -401,8 +402,9 @@ def _guard_write(s: Session, write, *args) -> None:
 
 
 def _checkpoint(s: Session) -> None:
+    gathered = s.cluster.adapter_state(s.model), s.cluster.optimizer_state(s.optimizer)  # every rank (FSDP)
     _guard_write(s, save_checkpoint, s.run.checkpoints, s.model, s.optimizer, s.scheduler, s.state,
-                 s.config.keep_checkpoints)
+                 s.config.keep_checkpoints, gathered)
     s.card.last_checkpoint_step = s.state.step  # only once the checkpoint is complete on disk
     _write_card(s)
 
@@ -428,7 +430,7 @@ def evaluate(s: Session, label: str) -> dict:
     from falcon_desktop.generate import answer_records
 
     records = s.eval_records[: s.config.eval_examples]
-    if not records or not s.cluster.is_main:  # the other ranks wait at their next collective
+    if not records or not s.cluster.evaluates:  # the other ranks wait at their next collective
         return {}
     info(f"Evaluating {len(records)} held-out questions ({label})...")
     predictions = answer_records(s.model, s.tokenizer, records, max_prompt_tokens=s.plan.max_seq_len)
@@ -437,13 +439,14 @@ def evaluate(s: Session, label: str) -> dict:
 
 def finish(s: Session, status: str) -> RunCard:
     card = s.card
+    adapter = s.cluster.adapter_state(s.model) if status in ("finished", "interrupted") else None  # every rank
     if not s.cluster.is_main:  # rank 0 evaluates, saves the adapter and records the run
         card.status, card.steps = status, s.state.step
         return card
     if status == "finished" and s.config.eval_examples:
         card.metrics["eval_after"] = evaluate(s, "after fine-tuning")
     if status in ("finished", "interrupted"):
-        _guard_write(s, _save_adapter, s)
+        _guard_write(s, _save_adapter, s, adapter)
     history = s.run.metrics.read()
     if history:
         _guard_write(s, plot_losses, {"train": [(r["step"], r["loss"]) for r in history]}, s.run.loss_plot)
@@ -470,11 +473,11 @@ def finish(s: Session, status: str) -> RunCard:
     return card
 
 
-def _save_adapter(s: Session) -> None:
+def _save_adapter(s: Session, weights: dict) -> None:
     """adapter/ = peft's files + the tokenizer, swapped in atomically so `ask` never sees a half-written one."""
 
     def write(tmp: Path) -> None:
-        s.model.save_pretrained(str(tmp), safe_serialization=True)
+        s.cluster.save_adapter(s.model, weights, tmp)
         s.tokenizer.save_pretrained(str(tmp))
 
     write_directory(s.run.adapter, write)

@@ -33,6 +33,13 @@ from falcon_desktop.tiny import asset_path
 DEMO = str(asset_path("demo-squad.json"))
 # No LoRA dropout: ranks draw their own masks, so only a dropout-free run can match one process bit for bit.
 STEPS = ["--batch-size", "8", "--learning-rate", "3e-3", "--eval-examples", "0", "--lora-dropout", "0"]
+# FSDP runs on a 16-bit base here: bitsandbytes' CPU 4-bit layers and FSDP do not run together on the CPU.
+LORA = ["--method", "lora"]
+# Each multi-rank run: its extra flags, and the one-process run (fixture) it must match.
+RANKS = pytest.mark.parametrize(("extra", "reference"), [
+    ([], "one_process_run"),
+    ([*LORA, "--sharding", "fsdp"], "one_process_lora_run"),
+], ids=["ddp", "fsdp"])
 
 
 # ---------------------------------------------------------------------------------------------------- the launch
@@ -117,38 +124,55 @@ def _assert_same_adapter(run: Path, reference: Path) -> None:
         torch.testing.assert_close(got[name], expected[name], rtol=0, atol=1e-5, msg=name)
 
 
-@pytest.fixture(scope="module")
-def one_process_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run = tmp_path_factory.mktemp("one") / "run"
-    subprocess.run(_command(tiny_model_dir, run, "--max-steps", "8", "--save-every", "100"), check=True,
+def _one_process(model: Path, run: Path, *extra: str) -> Path:
+    subprocess.run(_command(model, run, "--max-steps", "8", "--save-every", "100", *extra), check=True,
                    capture_output=True, timeout=300)
     return run
 
 
-def test_two_ranks_learn_what_one_process_learns_from_the_same_global_batch(tiny_model_dir: Path, tmp_path: Path,
-                                                                            one_process_run: Path) -> None:
+@pytest.fixture(scope="module")
+def one_process_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _one_process(tiny_model_dir, tmp_path_factory.mktemp("one") / "run")
+
+
+@pytest.fixture(scope="module")
+def one_process_lora_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _one_process(tiny_model_dir, tmp_path_factory.mktemp("one-lora") / "run", *LORA)
+
+
+@RANKS
+def test_two_ranks_learn_what_one_process_learns_from_the_same_global_batch(
+        tiny_model_dir: Path, tmp_path: Path, request: pytest.FixtureRequest, extra: list[str], reference: str) -> None:
+    one_process_run = request.getfixturevalue(reference)
     run = tmp_path / "two"
-    done = subprocess.run(_command(tiny_model_dir, run, "--max-steps", "8", "--save-every", "100", "--gpus", "2"),
-                          check=False, env=_cpu_ranks(), capture_output=True, timeout=300)
+    done = subprocess.run(_command(tiny_model_dir, run, "--max-steps", "8", "--save-every", "100", "--gpus", "2",
+                                   *extra), check=False, env=_cpu_ranks(), capture_output=True, timeout=300)
     assert done.returncode == 0, done.stderr.decode(errors="replace")[-3000:]
     assert done.stderr.decode(errors="replace").count("Done") == 1  # progress and messages: rank 0's alone
+    assert ("FSDP: the model is sharded over 2 processes" in done.stdout.decode(errors="replace")
+            + done.stderr.decode(errors="replace")) == ("fsdp" in extra)
     two, one = _history(run), _history(one_process_run)
     assert [r["loss"] for r in two] == pytest.approx([r["loss"] for r in one], abs=1e-5)
     assert [r["real_tokens"] for r in two] == [r["real_tokens"] for r in one]  # each step's tokens, summed
     _assert_same_adapter(run, one_process_run)
     card = json.loads((run / "run.json").read_text(encoding="utf-8"))
     assert card["status"] == "finished" and card["measured"]["processes"] == 2
+    reference_card = json.loads((one_process_run / "run.json").read_text(encoding="utf-8"))
+    assert card["trainable_params"] == reference_card["trainable_params"]  # counted whole, not one rank's shard
     assert not (run / "train.lock").exists()
 
 
+@RANKS
 def test_ctrl_c_stops_both_ranks_at_one_step_and_resume_on_two_or_one_ends_on_the_same_weights(
-        tiny_model_dir: Path, tmp_path: Path, one_process_run: Path) -> None:
+        tiny_model_dir: Path, tmp_path: Path, request: pytest.FixtureRequest, extra: list[str], reference: str) -> None:
+    one_process_run = request.getfixturevalue(reference)
     run = tmp_path / "interrupted"
     log = tmp_path / "stderr.txt"
     with log.open("wb") as stderr:
         # The launcher is the process a terminal's Ctrl-C reaches: the ranks run in their own sessions.
         process = subprocess.Popen(_command(tiny_model_dir, run, "--max-steps", "8", "--save-every", "100",
-                                            "--gpus", "2"), env=_cpu_ranks(), stdout=subprocess.DEVNULL, stderr=stderr)
+                                            "--gpus", "2", *extra), env=_cpu_ranks(), stdout=subprocess.DEVNULL,
+                                   stderr=stderr)
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and process.poll() is None:
             if (run / "metrics.jsonl").exists() and len(_history_lines(run)) >= 2:
@@ -162,7 +186,8 @@ def test_ctrl_c_stops_both_ranks_at_one_step_and_resume_on_two_or_one_ends_on_th
     assert card["status"] == "interrupted" and 2 <= stopped_at < 8
     assert (run / "checkpoints" / f"step-{stopped_at:06d}").is_dir()
 
-    # Resumed on two ranks, and on one process: the data order and the loss normalisation do not depend on the ranks.
+    # Resumed on two ranks, and on one process: the data order and the loss normalisation do not depend on the ranks,
+    # and a checkpoint has one format, sharded (FSDP) or not.
     on_one = tmp_path / "on-one"
     shutil.copytree(run, on_one)
     for resumed, extra in ((run, ["--gpus", "2"]), (on_one, [])):

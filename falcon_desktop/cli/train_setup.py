@@ -59,11 +59,6 @@ def plan_for_training(args: argparse.Namespace, config: TrainConfig) -> Plan:
             f"of {plan.vram_budget_bytes / GIB:.1f} GiB.",
             "Follow the suggestions above, or pass --force to try anyway (the trainer lowers the micro-batch on OOM).",
         )
-    if plan.sharding == "fsdp":
-        raise UserError(f"The plan shards {args.model} with FSDP over {plan.gpus} GPUs; `train` runs data parallel "
-                        "(DDP) only so far: FSDP-QLoRA loads its 4-bit weights shardable but is not run yet.",
-                        "Use GPUs on which the model fits one card (--sharding ddp if it does), or see "
-                        "docs/multi-gpu.md (\"Not measured yet\").")
     if not on_gpu:
         info("No CUDA GPU in use: training on the CPU (fine for the tiny demo model, far too slow for 7B).")
     return plan
