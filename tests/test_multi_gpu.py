@@ -6,10 +6,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -29,6 +27,7 @@ from falcon_desktop.launch import (
     rank_environment,
 )
 from falcon_desktop.tiny import asset_path
+from interrupt import interrupt_run
 
 DEMO = str(asset_path("demo-squad.json"))
 # No LoRA dropout: ranks draw their own masks, so only a dropout-free run can match one process bit for bit.
@@ -167,24 +166,10 @@ def test_ctrl_c_stops_both_ranks_at_one_step_and_resume_on_two_or_one_ends_on_th
         tiny_model_dir: Path, tmp_path: Path, request: pytest.FixtureRequest, extra: list[str], reference: str) -> None:
     one_process_run = request.getfixturevalue(reference)
     run = tmp_path / "interrupted"
-    log = tmp_path / "stderr.txt"
-    with log.open("wb") as stderr:
-        # The launcher is the process a terminal's Ctrl-C reaches: the ranks run in their own sessions.
-        process = subprocess.Popen(_command(tiny_model_dir, run, "--max-steps", "8", "--save-every", "100",
-                                            "--gpus", "2", *extra), env=_cpu_ranks(), stdout=subprocess.DEVNULL,
-                                   stderr=stderr)
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and process.poll() is None:
-            if (run / "metrics.jsonl").exists() and len(_history_lines(run)) >= 2:
-                process.send_signal(signal.SIGINT)
-                break
-            time.sleep(0.02)
-        process.wait(timeout=240)
-    assert process.returncode == 130, log.read_text(encoding="utf-8", errors="replace")[-3000:]
-    card = json.loads((run / "run.json").read_text(encoding="utf-8"))
-    stopped_at = card["steps"]
-    assert card["status"] == "interrupted" and 2 <= stopped_at < 8
-    assert (run / "checkpoints" / f"step-{stopped_at:06d}").is_dir()
+    # The launcher is the process a terminal's Ctrl-C reaches: the ranks run in their own sessions.
+    command = _command(tiny_model_dir, run, "--max-steps", "8", "--save-every", "100", "--gpus", "2", *extra)
+    stopped_at = interrupt_run(command, run, 2, tmp_path / "stderr.txt", _cpu_ranks())["steps"]
+    assert 2 <= stopped_at < 8
 
     # Resumed on two ranks, and on one process: the data order and the loss normalisation do not depend on the ranks,
     # and a checkpoint has one format, sharded (FSDP) or not.

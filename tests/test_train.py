@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +14,7 @@ from safetensors.torch import load_file
 
 from falcon_desktop.cli import main
 from falcon_desktop.tiny import asset_path
+from interrupt import interrupt_run
 
 DEMO = str(asset_path("demo-squad.json"))
 
@@ -76,22 +75,9 @@ def test_ctrl_c_then_resume_matches_an_uninterrupted_run(tiny_model_dir: Path, t
 
     interrupted = tmp_path / "interrupted"
     command = _train_command(tiny_model_dir, interrupted, *steps)
-    log = tmp_path / "stderr.txt"  # a file, not a pipe: a full pipe would block the child before it trains
-    with log.open("wb") as stderr:
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, env=os.environ.copy())
-        metrics = interrupted / "metrics.jsonl"
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and process.poll() is None:
-            if metrics.exists() and len(metrics.read_text(encoding="utf-8").splitlines()) >= 3:
-                process.send_signal(signal.SIGINT)
-                break
-            time.sleep(0.02)
-        process.wait(timeout=240)
-    assert process.returncode == 130, log.read_text(encoding="utf-8", errors="replace")[-2000:]
-    card = json.loads((interrupted / "run.json").read_text(encoding="utf-8"))
+    card = interrupt_run(command, interrupted, 3, tmp_path / "stderr.txt", os.environ.copy())
     stopped_at = card["steps"]
-    assert card["status"] == "interrupted" and 3 <= stopped_at < 40
-    assert (interrupted / "checkpoints" / f"step-{stopped_at:06d}").is_dir()
+    assert 3 <= stopped_at < 40
 
     subprocess.run([sys.executable, "-m", "falcon_desktop", "train", "--resume", str(interrupted)], check=True,
                    capture_output=True, timeout=300)
@@ -99,7 +85,8 @@ def test_ctrl_c_then_resume_matches_an_uninterrupted_run(tiny_model_dir: Path, t
     assert resumed.keys() == expected.keys()
     for name in expected:
         torch.testing.assert_close(resumed[name], expected[name], rtol=0, atol=1e-6, msg=name)
-    losses = [json.loads(line)["loss"] for line in metrics.read_text(encoding="utf-8").splitlines()]
+    metrics = (interrupted / "metrics.jsonl").read_text(encoding="utf-8")
+    losses = [json.loads(line)["loss"] for line in metrics.splitlines()]
     reference_losses = [json.loads(line)["loss"] for line in (reference / "metrics.jsonl").read_text().splitlines()]
     assert losses == pytest.approx(reference_losses, abs=1e-5)
 
