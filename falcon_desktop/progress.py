@@ -14,6 +14,7 @@ import time
 from typing import TYPE_CHECKING, TypeVar
 
 from falcon_desktop.console import err
+from falcon_desktop.hardware import GIB
 from falcon_desktop.metrics import vram_now
 
 if TYPE_CHECKING:
@@ -23,7 +24,6 @@ FULL_COLUMNS = 120
 BAR_COLUMNS = 140
 PLAIN_SECONDS = 30.0
 PLAIN_LINES = 10  # a short job still shows this many plain lines
-GIB = 1024**3
 
 
 def clock_text(seconds: float | None) -> str:

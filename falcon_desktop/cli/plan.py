@@ -11,6 +11,8 @@ import argparse
 import dataclasses
 from typing import Any
 
+from falcon_desktop.hardware import GIB
+
 EXAMPLES = """examples:
   falcon-desktop plan                                    # Falcon-7B QLoRA on the GPU this machine has
   falcon-desktop plan --gpu "RTX 4090" --examples 130319 --epochs 2
@@ -20,7 +22,6 @@ EXAMPLES = """examples:
   falcon-desktop plan --method lora --seq-len 1024 --micro-batch 4 --no-checkpointing --gpu L4
 """
 
-GIB = 1024**3
 BAR_WIDTH = 28
 
 
