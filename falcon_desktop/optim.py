@@ -7,7 +7,6 @@ import math
 import torch
 
 from falcon_desktop.console import info
-from falcon_desktop.errors import UserError
 from falcon_desktop.runs import RunCard
 
 
@@ -53,9 +52,7 @@ def schedule_phases(card: RunCard | None, total_steps: int, learning_rate: float
         return [[0, total_steps]]
     phases = [list(map(int, phase)) for phase in card.schedule] or [[0, int(card.total_steps or total_steps)]]
     planned = phases[-1][0] + phases[-1][1]
-    if card.status == "finished" and total_steps <= (card.steps or 0):
-        raise UserError(f"This run already trained {card.steps} steps.",
-                        f"Pass --max-steps above {card.steps} to train it further.")
+    card.refuse_finished(total_steps)
     if total_steps < planned:
         info(f"Stopping at step {total_steps} of the {planned} planned; the learning rate keeps the {planned}-step "
              "schedule.")

@@ -145,6 +145,13 @@ class RunCard:
             raise UserError(f"{path} is unreadable ({error}).", _BROKEN_CARD_HINT) from None
         return cls.from_json(data, str(path))
 
+    def refuse_finished(self, steps_asked: int | None) -> None:
+        """A finished run trains further only to more steps than it has: checked before the model loads and again
+        where the schedule is built, with one message."""
+        if self.status == "finished" and (steps_asked is None or steps_asked <= (self.steps or 0)):
+            raise UserError(f"This run already finished: it trained {self.steps} steps.",
+                            f"Pass --max-steps above {self.steps} to train it further.")
+
     def resume_conflicts(self, given: dict[str, object]) -> list[str]:
         """The settings in `given` ({train flag's dest: value}) that differ from those this run started with."""
         conflicts = []

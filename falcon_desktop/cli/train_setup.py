@@ -70,8 +70,7 @@ def resume_settings(args: argparse.Namespace) -> tuple[TrainConfig, Plan]:
     if not card.train or not card.plan:
         raise UserError(f"The run card of {run_dir} lacks its training settings ('train', 'plan').",
                         "Restore run.json from a backup, or start a new run with --output.")
-    if card.status == "finished" and not args.max_steps:
-        raise UserError(f"The run in {run_dir} already finished.", "Pass --max-steps N to train it further.")
+    card.refuse_finished(args.max_steps)
     config = TrainConfig.from_json({**card.train, "output": str(run_dir)})
     if args.max_steps:
         config = replace(config, max_steps=args.max_steps)
