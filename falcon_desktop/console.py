@@ -18,6 +18,8 @@ from typing import Any
 
 from rich.console import Console
 
+from falcon_desktop.paths import environment
+
 
 def _can_encode(stream: Any, text: str) -> bool:
     encoding = getattr(stream, "encoding", None) or "ascii"
@@ -92,12 +94,10 @@ def quiet_libraries(verbose: bool = False) -> Iterator[None]:
     if verbose_requested(verbose):
         yield
         return
-    saved_environment = {name: os.environ.get(name) for name in _QUIET_ENVIRONMENT}
     loggers = [logging.getLogger(name) for name in NOISY_LIBRARIES]
     saved_levels = [logger.level for logger in loggers]
     try:
-        with warnings.catch_warnings():
-            os.environ.update(_QUIET_ENVIRONMENT)
+        with warnings.catch_warnings(), environment(_QUIET_ENVIRONMENT):
             warnings.filterwarnings("ignore", module=rf"({'|'.join(NOISY_LIBRARIES)})(\.|$)")
             for logger in loggers:
                 logger.setLevel(logging.ERROR)
@@ -106,11 +106,6 @@ def quiet_libraries(verbose: bool = False) -> Iterator[None]:
     finally:
         for logger, level in zip(loggers, saved_levels):
             logger.setLevel(level)
-        for name, value in saved_environment.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def _switch_off_loaded_progress_bars() -> None:

@@ -13,6 +13,7 @@ import os
 from collections.abc import Mapping, Sequence
 
 from falcon_desktop.errors import UserError
+from falcon_desktop.paths import environment
 
 LAUNCHED_ENV = "FALCON_DESKTOP_LAUNCHED"  # set in every rank: a rank never launches again
 CPU_RANKS_ENV = "FALCON_DESKTOP_CPU_RANKS"  # "1": --gpus N runs N CPU processes over gloo (tests, CI; slow)
@@ -104,10 +105,9 @@ def launch(argv: Sequence[str], processes: int) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     args = launch_command_parser().parse_args(accelerate_arguments(argv, processes))
-    saved = {name: os.environ.get(name) for name in rank_environment({}, processes)}
-    os.environ.update(rank_environment(os.environ, processes))
     try:
-        launch_command(args)
+        with environment(rank_environment(os.environ, processes)):
+            launch_command(args)
     except SignalException:
         return INTERRUPTED
     except ChildFailedError as error:
@@ -120,10 +120,4 @@ def launch(argv: Sequence[str], processes: int) -> int:
                         "above when it is rank 0.",
                         "Set FALCON_DESKTOP_DEBUG=1 to see every rank's output; the run keeps its last checkpoint "
                         "(resume with the same command and --resume).") from None
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
     return 0

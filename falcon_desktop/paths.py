@@ -7,8 +7,10 @@ cache (`HF_HOME`, `HF_HUB_CACHE`); we never move it, only report it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 APP_NAME = "falcon-desktop"
@@ -62,3 +64,18 @@ def hf_cache_dir() -> Path:
 def hf_offline() -> bool:
     """True when the user asked Hugging Face libraries never to touch the network."""
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+@contextlib.contextmanager
+def environment(values: Mapping[str, str]) -> Iterator[None]:
+    """`values` set in `os.environ` for the duration; what was there before, or its absence, comes back after."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

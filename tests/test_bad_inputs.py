@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from falcon_desktop.cli import main
+from falcon_desktop.paths import environment
 from falcon_desktop.tiny import asset_path
 
 DEMO = str(asset_path("demo-squad.json"))
@@ -22,15 +23,12 @@ DEMO = str(asset_path("demo-squad.json"))
 @pytest.fixture(scope="module")
 def world(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The files the rows refer to, built once."""
-    import os
-
     root = tmp_path_factory.mktemp("bad-inputs")
-    saved = {name: os.environ.get(name) for name in ("FALCON_DESKTOP_HOME", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
-    # Module-scoped, so set up before the per-test isolation: huggingface_hub reads HF_HUB_OFFLINE once, at import.
-    os.environ.update(FALCON_DESKTOP_HOME=str(root / "home"), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     run = root / "run"
-    assert main(["train", "--model", str(tiny_model_dir), "--data", DEMO, "--output", str(run), "--max-steps", "2",
-                 "--eval-examples", "0", "--batch-size", "8"]) == 0
+    # Module-scoped, so set up before the per-test isolation: huggingface_hub reads HF_HUB_OFFLINE once, at import.
+    with environment({"FALCON_DESKTOP_HOME": str(root / "home"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}):
+        assert main(["train", "--model", str(tiny_model_dir), "--data", DEMO, "--output", str(run), "--max-steps",
+                     "2", "--eval-examples", "0", "--batch-size", "8"]) == 0
     unfinished = root / "unfinished"
     shutil.copytree(run, unfinished)
     card = json.loads((run / "run.json").read_text(encoding="utf-8"))
@@ -58,11 +56,6 @@ def world(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
     questions.write_text('{"id": "q1", "question": "Who?", "context": "Ann ran."}\n', encoding="utf-8")
     existing = root / "answers.jsonl"
     existing.write_text("{}\n", encoding="utf-8")
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
     return {"tiny": tiny_model_dir, "run": run, "unfinished": unfinished, "mistyped": mistyped,
             "truncated": truncated, "broken_config": broken_config, "no_weights": no_weights,
             "other_base": other_base, "user_folder": user_folder, "no_answers": no_answers,
