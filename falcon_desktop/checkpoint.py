@@ -54,18 +54,16 @@ def restore_rng(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(directory: Path, model, optimizer, scheduler, state: TrainerState, keep: int = 2,
-                    gathered: tuple[dict, dict] | None = None) -> Path:
+def save_checkpoint(directory: Path, adapter: dict, optimizer_state: dict, scheduler, state: TrainerState,
+                    keep: int = 2) -> Path:
     """Write checkpoints/step-NNNNNN atomically and keep the newest `keep` of them.
 
-    `gathered`: (the adapter's state dict, the optimizer's state dict) gathered beforehand from the ranks of a sharded
-    run (`Cluster.adapter_state`, `Cluster.optimizer_state`); by default read from `model` and `optimizer`.
+    `adapter` and `optimizer_state` are the adapter's and the optimizer's state dicts, whole: from
+    `Cluster.adapter_state` and `Cluster.optimizer_state`, which gather them from the ranks of a sharded run.
     """
-    from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
 
     target = Path(directory) / f"{STEP_PREFIX}{state.step:06d}"
-    adapter, optimizer_state = gathered or (get_peft_model_state_dict(model), optimizer.state_dict())
 
     def write(tmp: Path) -> None:
         weights = {k: v.detach().contiguous().cpu() for k, v in adapter.items()}
