@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+from falcon_desktop.hardware import GIB
 from falcon_desktop.plan_memory import PlannerCoefficients
 from falcon_desktop.plan_search import Choice, Pricer, least_memory
 
@@ -66,9 +67,9 @@ def choose_sharding(pricer: Pricer, request: PlanRequest, usable: float | None) 
         return "ddp", "data parallel: no GPU budget known to say the model needs sharding"
     least = pricer.peak(least_memory(pricer))
     if least <= usable:
-        return "ddp", (f"the model fits one GPU ({least / 1024**3:.1f} GiB at the least), so every GPU holds it whole "
+        return "ddp", (f"the model fits one GPU ({least / GIB:.1f} GiB at the least), so every GPU holds it whole "
                        "and only the LoRA gradients are exchanged, once per step")
-    return "fsdp", (f"even at the least ({least / 1024**3:.1f} GiB) the model does not fit one GPU: FSDP shards "
+    return "fsdp", (f"even at the least ({least / GIB:.1f} GiB) the model does not fit one GPU: FSDP shards "
                     f"its 4-bit weights, adapters and optimizer states over {request.gpus} GPUs")
 
 
