@@ -92,7 +92,13 @@ class _Skipped(int):
 
 
 def read_gguf_header(path: str | Path) -> tuple[dict[str, Any], dict[str, tuple[int, ...]]]:
-    """(key/values without the tokenizer's large arrays, tensor name -> shape in PyTorch order); no weights read.
+    """(key/values without the tokenizer's large arrays, tensor name -> shape in PyTorch order); no weights read."""
+    metadata, tensors, _ = _scan_header(path)
+    return metadata, tensors
+
+
+def _scan_header(path: str | Path) -> tuple[dict[str, Any], dict[str, tuple[int, ...]], set[int]]:
+    """`read_gguf_header`'s two values, and the ggml types of the file's matrices (2 or more dimensions).
 
     A direct scan of the header (the GGUF layout: magic, version, counts, key/values, tensor table) rather than the
     `gguf` package's reader, which parses every array into numpy: 1.8 s for SmolLM2-135M's 49,152-token vocabulary
@@ -111,13 +117,16 @@ def read_gguf_header(path: str | Path) -> tuple[dict[str, Any], dict[str, tuple[
             for _ in range(field_count):
                 key = reader.string()
                 metadata[key] = reader.value(reader.unpack("<I"))
-            tensors = {}
+            tensors, matrix_types = {}, set()
             for _ in range(tensor_count):
                 name = reader.string()
                 dims = [reader.unpack("<Q") for _ in range(reader.unpack("<I"))]
-                reader.unpack("<I"), reader.unpack("<Q")  # type and offset: weights are not read here
+                kind = reader.unpack("<I")
+                reader.unpack("<Q")  # the offset: weights are not read here
                 # GGUF lists dimensions innermost first (ne0 = columns); PyTorch's order is the reverse.
                 tensors[name] = tuple(reversed(dims))
+                if len(dims) > 1:
+                    matrix_types.add(kind)
     except (ValueError, OSError, struct.error) as error:
         raise UserError(f"Cannot read the GGUF file {str(path)!r}: {error}.",
                         "The file may be truncated; download or convert it again.") from error
@@ -125,7 +134,7 @@ def read_gguf_header(path: str | Path) -> tuple[dict[str, Any], dict[str, tuple[
     if tokens is not None:
         metadata["tokenizer.ggml.tokens.count"] = len(tokens) if isinstance(tokens, list) else int(tokens)
     metadata = {key: value for key, value in metadata.items() if not isinstance(value, _Skipped)}
-    return metadata, tensors
+    return metadata, tensors, matrix_types
 
 
 def _config_from_header(metadata: dict[str, Any], tensors: dict[str, tuple[int, ...]], name: str) -> dict[str, Any]:
@@ -179,14 +188,13 @@ def _cache_key(path: Path) -> str:
     return f"{path.stem}-{hashlib.sha256(identity.encode('utf-8')).hexdigest()[:12]}"
 
 
-def _saved_dtype(path: Path):
+def _saved_dtype(matrix_types: set[int]):
     """The float type the file stores its weights in, or bfloat16 when it quantizes them."""
     import torch
-    from gguf import GGMLQuantizationType, GGUFReader
+    from gguf import GGMLQuantizationType
 
-    kinds = {tensor.tensor_type for tensor in GGUFReader(str(path)).tensors if len(tensor.shape) > 1}
     for kind, dtype in ((GGMLQuantizationType.F32, torch.float32), (GGMLQuantizationType.F16, torch.float16)):
-        if kinds == {kind}:
+        if matrix_types == {kind}:
             return dtype
     return torch.bfloat16
 
@@ -200,8 +208,9 @@ def convert_gguf(path: str | Path, directory: Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = _check_file(Path(path).expanduser())
-    dtype = _saved_dtype(path)
+    path = Path(path).expanduser()
+    metadata, _, matrix_types = _scan_header(path)  # checks the file too
+    dtype = _saved_dtype(matrix_types)
     try:
         loaded = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
@@ -219,7 +228,6 @@ def convert_gguf(path: str | Path, directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     fresh.save_pretrained(str(directory), safe_serialization=True)
     tokenizer.save_pretrained(str(directory))
-    metadata, _ = read_gguf_header(path)
     record = {"gguf_file": str(path.resolve()), "architecture": metadata.get("general.architecture"),
               "tokenizer_pre": metadata.get("tokenizer.ggml.pre"), "file_type": metadata.get("general.file_type")}
     (directory / SOURCE_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
