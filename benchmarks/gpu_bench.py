@@ -117,7 +117,7 @@ def run_hf(args: argparse.Namespace) -> dict:
     tokenizer, examples = load_examples(args.model, args.data, args.seq_len)
     model = load_base_model(ModelSettings(args.model, quantize=True, device="auto")).model
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
-    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05,
+    model = get_peft_model(model, LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
                                              target_modules=args.targets.split(","), task_type="CAUSAL_LM"))
     rows = [{"input_ids": list(e.input_ids), "labels": [-100] * e.prompt_len + list(e.input_ids[e.prompt_len:])}
             for e in examples]
@@ -158,7 +158,7 @@ def run_hf(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as out:
         training_args = TrainingArguments(
             output_dir=out, per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
-            gradient_checkpointing=True, optim="paged_adamw_8bit", learning_rate=2e-4, lr_scheduler_type="cosine",
+            gradient_checkpointing=True, optim="paged_adamw_8bit", learning_rate=args.learning_rate, lr_scheduler_type="cosine",
             warmup_steps=max(1, round(0.03 * args.steps)), bf16=True, max_steps=args.steps, logging_steps=1,
             report_to=[], save_strategy="no", dataloader_num_workers=0, remove_unused_columns=False, seed=42,
             use_cpu=not torch.cuda.is_available(),  # the CPU test of this harness
@@ -345,6 +345,10 @@ def main() -> None:
     hf.add_argument("--accumulation", type=int, default=1)
     hf.add_argument("--targets", default="query_key_value", help="LoRA targets, comma-separated")
     hf.add_argument("--save-adapter", metavar="RUN_DIR", help="also save the adapter as a run `eval --adapter` reads")
+    hf.add_argument("--learning-rate", type=float, default=2e-4, help="the tutorials' rate unless matching a run of ours")
+    hf.add_argument("--lora-r", type=int, default=16)
+    hf.add_argument("--lora-alpha", type=int, default=32)
+    hf.add_argument("--lora-dropout", type=float, default=0.05)
     ours = sub.choices["ours"]
     ours.add_argument("--targets", default="query_key_value")
     ours.add_argument("--effective-batch", type=int, default=64)

@@ -1,7 +1,7 @@
 """Does `train` teach? SQuAD v2 F1/EM before and after fine-tuning a real model, on articles it never saw.
 
     python benchmarks/quality.py --model SmolLM2-135M-Instruct.Q4_1.gguf --data ../shared/data/squad/dev-v2.0-half.json \
-        --out benchmarks/results/quality-smollm2 --curve-steps 50,100,200 -- --epochs 2 --no-quantize
+        --out benchmarks/results/quality-smollm2 --curve-steps 50,100,200 --jobs 4 -- --epochs 2
 
 1. Split the SQuAD file BY ARTICLE (never by question: questions of one paragraph share their answer's context) into
    train.json and heldout.json (seeded; `--heldout-fraction` of the articles).
@@ -12,7 +12,13 @@
    these are separate runs whose schedule ends at N, so a point is "a run of N steps", which is cheap for a small
    model and needs no checkpoint format.
 6. `--compare-hf`: the plain transformers Trainer recipe (benchmarks/gpu_bench.py `hf`, its own code path) trained on
-   the same file for the same steps and effective batch, so both saw the same number of examples; scored the same way.
+   the same file for `--hf-steps` at the effective batch, learning rate and LoRA of our fine-tune (read from its run
+   card), so both saw the same number of examples; scored the same way, next to our curve point of as many steps.
+
+The training runs go first, `--jobs` of them at once (a 135M model keeps an H200 mostly idle, so they hardly slow
+each other; wall times say so: `concurrent_training_jobs`), then the evaluations one at a time, so questions/s is
+the figure of `eval` alone. Each stage's record is kept in `stage-<label>.json`: the same command run again after an
+interruption skips what is done and resumes a cut-off training run.
 
 Every command is run as a subprocess and recorded exactly, with its wall time, in one `quality.json`; `quality.png`
 plots held-out F1 against training steps with the base and abstain-always lines. Tiny-model runs (the test) show the
@@ -29,6 +35,7 @@ import shlex
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,41 +80,67 @@ def falcon_desktop(*args: str) -> list[str]:
     return [sys.executable, "-m", "falcon_desktop", *args]
 
 
+def stage(label: str, out: Path, work) -> dict:
+    """`work()`'s record, kept in `stage-<label>.json`: run the benchmark again and it goes on where it stopped."""
+    path = out / f"stage-{label}.json"
+    if path.exists():
+        return json.loads(path.read_text(encoding="utf-8"))
+    record = work()
+    write_text(path, json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+    return record
+
+
 def evaluate(label: str, model_args: list[str], heldout: Path, args: argparse.Namespace) -> dict:
     """`falcon-desktop eval` on the held-out questions; scores, questions/s and the command."""
-    predictions = args.out / f"predictions-{label}.json"
-    command = falcon_desktop("eval", *model_args, "--data", str(heldout), "--limit", str(args.heldout_questions),
-                             "--device", args.device, "--batch-size", str(args.eval_batch_size),
-                             "--save-predictions", str(predictions), "--json")
-    record = run_command(command, args.out / f"eval-{label}.log")
-    text = (args.out / record["log"]).read_text(encoding="utf-8")
-    scores = json.loads(text[text.index("{"): text.rindex("}") + 1])
-    rate = _RATE.search(text)
-    return {"label": label, **{key: scores.get(key) for key in KEYS},
-            "questions_per_second": float(rate.group(1).replace(",", "")) if rate else None, **record}
+    def work() -> dict:
+        predictions = args.out / f"predictions-{label}.json"
+        command = falcon_desktop("eval", *model_args, "--data", str(heldout), "--limit", str(args.heldout_questions),
+                                 "--device", args.device, "--answer-batch", str(args.answer_batch),
+                                 "--save-predictions", str(predictions), "--json")
+        record = run_command(command, args.out / f"eval-{label}.log")
+        text = (args.out / record["log"]).read_text(encoding="utf-8")
+        scores = json.loads(text[text.index("{"): text.rindex("}") + 1])
+        rate = _RATE.search(text)
+        return {"label": label, **{key: scores.get(key) for key in KEYS},
+                "questions_per_second": float(rate.group(1).replace(",", "")) if rate else None, **record}
+    return stage(f"eval-{label}", args.out, work)
 
 
 def train(label: str, train_file: Path, extra: list[str], args: argparse.Namespace) -> dict:
+    """`falcon-desktop train`; a run cut off by an earlier, interrupted benchmark is resumed, not restarted."""
     run_dir = args.out / "runs" / label
-    command = falcon_desktop("train", "--model", args.model, "--data", str(train_file), "--output", str(run_dir),
-                             "--eval-fraction", "0", "--eval-examples", "0", "--device", args.device,
-                             "--batch-size", str(args.batch_size), "--seed", str(args.seed), *extra)
-    record = run_command(command, args.out / f"train-{label}.log")
-    card = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
-    return {"label": label, "run": str(run_dir), "steps": card.get("steps"),
-            "final_loss": (card.get("metrics") or {}).get("final_loss"), **record}
+
+    def work() -> dict:
+        resume = ["--resume"] if (run_dir / "run.json").exists() else []
+        command = falcon_desktop("train", "--model", args.model, "--data", str(train_file), "--output", str(run_dir),
+                                 "--eval-fraction", "0", "--eval-examples", "0", "--device", args.device,
+                                 "--batch-size", str(args.batch_size), "--seed", str(args.seed), *extra, *resume)
+        record = run_command(command, args.out / f"train-{label}.log")
+        card = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+        return {"label": label, "run": str(run_dir), "steps": card.get("steps"),
+                "final_loss": (card.get("metrics") or {}).get("final_loss"), **record}
+    return stage(f"train-{label}", args.out, work)
 
 
-def train_hf(steps: int, train_file: Path, args: argparse.Namespace) -> dict:
-    """The plain Trainer recipe of gpu_bench.py at the same steps and effective batch as ours."""
+def train_hf(steps: int, ours: dict, train_file: Path, args: argparse.Namespace) -> dict:
+    """The plain Trainer recipe of gpu_bench.py at the same steps, effective batch, learning rate and LoRA as our run
+    `ours` (its card says what the plan chose); only the code path differs."""
     adapter = args.out / "runs" / "hf-trainer"
-    command = [sys.executable, str(ROOT / "benchmarks" / "gpu_bench.py"), "hf", "--recipe", "careful",
-               "--model", args.model, "--data", str(train_file), "--steps", str(steps),
-               "--batch", str(args.hf_micro_batch), "--accumulation", str(args.batch_size // args.hf_micro_batch),
-               "--targets", args.hf_targets, "--save-adapter", str(adapter),
-               "--result", str(args.out / "hf-trainer.json")]
-    return {"label": "hf-trainer", "run": str(adapter), "steps": steps,
-            **run_command(command, args.out / "train-hf-trainer.log")}
+
+    def work() -> dict:
+        card = json.loads((Path(ours["run"]) / "run.json").read_text(encoding="utf-8"))
+        plan = card["plan"]
+        same = ["--learning-rate", str(card["train"]["learning_rate"]), "--lora-r", str(plan["lora_r"]),
+                "--lora-alpha", str(plan["lora_alpha"]), "--lora-dropout", str(plan["lora_dropout"]),
+                "--targets", ",".join(plan["lora_targets"])]
+        command = [sys.executable, str(ROOT / "benchmarks" / "gpu_bench.py"), "hf", "--recipe", "careful",
+                   "--model", args.model, "--data", str(train_file), "--steps", str(steps),
+                   "--batch", str(args.hf_micro_batch), "--accumulation", str(args.batch_size // args.hf_micro_batch),
+                   *same, "--save-adapter", str(adapter),
+                   "--result", str(args.out / "hf-trainer.json")]
+        return {"label": "hf-trainer", "run": str(adapter), "steps": steps,
+                **run_command(command, args.out / "train-hf-trainer.log")}
+    return stage("train-hf-trainer", args.out, work)
 
 
 def plot(result: dict, path: Path) -> None:
@@ -147,13 +180,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heldout-questions", type=int, default=300, help="held-out questions scored each time")
     parser.add_argument("--curve-steps", default="", help="comma-separated --max-steps of extra runs for the curve")
     parser.add_argument("--batch-size", type=int, default=16, help="effective batch (examples per step) of every run")
-    parser.add_argument("--eval-batch-size", type=int, default=32)
+    parser.add_argument("--answer-batch", type=int, default=64, help="questions generated together by `eval`")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="training runs at once (a small model leaves the GPU mostly idle); evaluations run alone")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--compare-hf", action="store_true", help="also train with the plain Trainer recipe")
+    parser.add_argument("--hf-steps", type=int, default=None,
+                        help="its steps (default: the fine-tune's); compare with the curve point of as many steps")
     parser.add_argument("--hf-micro-batch", type=int, default=8, help="its micro-batch (accumulation makes up the rest)")
-    parser.add_argument("--hf-targets", default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
-                        help="its LoRA targets: give ours the same with `-- --lora-targets ...`")
     parser.add_argument("train_args", nargs="*", help="after `--`: passed to every `falcon-desktop train`")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -174,24 +209,34 @@ def main(argv: list[str] | None = None) -> int:
                     "questions": len(questions)},
         "abstain_always": {key: abstain.get(key) for key in KEYS}, "complete": False,
     }
+    curve_steps = [int(s) for s in args.curve_steps.split(",") if s.strip()]
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        final_run = pool.submit(train, "final", train_file, args.train_args, args)
+        curve_runs = {steps: pool.submit(train, f"steps-{steps}", train_file,
+                                         [*args.train_args, "--max-steps", str(steps)], args) for steps in curve_steps}
+        hf_run = pool.submit(lambda: train_hf(args.hf_steps or final_run.result()["steps"], final_run.result(),
+                                              train_file, args)) \
+            if args.compare_hf else None
+        final = final_run.result()
+        curve_trained = {steps: run.result() for steps, run in curve_runs.items()}
+        hf = hf_run.result() if hf_run else None
+    result["concurrent_training_jobs"] = args.jobs
+
     result["base"] = evaluate("base", ["--model", args.model], heldout_file, args)
     write_result(result, args.out)
-    final = train("final", train_file, args.train_args, args)
     result["finetuned"] = {**evaluate("final", ["--adapter", final["run"]], heldout_file, args), "train": final}
     write_result(result, args.out)
     curve = [{"steps": 0, **{key: result["base"][key] for key in KEYS}},
              {"steps": final["steps"], **{key: result["finetuned"][key] for key in KEYS}}]
-    for steps in [int(s) for s in args.curve_steps.split(",") if s.strip()]:
-        run = train(f"steps-{steps}", train_file, [*args.train_args, "--max-steps", str(steps)], args)
+    for steps, run in curve_trained.items():
         scores = evaluate(f"steps-{steps}", ["--adapter", run["run"]], heldout_file, args)
         curve.append({"steps": run["steps"], **{key: scores[key] for key in KEYS}, "train": run, "eval": scores})
         result["learning_curve"] = sorted(curve, key=lambda point: point["steps"])
         write_result(result, args.out)
     result["learning_curve"] = sorted(curve, key=lambda point: point["steps"])
-    if args.compare_hf:
-        hf = train_hf(final["steps"], train_file, args)
+    if hf:
         result["hf_trainer"] = {**evaluate("hf-trainer", ["--adapter", hf["run"]], heldout_file, args), "train": hf,
-                                "steps": final["steps"]}
+                                "steps": hf["steps"]}
     result["wall_seconds"] = round(time.perf_counter() - started, 1)
     result["complete"] = True
     write_result(result, args.out)

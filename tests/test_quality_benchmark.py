@@ -40,7 +40,7 @@ def test_quality_benchmark_runs_end_to_end_on_a_tiny_gguf(tiny_model_dir: Path, 
     out = tmp_path / "quality"
     command = [sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--model", str(base), "--data", str(DEMO),
                "--out", str(out), "--heldout-fraction", "0.34", "--heldout-questions", "6", "--curve-steps", "1",
-               "--batch-size", "4", "--device", "cpu", "--", "--max-steps", "2", "--no-quantize", "--seq-len", "256",
+               "--jobs", "2", "--compare-hf", "--hf-micro-batch", "2", "--batch-size", "4", "--device", "cpu", "--", "--max-steps", "2", "--no-quantize", "--seq-len", "256",
                "--save-every", "100"]
     result = subprocess.run(command, capture_output=True, text=True, encoding="utf-8", timeout=900,
                             env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
@@ -54,3 +54,11 @@ def test_quality_benchmark_runs_end_to_end_on_a_tiny_gguf(tiny_model_dir: Path, 
     assert "--max-steps 2" in report["finetuned"]["train"]["command"]
     assert [point["steps"] for point in report["learning_curve"]] == [0, 1, 2]
     assert (out / "quality.png").stat().st_size > 10_000
+    assert report["hf_trainer"]["steps"] == 2 and report["hf_trainer"]["total"] == 6
+
+    # Run again: every stage is on record, so nothing is trained or answered twice and the scores are the same.
+    (out / "runs" / "final" / "adapter").rename(out / "moved-adapter")  # a retrained "final" would need it
+    again = subprocess.run(command, capture_output=True, text=True, encoding="utf-8", timeout=900,
+                           env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert json.loads((out / "quality.json").read_text(encoding="utf-8"))["finetuned"] == report["finetuned"]
