@@ -43,7 +43,7 @@ for folder in (ROOT, BENCHMARKS):
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
 
-from gpu_bench import WARMUP_STEPS, cap_memory, summarise  # noqa: E402
+from gpu_bench import WARMUP_STEPS, cap_memory, summarise
 
 LLAMA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
@@ -201,7 +201,7 @@ def train_on_batches(model: torch.nn.Module, steps: list[list[dict]], card: dict
 
 def run_unsloth(args: argparse.Namespace) -> dict:
     """Unsloth's FastLanguageModel on our batches, in this process (unsloth imported before transformers)."""
-    import unsloth  # noqa: F401  (first: it patches transformers, peft and bitsandbytes as they import)
+    import unsloth  # first: it patches transformers, peft and bitsandbytes as they import
     from unsloth import FastLanguageModel
 
     if torch.cuda.is_available():

@@ -39,7 +39,7 @@ def benchmark_out(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
                "--lora-targets", FALCON_TARGETS, "--lora-dropout", "0", "--device", "cpu", "--out", str(out)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
            "FALCON_DESKTOP_HOME": str(tmp_path_factory.mktemp("home"))}
-    result = subprocess.run(command, capture_output=True, text=True, encoding="utf-8", timeout=600, env=env)
+    result = subprocess.run(command, capture_output=True, text=True, encoding="utf-8", timeout=600, env=env, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return out
 
