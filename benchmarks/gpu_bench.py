@@ -42,6 +42,12 @@ SHAPES = {
     "llama-1b": dict(model_type="llama", hidden_size=2048, num_hidden_layers=22, num_attention_heads=32,
                      num_key_value_heads=4, intermediate_size=5632, vocab_size=65024, tie_word_embeddings=False,
                      bos_token_id=11, eos_token_id=11, max_position_embeddings=4096),
+    # Llama-3-8B's dimensions (meta-llama/Meta-Llama-3-8B config.json) with Falcon's EOS id, so the Falcon tokenizer
+    # drives it: its ids (< 65,024) are all valid rows of the 128,256-row embedding.
+    "llama-3-8b": dict(model_type="llama", hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
+                       num_key_value_heads=8, intermediate_size=14336, vocab_size=128256, tie_word_embeddings=False,
+                       rope_parameters={"rope_type": "default", "rope_theta": 500000.0}, bos_token_id=11,
+                       eos_token_id=11, max_position_embeddings=8192),
 }
 
 
@@ -56,6 +62,8 @@ def make_model(args: argparse.Namespace) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     fields = dict(SHAPES[args.shape])
+    if args.vocab_size:  # e.g. spare rows beyond the tokenizer's, for a peer that adds its own pad token
+        fields["vocab_size"] = args.vocab_size
     config = AutoConfig.for_model(fields.pop("model_type"), **fields)
     torch.manual_seed(0)
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
@@ -320,6 +328,7 @@ def main() -> None:
     make.add_argument("--shape", choices=sorted(SHAPES), required=True)
     make.add_argument("--tokenizer", required=True)
     make.add_argument("--out", required=True)
+    make.add_argument("--vocab-size", type=int, help="override the shape's vocabulary (embedding rows)")
     for name in ("hf", "ours"):
         run = sub.add_parser(name)
         run.add_argument("--model", required=True)
