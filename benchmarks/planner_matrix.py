@@ -8,8 +8,9 @@ for each LoRA target set (`all`: every linear kind; `attention`: the attention b
 (GiB): asks the planner for its plan as `falcon-desktop plan --gpu H200 --vram CAP --examples N` makes it (QLoRA,
 `train`'s defaults: effective batch 16, sequences of 512, rank 16 on the targets), with its tokens/s, hours per
 epoch and peak memory; then runs our trainer's own `train_step` on that plan over real SQuAD rows (`--data`,
-tokenized by the model's tokenizer as `train` does) for `--warmup-steps` + `--steps` optimizer steps, and measures
-the real (non-padding) tokens/s of the timed steps and `torch.cuda.max_memory_reserved`. N, the epoch, is every
+tokenized by the model's tokenizer as `train` does) for `--warmup-steps` + `--steps` optimizer steps of the epoch's
+schedule (the longest first, then steps at evenly spaced quantiles of length: `choose_steps`), and measures the
+real (non-padding) tokens/s of the timed steps and `torch.cuda.max_memory_reserved`. N, the epoch, is every
 example of `--data` that fits the plan's sequence length; the measured hours are its real tokens at the measured
 speed. It writes `--result` after every row (a cut-off run keeps its rows) and prints the table at the end.
 
@@ -152,16 +153,20 @@ class Examples:
         return self.by_length[max_seq_len]
 
 
-def _steps_of(lengths: list[int], effective_batch: int, seed: int, count: int) -> list[list[int]]:
-    """The first `count` optimizer steps' example indices, epoch after epoch, as the trainer schedules them."""
+def choose_steps(lengths: list[int], effective_batch: int, seed: int, warmup: int, timed: int) -> list[list[int]]:
+    """The row's optimizer steps, from the trainer's schedule of the first epoch (`schedule_steps`).
+
+    Warm-up: the longest steps, longest first, so the row's peak memory includes the epoch's worst step. Timed: the
+    steps at evenly spaced quantiles of their token count, so a few steps have the epoch's mix of lengths (a small
+    model's step costs about the same whatever its tokens: a random few would swing its tokens/s).
+    """
     from falcon_desktop.data import schedule_steps
 
-    steps: list[list[int]] = []
-    epoch = 0
-    while len(steps) < count:
-        steps += schedule_steps(lengths, effective_batch, seed, epoch)
-        epoch += 1
-    return steps[:count]
+    steps = schedule_steps(lengths, effective_batch, seed, 0)
+    steps = [step for step in steps if len(step) == effective_batch] or steps  # not the short last step
+    by_tokens = sorted(steps, key=lambda step: sum(lengths[i] for i in step))
+    return (by_tokens[::-1][:warmup]
+            + [by_tokens[min(len(by_tokens) - 1, int((k + 0.5) * len(by_tokens) / timed))] for k in range(timed)])
 
 
 def _free_memory(cuda: bool) -> None:
@@ -227,8 +232,8 @@ def measure_row(loaded, shape: ModelShape, model_dir: Path, examples: Examples, 
     )
     log, oom = [], False
     try:
-        for number, indices in enumerate(_steps_of(lengths, settings.effective_batch, config.seed,
-                                                   settings.warmup_steps + settings.steps)):
+        for number, indices in enumerate(choose_steps(lengths, settings.effective_batch, config.seed,
+                                                      settings.warmup_steps, settings.steps)):
             session.state.step = number
             if cuda:
                 torch.cuda.synchronize()

@@ -98,3 +98,10 @@ def test_benchmark_shapes_are_the_real_models_for_the_planner() -> None:
     assert benchmark_shape("llama-3-8b").total_params == load_shape("llama-3-8b").total_params
     smol = benchmark_shape("smollm2-135m")
     assert smol.total_params == load_shape("smollm2-135m").total_params + (65024 - 49152) * 576
+
+
+def test_steps_are_the_longest_then_a_spread_of_lengths() -> None:
+    """Warm-up on the epoch's longest steps (its memory peak); timed steps at quantiles of length (its mix)."""
+    lengths = list(range(1, 65))
+    steps = _load("planner_matrix").choose_steps(lengths, effective_batch=1, seed=0, warmup=2, timed=4)
+    assert [lengths[i] for [i] in steps] == [64, 63, 9, 25, 41, 57]
