@@ -9,10 +9,10 @@ for each LoRA target set (`all`: every linear kind; `attention`: the attention b
 `train`'s defaults: effective batch 16, sequences of 512, rank 16 on the targets), with its tokens/s, hours per
 epoch and peak memory; then runs our trainer's own `train_step` on that plan over real SQuAD rows (`--data`,
 tokenized by the model's tokenizer as `train` does) for `--warmup-steps` + `--steps` optimizer steps of the epoch's
-schedule (the longest first, then steps at evenly spaced quantiles of length: `choose_steps`), and measures the
-real (non-padding) tokens/s of the timed steps and `torch.cuda.max_memory_reserved`. N, the epoch, is every
-example of `--data` that fits the plan's sequence length; the measured hours are its real tokens at the measured
-speed. It writes `--result` after every row (a cut-off run keeps its rows) and prints the table at the end.
+schedule (warm-up: its longest, then its median; timed: steps at evenly spaced quantiles of length), and measures the
+real (non-padding) tokens/s of the timed steps and `torch.cuda.max_memory_reserved`. N, the epoch, is `--data`'s
+examples as the trainer tokenizes them at the plan's sequence length (long contexts windowed); the measured hours
+are their real tokens at the measured speed. It writes `--result` after every row (a cut-off run keeps its rows) and prints the table at the end.
 
 How each model is measured, for speed on a lent GPU:
 - Random bf16 weights are made on the GPU (`gpu_bench.py make-model`) and saved to `--models-dir` (a temporary
@@ -156,17 +156,19 @@ class Examples:
 def choose_steps(lengths: list[int], effective_batch: int, seed: int, warmup: int, timed: int) -> list[list[int]]:
     """The row's optimizer steps, from the trainer's schedule of the first epoch (`schedule_steps`).
 
-    Warm-up: the longest steps, longest first, so the row's peak memory includes the epoch's worst step. Timed: the
-    steps at evenly spaced quantiles of their token count, so a few steps have the epoch's mix of lengths (a small
-    model's step costs about the same whatever its tokens: a random few would swing its tokens/s).
+    Warm-up: the epoch's longest step, so the row's peak memory includes its worst, then the median one (cheaper
+    than more long ones: an 8B model at 8 GiB runs ~2,000 tokens/s). Timed: the steps at evenly spaced quantiles of
+    their token count, so a few steps have the epoch's mix of lengths (a small model's step costs about the same
+    whatever its tokens: a random few would swing its tokens/s).
     """
     from falcon_desktop.data import schedule_steps
 
     steps = schedule_steps(lengths, effective_batch, seed, 0)
     steps = [step for step in steps if len(step) == effective_batch] or steps  # not the short last step
     by_tokens = sorted(steps, key=lambda step: sum(lengths[i] for i in step))
-    return (by_tokens[::-1][:warmup]
-            + [by_tokens[min(len(by_tokens) - 1, int((k + 0.5) * len(by_tokens) / timed))] for k in range(timed)])
+    warm = by_tokens[-1:] + [by_tokens[len(by_tokens) // 2]] * (warmup - 1)
+    return warm[:warmup] + [by_tokens[min(len(by_tokens) - 1, int((k + 0.5) * len(by_tokens) / timed))]
+                            for k in range(timed)]
 
 
 def _free_memory(cuda: bool) -> None:
