@@ -131,7 +131,7 @@ def ensure_model(name: str, models_dir: Path, tokenizer: str | None) -> Path:
     if name not in bench.SHAPES or tokenizer is None:
         raise SystemExit(f"{folder} holds no model, and {name!r} cannot be made: it needs a gpu_bench.SHAPES name "
                          f"({', '.join(sorted(bench.SHAPES))}) and --tokenizer")
-    bench.make_model(argparse.Namespace(shape=name, tokenizer=tokenizer, out=str(folder)))
+    bench.make_model(argparse.Namespace(shape=name, tokenizer=tokenizer, out=str(folder), vocab_size=None))
     return folder
 
 
