@@ -45,8 +45,8 @@ SHAPES = {
     # SmolLM2-135M's dimensions (tied embeddings) with Falcon's 65,024-token vocabulary instead of its 49,152, so the
     # Falcon tokenizer's ids all have an embedding row; the planner reads this config, so it prices the same model.
     "smollm2-135m": dict(model_type="llama", hidden_size=576, num_hidden_layers=30, num_attention_heads=9,
-                         num_key_value_heads=3, intermediate_size=1536, vocab_size=65024, rope_parameters={"rope_type": "default", "rope_theta": 100000.0},
-                        
+                         num_key_value_heads=3, intermediate_size=1536, vocab_size=65024,
+                         rope_parameters={"rope_type": "default", "rope_theta": 100000.0},
                          tie_word_embeddings=True, bos_token_id=11, eos_token_id=11, max_position_embeddings=8192),
     # Llama-3-8B's dimensions (meta-llama/Meta-Llama-3-8B config.json) with Falcon's EOS id, so the Falcon tokenizer
     # drives it: its ids (< 65,024) are all valid rows of the 128,256-row embedding.

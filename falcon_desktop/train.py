@@ -38,7 +38,7 @@ from falcon_desktop.distributed import Cluster, masked
 from falcon_desktop.errors import UserError, explain_disk_error
 from falcon_desktop.loss import count_label_tokens
 from falcon_desktop.metrics import Stopwatch, plot_losses, vram_now
-from falcon_desktop.model import ModelSettings, add_lora, load_base_model, set_checkpointing
+from falcon_desktop.model import ModelSettings, add_lora, compile_layers, eager, load_base_model, set_checkpointing
 from falcon_desktop.optim import make_optimizer, schedule_phases, warmup_cosine_phases
 from falcon_desktop.plan import Plan, adapter_learning_rate
 from falcon_desktop.progress import TrainingDisplay
@@ -151,6 +151,8 @@ def setup(config: TrainConfig, plan: Plan, card: RunCard | None, report, cluster
     examples, eval_records, data_card = _prepare_data(config, plan, loaded.tokenizer, report)
     model = add_lora(loaded.model, plan.lora_targets, plan.lora_r, plan.lora_alpha, plan.lora_dropout)
     set_checkpointing(model, plan.checkpoint_layers)
+    if config.compile:
+        info(f"Compiling {compile_layers(model, loaded.device)} decoder layers (torch.compile) at the first steps.")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if trainable != plan.trainable_params:
         warn(f"peft trains {trainable:,} parameters; the plan counted {plan.trainable_params:,}.")
@@ -265,6 +267,11 @@ def fit(s: Session, stop: StopSignals) -> str:
                     raise
                 _recover_from_oom(s)
                 continue
+            except torch._dynamo.exc.TorchDynamoException as error:  # only --compile reaches the compiler
+                first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+                raise UserError(f"torch.compile failed at step {s.state.step + 1}: {first_line[:300]}",
+                                f"Train without --compile; `falcon-desktop train --resume {s.run.root}` continues "
+                                "from the last checkpoint.") from None
             if not math.isfinite(result.loss):
                 s.card.events.append({"step": s.state.step + 1, "event": "non-finite loss", "loss": str(result.loss)})
                 return "diverged"
@@ -434,7 +441,8 @@ def evaluate(s: Session, label: str) -> dict:
     if not records or not s.cluster.evaluates:  # the other ranks wait at their next collective
         return {}
     info(f"Evaluating {len(records)} held-out questions ({label})...")
-    predictions = answer_records(s.model, s.tokenizer, records, max_prompt_tokens=s.plan.max_seq_len)
+    with eager():  # generation's ever-changing cache shapes would recompile the layers at every length
+        predictions = answer_records(s.model, s.tokenizer, records, max_prompt_tokens=s.plan.max_seq_len)
     return score_predictions(records, predictions)
 
 

@@ -51,6 +51,7 @@ class TrainConfig:
     strict_data: bool = False
     trust_remote_code: bool = False
     keep_checkpoints: int = 2
+    compile: bool = False            # torch.compile each decoder layer (model.compile_layers); speed only
 
     def __post_init__(self) -> None:
         checks = (

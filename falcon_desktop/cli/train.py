@@ -46,6 +46,10 @@ def register(subparsers: argparse._SubParsersAction, formatter: type[argparse.He
                           "data parallel, or FSDP when the plan says the model needs sharding (docs/multi-gpu.md)")
     run.add_argument("--quantize", action=argparse.BooleanOptionalAction, default=defaults.quantize,
                      help="4-bit NF4 base (QLoRA); --no-quantize trains on a 16-bit base (LoRA)")
+    run.add_argument("--compile", action=argparse.BooleanOptionalAction, default=defaults.compile,
+                     help="compile each decoder layer with torch.compile: fewer, fused kernels per step; the first "
+                          "steps pay the compile time; needs Triton on a GPU (Windows: the triton-windows package) "
+                          "and a C++ compiler on the CPU")
     run.add_argument("--strict", action="store_true", help="fail on any dropped data record")
     run.add_argument("--trust-remote-code", action="store_true", help="run the model repository's own Python code")
     run.add_argument("--force", action="store_true", help="train even when the plan says it does not fit")

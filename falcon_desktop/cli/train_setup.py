@@ -32,6 +32,7 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
         quantize=args.quantize,
         strict_data=args.strict,
         trust_remote_code=args.trust_remote_code,
+        compile=args.compile,
         **given,
     )
 
@@ -74,4 +75,5 @@ def resume_settings(args: argparse.Namespace) -> tuple[TrainConfig, Plan]:
     config = TrainConfig.from_json({**card.train, "output": str(run_dir)})
     if args.max_steps:
         config = replace(config, max_steps=args.max_steps)
-    return config, Plan.from_json(card.plan)
+    # Speed, not maths: a resumed run compiles (or not) as this command says.
+    return replace(config, compile=args.compile), Plan.from_json(card.plan)
