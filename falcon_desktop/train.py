@@ -151,6 +151,9 @@ def setup(config: TrainConfig, plan: Plan, card: RunCard | None, report, cluster
     examples, eval_records, data_card = _prepare_data(config, plan, loaded.tokenizer, report)
     model = add_lora(loaded.model, plan.lora_targets, plan.lora_r, plan.lora_alpha, plan.lora_dropout)
     set_checkpointing(model, plan.checkpoint_layers)
+    if config.compile and cluster.distributed:
+        raise UserError("--compile is not supported with several GPUs yet (DDP/FSDP wrap the layers it compiles).",
+                        "Train without --compile, or on one GPU.")
     if config.compile:
         info(f"Compiling {compile_layers(model, loaded.device)} decoder layers (torch.compile) at the first steps.")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
