@@ -19,7 +19,7 @@ from pathlib import Path
 from falcon_desktop.hardware import GIB, gpu_model
 from falcon_desktop.plan import GpuSpec, PlanRequest, make_plan
 from falcon_desktop.plan_memory import COEFFICIENTS
-from falcon_desktop.plan_speed import Workload, estimate_speed
+from falcon_desktop.plan_speed import ONE_LENGTH, SQUAD_LENGTH_SPREAD, Workload, estimate_speed
 from falcon_desktop.shapes import DEFAULT_LORA_TARGETS, ModelShape, load_shape
 
 RESULTS = Path(__file__).parent / "results"
@@ -57,9 +57,9 @@ def _targets(shape: ModelShape, names: str) -> tuple[str, ...]:
 
 def _priced(shape: ModelShape, gpu: str, method: str, targets: tuple[str, ...], lora_r: int, effective_batch: int,
             tokens_per_example: int, micro: int, seq_len: int, checkpoint_layers: int,
-            labelled_fraction: float) -> tuple[float, str]:
+            labelled_fraction: float, length_spread: tuple[float, ...] = SQUAD_LENGTH_SPREAD) -> tuple[float, str]:
     workload = Workload(method, targets, shape.lora_parameters(targets, lora_r), effective_batch, micro * seq_len,
-                        tokens_per_example, checkpoint_layers, labelled_fraction)
+                        tokens_per_example, checkpoint_layers, labelled_fraction, length_spread)
     estimate = estimate_speed(shape, workload, gpu_model(gpu).bf16_tflops)
     return estimate.tokens_per_second, estimate.bound
 
@@ -107,7 +107,7 @@ def _matrix_rows(name: str, shape: ModelShape) -> list[SpeedRow]:
             continue
         targets = tuple(run["targets"].split(","))
         estimated, bound = _priced(shape, "H100", "qlora", targets, 16, run["rows"], run["seq_len"], run["rows"],
-                                   run["seq_len"], run["checkpoint_layers"], 16 / run["seq_len"])
+                                   run["seq_len"], run["checkpoint_layers"], 16 / run["seq_len"], ONE_LENGTH)
         label = "qkv" if len(targets) == 1 else f"{len(targets)} kinds"
         rows.append(SpeedRow(f"{name} step matrix, {label}", "H100",
                              f"{run['rows']}x{run['seq_len']}, {run['checkpoint_layers']} ckpt",

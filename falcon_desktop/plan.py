@@ -60,7 +60,7 @@ class PlanRequest:
     effective_batch_size: int = 16            # examples per optimizer step
     examples: int | None = None               # dataset size, for time and cost ...
     tokens: int | None = None                 # ... or its size in tokens
-    mean_tokens_per_example: int = 230        # SQuAD v2 prompts average 214 Falcon tokens, + answer and EOS
+    mean_tokens_per_example: int = 207        # SQuAD v2 as `train` tokenizes it (Falcon tokenizer, 512)
     epochs: float = 1.0
     micro_batch_size: int | None = None       # force instead of choosing
     gradient_checkpointing: bool | None = None    # force on (all layers) / off instead of choosing

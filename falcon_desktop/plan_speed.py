@@ -27,47 +27,66 @@ class SpeedCoefficients:
     cores of the lent H100 and H200 machines); a desktop CPU is similar or slower, so overhead-bound estimates
     there are, if anything, optimistic."""
 
-    # Fitted together (scipy Nelder-Mead on the worst and the RMS log error) over every row of docs/planner.md's
-    # "speed: estimate vs measured" table: the H100 step matrices of Falcon-7B and a ~1B Llama
-    # (benchmarks/results/matrix-*.json), the H100 Falcon-7B trainer runs (ours*.json) and the H200 runs of
-    # benchmarks/results/speed-measured.json (SmolLM2-135M, Falcon-7B, Llama-3-8B). What pins each one down:
+    # Fitted together (scipy differential evolution on the worst plus half the RMS log error, the earlier rows
+    # held within ±25%) over every row of docs/planner.md's two speed tables: the H100 step matrices of Falcon-7B and
+    # a ~1B Llama (benchmarks/results/matrix-*.json), the H100 Falcon-7B trainer runs (ours*.json), the H200 runs of
+    # benchmarks/results/speed-measured.json (SmolLM2-135M, Falcon-7B, Llama-3-8B) and the H200 planner matrix
+    # (planner-matrix.json: three sizes x two LoRA target sets x 8/12/24 GiB caps, our trainer on each plan).
+    # What pins each one down:
     # --- GPU (seconds at REFERENCE_TFLOPS; other cards scale by their peak) ---
     # Model FLOPs utilisation of the matmuls. The Falcon-7B qkv matrix, one micro-batch per step: 512x4 rows took
     # 0.279 s and 512x16 rows 0.642 s, so each added token costs ~59 us for 26.9 GFLOP.
-    compute_efficiency: float = 0.42
-    # Dequantizing the NF4 weights once per pass (forward, backward, each recomputed forward), per weight: ~6 ms a
-    # pass for Falcon-7B's 6.6e9 decoder weights, about what reading 0.5 B and writing 2 B per weight takes at
-    # HBM3 bandwidth.
-    nf4_dequantize_seconds_per_weight: float = 1.0e-12
+    compute_efficiency: float = 0.44
+    # Dequantizing the NF4 weights once per pass (forward, backward, each recomputed forward), per weight: ~20 ms a
+    # pass for Falcon-7B's 6.6e9 decoder weights (bitsandbytes writes a bf16 copy of each weight before its matmul).
+    nf4_dequantize_seconds_per_weight: float = 3.1e-12
     # Each LoRA module's element-wise work (peft's fp32 copy of its input, dropout, the scaled add of B's output,
     # and their backward), per element of its input and output, per token. Falcon-7B 512x16 without checkpointing:
     # 0.642 s on query_key_value alone, 0.901 s on all four kinds (matrix-falcon-7b.json), though the three added
     # adapters add almost no FLOPs.
-    lora_element_seconds: float = 1.1e-11
+    lora_element_seconds: float = 7.8e-12
     # --- CPU (launch, autograd and Python work, in seconds on the host CPUs of the lent H100/H200 machines) ---
-    # One decoder layer's own kernels, forward + backward (norms, attention, 16-bit or 4-bit base matmuls, MLP
-    # activations, residual adds). SmolLM2-135M, 30 layers, 7 LoRA targets, on the H200, run alone: 0.2555 s per
-    # step of one micro-batch, 7,474 kernel launches, 29.7 ms of GPU kernel time (GPU busy 7%; issue #16's tuning
-    # notes, step-profile-smol-sdpa.json): ~8.5 ms of CPU per layer with its adapters.
-    layer_seconds: float = 6.0e-3
+    # One decoder layer's own kernels, forward + backward (norms, attention, base matmuls, MLP activations,
+    # residual adds). SmolLM2-135M, 30 layers, 7 LoRA targets, 16-bit, on the H200, run alone: 0.2555 s per step of
+    # one micro-batch, 7,474 kernel launches, 29.7 ms of GPU kernel time (GPU busy 7%; issue #16's tuning notes,
+    # step-profile-smol-sdpa.json).
+    layer_seconds: float = 4.8e-3
     # Each LoRA-targeted module on top: dropout, A, B, scale and add, forward and backward. The ~1B Llama matrix
-    # row with 2 targets (512x4, 0.186 s) against 7 (512x16 at 256 tokens, 0.198 s) bounds it.
-    lora_module_seconds: float = 0.34e-3
+    # row with 2 targets (512x4, 0.186 s) against 7 (512x16 at 256 tokens, 0.198 s), and the planner matrix's
+    # attention-only rows against its all-linear ones, bound it.
+    lora_module_seconds: float = 0.29e-3
+    # Each 4-bit base linear on top, forward and backward: bitsandbytes' Python layer, its quant-state handling and
+    # the dequantize launch before every matmul. SmolLM2-135M alone on the H200: 13,233 tokens/s on a 16-bit base,
+    # 10,979 on a 4-bit one (speed-measured.json); a Falcon layer has 4 linears, a Llama layer 7.
+    nf4_linear_seconds: float = 0.077e-3
     # A checkpointed layer runs its forward again in backward (plus the checkpoint's own hooks): this share of the
     # layer's launches and LoRA traffic again. The ~1B Llama matrix, 512x16: 0.233 s without, 0.333 s with all 22
-    # layers checkpointed.
-    forward_share: float = 0.76
+    # layers checkpointed; the planner matrix's ~1B Llama at 0, 10 and 15 checkpointed layers (attention-only).
+    # The fit wants more than a whole forward pass's launches (the hooks); it is capped at one.
+    forward_share: float = 1.0
     # Per micro-batch outside the layers: embedding, the head on the labelled positions, loss, the copy to the GPU.
-    micro_batch_seconds: float = 0.0115
+    # Falcon-7B at 8 GiB, attention-only, 6x512 (planner matrix): steps of one micro-batch took ~0.40 s, steps of
+    # two ~0.71 s.
+    micro_batch_seconds: float = 0.022
     # Per optimizer step: clip, fused AdamW over the adapters, zero_grad and the host syncs of logging.
-    step_seconds: float = 0.0475
+    step_seconds: float = 0.050
     # How much of the shorter of the GPU and CPU work is not hidden behind the longer: host syncs inside the step
     # (the loss's labelled positions, the gradient norm) let neither run ahead. SmolLM2 at 32 rows vs 16, and the
     # ~1B Llama at 512x32 vs 512x16, grow by more than the longer side alone.
-    unhidden_share: float = 0.09
+    unhidden_share: float = 0.07
 
 
 SPEED = SpeedCoefficients()
+
+
+# Real examples are not one length, and the trainer's steps are bucketed by length (`schedule_steps` sorts each
+# chunk of examples before cutting it into steps), so a step of long examples splits into more micro-batches than
+# one of short ones. The lengths of a step relative to the data's mean, at the midpoints of ten equal shares of the
+# steps: SQuAD v2's dev half as the trainer tokenizes it at 512 tokens with the Falcon tokenizer (6,078 examples,
+# 206.6 tokens each on average). Over that epoch's steps of 16 examples they give the mean micro-batches per step
+# exactly: 2.2, 1.5 and 1.2 for token budgets of 2,048, 3,072 and 4,096 (the mean length alone says 2, 2 and 1).
+SQUAD_LENGTH_SPREAD = (0.62, 0.69, 0.75, 0.80, 0.86, 0.93, 1.02, 1.14, 1.33, 1.82)
+ONE_LENGTH = (1.0,)   # rows all of one length (synthetic full-length rows)
 
 
 @dataclass(frozen=True)
@@ -82,14 +101,15 @@ class Workload:
     tokens_per_example: int         # mean real tokens per example (full-length rows: the sequence length)
     checkpoint_layers: int
     labelled_fraction: float        # share of tokens the LM head and loss see
+    length_spread: tuple[float, ...] = SQUAD_LENGTH_SPREAD   # step lengths / mean length, equally likely
 
 
 @dataclass(frozen=True)
 class SpeedEstimate:
     tokens_per_second: float
-    step_seconds: float
-    micro_batches: int              # per optimizer step, as the trainer's token budget splits the examples
-    gpu_seconds: float              # one micro-batch's GPU work
+    step_seconds: float             # mean over the steps of the length spread
+    micro_batches: float            # mean per optimizer step, as the trainer's token budget splits the examples
+    gpu_seconds: float              # one micro-batch's GPU work, at the mean length
     cpu_seconds: float              # one micro-batch's CPU launch work
     dequantize_seconds: float       # the 4-bit dequantization within gpu_seconds (0 on a 16-bit base)
     bound: str                      # "compute" | "overhead"
@@ -100,29 +120,34 @@ class SpeedEstimate:
                    f"{c.compute_efficiency:.0%} of {gpu_name}'s {tflops:g} TFLOPS, adapter traffic"
                    f"{', 4-bit dequantization' if self.dequantize_seconds else ''}) vs "
                    f"{1000 * self.cpu_seconds:,.0f} ms of CPU kernel launches; "
-                   f"{self.micro_batches} micro-batch(es) + {1000 * c.step_seconds:.0f} ms per optimizer step; "
+                   f"{self.micro_batches:.3g} micro-batch(es) + {1000 * c.step_seconds:.0f} ms per optimizer step; "
                    "calibrated on H100/H200 runs (docs/planner.md)")
         if self.bound == "compute":
             return f"compute-bound: {figures}"
         return f"overhead-bound (the GPU waits on the CPU's kernel launches; a slower CPU is slower): {figures}"
 
 
-def micro_batches_per_step(workload: Workload) -> int:
-    """How many micro-batches the trainer cuts a step into: as many rows as fit the token budget each."""
-    rows_per_micro = max(1, workload.token_budget // workload.tokens_per_example)
+def micro_batches_per_step(workload: Workload, tokens_per_example: int | None = None) -> int:
+    """How many micro-batches the trainer cuts a step of examples of this length (default: the mean) into: as many
+    rows as fit the token budget each."""
+    rows_per_micro = max(1, workload.token_budget // (tokens_per_example or workload.tokens_per_example))
     return math.ceil(workload.effective_batch_size / rows_per_micro)
 
 
-def estimate_speed(shape: ModelShape, workload: Workload, tflops: float,
-                   c: SpeedCoefficients = SPEED) -> SpeedEstimate:
-    """Real tokens per second of `workload` on a card of `tflops` dense bf16 peak."""
-    micro = micro_batches_per_step(workload)
-    step_tokens = workload.effective_batch_size * workload.tokens_per_example
-    tokens = step_tokens / micro
+@dataclass(frozen=True)
+class _MicroBatch:
+    gpu: float
+    cpu: float
+    dequantize: float
+
+
+def _micro_batch(shape: ModelShape, workload: Workload, tokens: float, context: int, tflops: float,
+                 c: SpeedCoefficients) -> _MicroBatch:
+    """One forward + backward of `tokens` tokens in rows of `context` tokens: its GPU and CPU seconds."""
     layers = shape.num_layers
     checkpointed = min(workload.checkpoint_layers, layers) / layers
-    flops = training_flops_per_token(shape, workload.method, checkpointed, workload.tokens_per_example,
-                                     workload.trainable_params, workload.labelled_fraction)
+    flops = training_flops_per_token(shape, workload.method, checkpointed, context, workload.trainable_params,
+                                     workload.labelled_fraction)
     gpu = tokens * flops / (c.compute_efficiency * tflops * 1e12)
     lora_elements = sum(sum(shape.linear_modules()[name]) for name in workload.lora_targets) * layers
     gpu += tokens * lora_elements * c.lora_element_seconds * (1 + c.forward_share * checkpointed) * \
@@ -131,9 +156,28 @@ def estimate_speed(shape: ModelShape, workload: Workload, tflops: float,
     if workload.method == "qlora":
         dequantize = (2 + checkpointed) * shape.linear_weight_params * c.nf4_dequantize_seconds_per_weight * \
             REFERENCE_TFLOPS / tflops
-    gpu += dequantize
     per_layer = c.layer_seconds + len(workload.lora_targets) * c.lora_module_seconds
+    if workload.method == "qlora":
+        per_layer += len(shape.linear_modules()) * c.nf4_linear_seconds
     cpu = layers * per_layer * (1 + c.forward_share * checkpointed) + c.micro_batch_seconds
-    step = micro * (max(gpu, cpu) + c.unhidden_share * min(gpu, cpu)) + c.step_seconds
-    return SpeedEstimate(step_tokens / step, step, micro, gpu, cpu, dequantize,
-                         "compute" if gpu >= cpu else "overhead")
+    return _MicroBatch(gpu + dequantize, cpu, dequantize)
+
+
+def estimate_speed(shape: ModelShape, workload: Workload, tflops: float,
+                   c: SpeedCoefficients = SPEED) -> SpeedEstimate:
+    """Real tokens per second of `workload` on a card of `tflops` dense bf16 peak: the tokens of one step at each
+    length of the spread over the seconds of those steps."""
+    tokens = seconds = micro_batches = 0.0
+    for share in workload.length_spread:
+        length = max(1, round(share * workload.tokens_per_example))
+        micro = micro_batches_per_step(workload, length)
+        step_tokens = workload.effective_batch_size * length
+        work = _micro_batch(shape, workload, step_tokens / micro, length, tflops, c)
+        tokens += step_tokens
+        seconds += micro * (max(work.gpu, work.cpu) + c.unhidden_share * min(work.gpu, work.cpu)) + c.step_seconds
+        micro_batches += micro
+    steps = len(workload.length_spread)
+    typical = _micro_batch(shape, workload, workload.effective_batch_size * workload.tokens_per_example /
+                           micro_batches_per_step(workload), workload.tokens_per_example, tflops, c)
+    return SpeedEstimate(tokens / seconds, seconds / steps, micro_batches / steps, typical.gpu, typical.cpu,
+                         typical.dequantize, "compute" if typical.gpu >= typical.cpu else "overhead")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -69,7 +70,7 @@ def test_fixed_costs_reward_fewer_micro_batches_and_penalise_recompute():
     shape = load_shape("llama-3.2-1b")
     tflops = gpu_model("RTX 4090").bf16_tflops
     one, four = (estimate_speed(shape, _workload(shape, micro, batch=64), tflops) for micro in (64, 8))
-    assert (one.micro_batches, four.micro_batches) == (1, 4)
+    assert one.micro_batches == 1 and 3.5 < four.micro_batches <= 4   # the short steps of the spread fit in 3
     assert one.tokens_per_second > four.tokens_per_second
     plain, recomputing = (estimate_speed(shape, _workload(shape, 16, ckpt), tflops) for ckpt in (0, 16))
     assert plain.tokens_per_second > recomputing.tokens_per_second
@@ -87,3 +88,37 @@ def test_plan_reason_names_the_bound():
     assert plan.estimated_tokens_per_second < 30_000   # the FLOPs-only model said ~822,070
     plan = make_plan(load_shape("falcon-7b"), gpu("RTX 4090"), PlanRequest())
     assert plan.reasons["estimated_tokens_per_second"].startswith("compute-bound")
+
+
+def _matrix():
+    spec = importlib.util.spec_from_file_location("planner_matrix", SCRIPT.parent / "planner_matrix.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+PLANNER_MATRIX = _matrix()
+MATRIX_DOCUMENT = json.loads(PLANNER_MATRIX.RESULT.read_text(encoding="utf-8"))
+# Rows the calibrated model misses by more than 25% (docs/planner.md, "Estimate vs measured across sizes and caps"):
+# the ~1B Llama all-linear rows measured ~30% slower on the H200 than the H100 step matrix of the same shape, which
+# the model also holds; SmolLM2 all-linear at 12 GiB ran 19% faster than the identical plan at 24 GiB (noise);
+# Falcon-7B attention-only at 12 GiB is 20% under in tokens/s, so 26% over in hours. Each must stay within 40%.
+MATRIX_KNOWN_MISSES = {("smollm2-135m", "all", 12.0), ("llama-1b", "all", 24.0), ("llama-1b", "all", 12.0),
+                       ("falcon-7b", "attention", 12.0)}
+LOOSE = 0.40
+
+
+@pytest.mark.parametrize("row", MATRIX_DOCUMENT["rows"],
+                         ids=[f"{row['model']} {row['targets']} {row['cap_gib']:g}GiB" for row in MATRIX_DOCUMENT["rows"]])
+def test_planner_matrix_row_within_25_percent(row):
+    plan, predicted = PLANNER_MATRIX.replanned(MATRIX_DOCUMENT, row)
+    assert plan == row["plan"], "the planner's choice changed: re-measure the row"
+    measured = row["measured"]
+    errors = {what: predicted[key] / measured[key] - 1
+              for what, key in (("tokens/s", "tokens_per_second"), ("hours", "hours_per_epoch"))}
+    key = (row["model"], row["targets"], row["cap_gib"])
+    bound = LOOSE if key in MATRIX_KNOWN_MISSES else BENCHMARK.TOLERANCE
+    assert all(abs(error) <= bound for error in errors.values()), f"{key}: {errors}"
+    if key in MATRIX_KNOWN_MISSES:
+        assert any(abs(error) > BENCHMARK.TOLERANCE for error in errors.values()), f"{key} now holds: drop it"
