@@ -16,6 +16,8 @@ same loop runs eagerly, so the code path that the tests check is the one users r
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
@@ -65,8 +67,15 @@ def input_device(model: torch.nn.Module) -> torch.device:
 
 
 def _last_logits(model: torch.nn.Module, input_ids: torch.Tensor, cache: Any, keep: int | torch.Tensor = 1) -> torch.Tensor:
-    output = model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=keep)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    output = model(input_ids=input_ids, **{_cache_keyword(type(base)): cache}, use_cache=True, logits_to_keep=keep)
     return output.logits[:, -1, :]
+
+
+@functools.cache
+def _cache_keyword(model_class: type) -> str:
+    """transformers renamed `past_key_values` to `cache` after 5.17 (the old name warns, and goes in 5.40)."""
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 
 
 def _set_cache_length(cache: Any, length: int) -> None:
