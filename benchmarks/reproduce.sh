@@ -3,7 +3,7 @@
 #   OUT=benchmarks/results bash benchmarks/reproduce.sh
 # It needs .bench-data/ (the Falcon tokenizer files, the SQuAD v2 dev half and a ~170-token context.txt):
 #   mkdir -p .bench-data && cp ../shared/data/falcon-7b/* ../shared/data/squad/dev-v2.0-half.json .bench-data/
-# About 12 minutes on an H100. The lent test machine runs it in parts (a 10-minute limit per call); the models
+# About 12 minutes on an H100 for steps 1-5; the small-model steps, the planner matrix and Unsloth add ~20 on an H200. The lent test machine runs it in parts (a 10-minute limit per call); the models
 # made in step 1 live in $MODELS.
 set -euo pipefail
 OUT=${OUT:?set OUT to the folder for the JSON results}
@@ -44,5 +44,13 @@ if [ -n "${SMOL:-}" ]; then
   # 7. docs/quality.md: the tuning table (six settings at once on one GPU) and the before/after benchmark.
   MODEL="$SMOL" OUT="$OUT/quality-tuning-run" bash benchmarks/quality_tuning.sh
   python3 benchmarks/quality.py --model "$SMOL" --data $D --seed 45 --heldout-questions 1000 --curve-steps 100,250 \
-    --compare-hf --out "$OUT/quality-smollm2" -- --epochs 2
+    --jobs 4 --compare-hf --hf-steps 100 --answer-batch 64 --out "$OUT/quality-smollm2" -- --epochs 2
+fi
+
+# 8. docs/planner.md "Estimate vs measured across sizes and caps": every size x LoRA targets x 8/12/24 GiB.
+python3 benchmarks/planner_matrix.py run --tokenizer .bench-data --data $D --result "$OUT/planner-matrix.json"
+
+# 9. docs/benchmarks.md "Unsloth side by side", where .unsloth-site/ exists (bash ../shared/gpu/make-unsloth-site.sh).
+if [ -d .unsloth-site ]; then
+  bash benchmarks/unsloth_side_by_side.sh
 fi
