@@ -40,6 +40,13 @@ def test_compiled_layers_train_the_same_losses(tiny_model_dir: Path, tmp_path: P
     assert len(got) == len(expected) == 3
     for step, (a, b) in enumerate(zip(expected, got), 1):  # fused kernels round differently, nothing more
         assert abs(a - b) <= 1e-3 * abs(a), f"step {step}: eager {a}, compiled {b}"
+    # The adapter is saved under the same names (compiling in place adds no `_orig_mod.`): ask, eval, merge read it.
+    from safetensors import safe_open
+
+    def names(run: Path) -> set[str]:
+        with safe_open(str(run / "adapter" / "adapter_model.safetensors"), "pt") as adapter:
+            return set(adapter.keys())
+    assert names(tmp_path / "compiled") == names(tmp_path / "eager")
 
 
 def test_compile_without_a_compiler_is_refused_with_the_fix(tiny_model_dir: Path, tmp_path: Path):
