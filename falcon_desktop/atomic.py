@@ -95,6 +95,30 @@ def write_directory(target: Path, write: Callable[[Path], None]) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def publish_directory(target: Path, write: Callable[[Path], None]) -> None:
+    """Write a directory that never changes once there (a cache entry), safe against other processes doing the same.
+
+    Each writer stages its own copy (`write(staging)`, named by its process id) and renames it into place; the first
+    rename wins and a later one finds `target` present and keeps it. `write_directory`'s single staging name would
+    let two processes (e.g. two trainings started at once on one GGUF file) delete each other's half-written copy.
+    """
+    target = Path(target)
+    staging = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        write(staging)
+        _fsync_tree(staging)
+        try:
+            os.replace(staging, target)
+        except OSError:
+            if not target.is_dir():  # not another writer's copy: a real failure
+                raise
+        fsync_directory(target.parent)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def _restore_moved_aside(target: Path, old: Path) -> None:
     if old.exists() and not target.exists():
         os.replace(old, target)

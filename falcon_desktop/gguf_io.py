@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shutil
 import struct
 from pathlib import Path
 from typing import Any
@@ -245,10 +246,12 @@ def hf_directory(reference: str) -> str:
     target = cache_dir() / "gguf" / _cache_key(path)
     if (target / SOURCE_RECORD).is_file():
         return str(target)
-    from falcon_desktop.atomic import write_directory
+    from falcon_desktop.atomic import publish_directory
 
+    if target.exists() and not (target / SOURCE_RECORD).is_file():  # an incomplete copy from an older version
+        shutil.rmtree(target, ignore_errors=True)
     info(f"Converting {path.name} to a Hugging Face model (once; cached in {target}) ...")
-    write_directory(target, lambda staging: convert_gguf(path, staging))  # complete, or not there at all
+    publish_directory(target, lambda staging: convert_gguf(path, staging))  # complete, or not there at all
     return str(target)
 
 

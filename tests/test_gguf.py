@@ -259,3 +259,20 @@ def test_extractive_answers_stop_at_their_first_line_end(tiny_model_dir):
     assert _decode_answer(tokenizer, encoded[0], single_line=True)[0] == "France"
     assert _decode_answer(tokenizer, encoded[0])[0] == "France\nThe falcon is"
     assert EXTRACTIVE.single_line and EXTRACTIVE.max_new_tokens == 32
+
+
+def test_processes_converting_one_gguf_at_once_all_get_the_one_cached_copy(exported, tmp_path):
+    """Two trainings started together on one .gguf (benchmarks/quality.py --jobs) once deleted each other's
+    half-converted copy; now each stages its own and the first to finish is kept."""
+    source = exported[("llama", "f16")]
+    code = "import sys; from falcon_desktop.gguf_io import hf_directory; print(hf_directory(sys.argv[1]))"
+    env = {**os.environ, "FALCON_DESKTOP_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"}
+    workers = [subprocess.Popen([sys.executable, "-c", code, str(source)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, encoding="utf-8", env=env) for _ in range(4)]
+    results = [(worker.wait(timeout=300), *worker.communicate()) for worker in workers]
+    assert all(code == 0 for code, _, _ in results), [err[-2000:] for _, _, err in results]
+    places = {out.strip().splitlines()[-1] for _, out, _ in results}
+    assert len(places) == 1
+    cached = Path(places.pop())
+    assert (cached / "falcon-desktop-gguf-source.json").is_file()
+    assert [p.name for p in cached.parent.iterdir()] == [cached.name]  # no staging copy left behind
