@@ -103,7 +103,7 @@ def publish_directory(target: Path, write: Callable[[Path], None]) -> None:
     let two processes (e.g. two trainings started at once on one GGUF file) delete each other's half-written copy.
     """
     target = Path(target)
-    staging = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    staging = _temporary_name(target)
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
