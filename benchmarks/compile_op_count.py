@@ -8,28 +8,56 @@ torch.profiler. "top-level" counts the operations Python and the autograd engine
 small model's per-step fixed cost on a GPU (docs/benchmarks.md). A proxy only: GPU kernel launches and time are
 measured on the GPU, not here.
 """
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
 import torch
-from torch.profiler import profile, ProfilerActivity
-from transformers import LlamaConfig, AutoModelForCausalLM
-from falcon_desktop.model import add_lora, decoder_layers, backbone_and_head
-from falcon_desktop.loss import answer_loss_sum
-torch.set_num_threads(2)
-cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, vocab_size=256)
-for comp in (False, True):
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from falcon_desktop.loss import answer_loss_sum  # noqa: E402
+from falcon_desktop.model import add_lora, backbone_and_head, decoder_layers  # noqa: E402
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+WARMUP_LENGTHS = (37, 50, 61, 45, 52)
+
+
+def count_ops(compiled: bool) -> dict[str, int]:
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=256)
     torch.manual_seed(0)
-    m = add_lora(AutoModelForCausalLM.from_config(cfg), ["q_proj","k_proj","v_proj","o_proj","gate_proj","up_proj","down_proj"], 16, 32, 0.05)
-    if comp:
-        for layer in decoder_layers(m): layer.compile()
-    m.train(); bb, head = backbone_and_head(m)
-    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-3, foreach=True)
-    def step(L):
-        ids = torch.randint(0, 256, (4, L)); labels = ids.clone(); labels[:, :L-5] = -100
-        loss = answer_loss_sum(bb, head, ids, labels); loss.backward(); opt.step(); opt.zero_grad()
-    for L in (37, 50, 61, 45, 52):  # warm-up: compile and the dynamic-shape recompile
-        step(L)
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    model = add_lora(AutoModelForCausalLM.from_config(config), TARGETS, 16, 32, 0.05)
+    if compiled:
+        for layer in decoder_layers(model):
+            layer.compile()
+    model.train()
+    backbone, head = backbone_and_head(model)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, foreach=True)
+
+    def step(length: int) -> None:
+        input_ids = torch.randint(0, config.vocab_size, (4, length))
+        labels = input_ids.clone()
+        labels[:, : length - 5] = -100
+        answer_loss_sum(backbone, head, input_ids, labels).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    for length in WARMUP_LENGTHS:
+        step(length)
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
         step(47)
-    events = prof.events()
-    top = [e for e in events if e.cpu_parent is None]
-    print("compiled" if comp else "eager", "top-level ops:", len(top), "all ops:", len(events),
-          "aten ops:", sum(1 for e in events if e.name.startswith("aten::")))
+    events = profiler.events()
+    return {"top-level": sum(1 for e in events if e.cpu_parent is None), "all": len(events),
+            "aten": sum(1 for e in events if e.name.startswith("aten::"))}
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(2)
+    for compiled in (False, True):
+        counts = count_ops(compiled)
+        print(f"{'compiled' if compiled else 'eager':>8}: " + ", ".join(f"{k} ops {v:,}" for k, v in counts.items()))
