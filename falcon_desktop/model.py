@@ -293,7 +293,7 @@ def set_checkpointing(model: nn.Module, checkpoint_layers: int) -> None:
         layer.gradient_checkpointing = index < checkpoint_layers
 
 
-def compile_layers(model: nn.Module, device: torch.device) -> int:
+def compile_layers(model: nn.Module) -> int:
     """torch.compile each decoder layer as one region; returns how many.
 
     Eager training launches a few thousand small kernels per step (norms, rotary, LoRA's down/up/scale/add, the
@@ -301,11 +301,9 @@ def compile_layers(model: nn.Module, device: torch.device) -> int:
     cost of a step"). A compiled layer fuses them. Layer by layer, not the whole model: every layer shares one
     compiled graph (same code, same shapes), checkpointing still wraps each layer, and the loss's gather of answer
     positions, whose size changes every batch, stays outside. Lengths change too: the first recompile marks them
-    dynamic. Compilation happens at the first forward, where a missing compiler would fail: refused here instead.
+    dynamic. Compilation happens at the first forward, where a missing compiler would fail: `compile_unavailable`
+    says so before the model loads.
     """
-    reason = compile_unavailable(device)
-    if reason:
-        raise UserError(f"--compile cannot run here: {reason}.", "Train without --compile.")
     layers = decoder_layers(model)
     for layer in layers:
         layer.compile()

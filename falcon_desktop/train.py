@@ -35,10 +35,19 @@ from falcon_desktop.data import (
     tokenize_records,
 )
 from falcon_desktop.distributed import Cluster, masked
-from falcon_desktop.errors import UserError, explain_disk_error
+from falcon_desktop.errors import UserError, explain_disk_error, first_line
 from falcon_desktop.loss import count_label_tokens
 from falcon_desktop.metrics import Stopwatch, plot_losses, vram_now
-from falcon_desktop.model import ModelSettings, add_lora, compile_layers, eager, load_base_model, set_checkpointing
+from falcon_desktop.model import (
+    ModelSettings,
+    add_lora,
+    compile_layers,
+    compile_unavailable,
+    eager,
+    load_base_model,
+    resolve_device,
+    set_checkpointing,
+)
 from falcon_desktop.optim import make_optimizer, schedule_phases, warmup_cosine_phases
 from falcon_desktop.plan import Plan, adapter_learning_rate
 from falcon_desktop.progress import TrainingDisplay
@@ -102,6 +111,8 @@ def run_training(config: TrainConfig, plan: Plan, resume: bool = False, overwrit
         raise UserError(f"Cannot create the run folder {run.root} ({error.strerror or error}).",
                         "Choose an --output folder you can write to.") from None
     cluster = Cluster.from_environment()
+    if config.compile:
+        _check_compile(cluster, resolve_device(cluster.device_for(config.device)))
     cluster.start(cluster.device_for(config.device))
     with RunLock(run.root) if cluster.is_main else contextlib.nullcontext():  # only rank 0 writes the folder
         if card is None and cluster.is_main:
@@ -122,6 +133,16 @@ def _train_and_finish(session: Session, stop: StopSignals, evaluate_first: bool)
         session.card.metrics["eval_before"] = evaluate(session, "before fine-tuning")
         _write_card(session)
     return finish(session, fit(session, stop))
+
+
+def _check_compile(cluster: Cluster, device: torch.device) -> None:
+    """Refuse --compile where it cannot run, before the model loads (it would fail at the first forward)."""
+    if cluster.distributed:
+        raise UserError("--compile is not supported with several GPUs yet (DDP/FSDP wrap the layers it compiles).",
+                        "Train without --compile, or on one GPU.")
+    reason = compile_unavailable(device)
+    if reason:
+        raise UserError(f"--compile cannot run here: {reason}.", "Train without --compile.")
 
 
 def _check_local_model(model: str) -> None:
@@ -151,11 +172,8 @@ def setup(config: TrainConfig, plan: Plan, card: RunCard | None, report, cluster
     examples, eval_records, data_card = _prepare_data(config, plan, loaded.tokenizer, report)
     model = add_lora(loaded.model, plan.lora_targets, plan.lora_r, plan.lora_alpha, plan.lora_dropout)
     set_checkpointing(model, plan.checkpoint_layers)
-    if config.compile and cluster.distributed:
-        raise UserError("--compile is not supported with several GPUs yet (DDP/FSDP wrap the layers it compiles).",
-                        "Train without --compile, or on one GPU.")
     if config.compile:
-        info(f"Compiling {compile_layers(model, loaded.device)} decoder layers (torch.compile) at the first steps.")
+        info(f"Compiling {compile_layers(model)} decoder layers (torch.compile) at the first steps.")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if trainable != plan.trainable_params:
         warn(f"peft trains {trainable:,} parameters; the plan counted {plan.trainable_params:,}.")
@@ -271,8 +289,7 @@ def fit(s: Session, stop: StopSignals) -> str:
                 _recover_from_oom(s)
                 continue
             except torch._dynamo.exc.TorchDynamoException as error:  # only --compile reaches the compiler
-                first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-                raise UserError(f"torch.compile failed at step {s.state.step + 1}: {first_line[:300]}",
+                raise UserError(f"torch.compile failed at step {s.state.step + 1}: {first_line(error)[:300]}",
                                 f"Train without --compile; `falcon-desktop train --resume {s.run.root}` continues "
                                 "from the last checkpoint.") from None
             if not math.isfinite(result.loss):
