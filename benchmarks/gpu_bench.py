@@ -172,7 +172,8 @@ def run_hf(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as out:
         training_args = TrainingArguments(
             output_dir=out, per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
-            gradient_checkpointing=True, optim="paged_adamw_8bit", learning_rate=args.learning_rate, lr_scheduler_type="cosine",
+            gradient_checkpointing=True, optim="paged_adamw_8bit", learning_rate=args.learning_rate,
+            lr_scheduler_type="cosine",
             warmup_steps=max(1, round(0.03 * args.steps)), bf16=True, max_steps=args.steps, logging_steps=1,
             report_to=[], save_strategy="no", dataloader_num_workers=0, remove_unused_columns=False, seed=42,
             use_cpu=not torch.cuda.is_available(),  # the CPU test of this harness

@@ -12,8 +12,8 @@
    these are separate runs whose schedule ends at N, so a point is "a run of N steps", which is cheap for a small
    model and needs no checkpoint format.
 6. `--compare-hf`: the plain transformers Trainer recipe (benchmarks/gpu_bench.py `hf`, its own code path) trained on
-   the same file for `--hf-steps` at the effective batch, learning rate and LoRA of our fine-tune (read from its run
-   card), so both saw the same number of examples; scored the same way, next to our curve point of as many steps.
+   the same file for `--hf-steps` at the effective batch, learning rate and LoRA of our run of as many steps (read from
+   its run card; it starts once that run ends), so both saw the same number of examples; scored the same way.
 
 The training runs go first, `--jobs` of them at once (a 135M model keeps an H200 mostly idle, so they hardly slow
 each other; wall times say so: `concurrent_training_jobs`), then the evaluations one at a time, so questions/s is
@@ -214,9 +214,11 @@ def main(argv: list[str] | None = None) -> int:
         final_run = pool.submit(train, "final", train_file, args.train_args, args)
         curve_runs = {steps: pool.submit(train, f"steps-{steps}", train_file,
                                          [*args.train_args, "--max-steps", str(steps)], args) for steps in curve_steps}
-        hf_run = pool.submit(lambda: train_hf(args.hf_steps or final_run.result()["steps"], final_run.result(),
-                                              train_file, args)) \
-            if args.compare_hf else None
+
+        def run_hf() -> dict:  # its hyperparameters come from the card of the run it is compared with
+            ours = curve_runs.get(args.hf_steps, final_run).result()
+            return train_hf(args.hf_steps or ours["steps"], ours, train_file, args)
+        hf_run = pool.submit(run_hf) if args.compare_hf else None
         final = final_run.result()
         curve_trained = {steps: run.result() for steps, run in curve_runs.items()}
         hf = hf_run.result() if hf_run else None
