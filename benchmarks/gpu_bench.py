@@ -81,7 +81,7 @@ def make_model(args: argparse.Namespace) -> None:
     print(json.dumps({"shape": args.shape, "params": sum(p.numel() for p in model.parameters()), "dir": str(out)}))
 
 
-def _synchronize() -> None:
+def synchronize() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
 
@@ -155,11 +155,11 @@ def run_hf(args: argparse.Namespace) -> dict:
 
     class Timer(TrainerCallback):
         def on_step_begin(self, *a, **k):
-            _synchronize()
+            synchronize()
             self.start = time.perf_counter()
 
         def on_step_end(self, *a, **k):
-            _synchronize()
+            synchronize()
             step_log.append({"seconds": time.perf_counter() - self.start, "real_tokens": pending["real"],
                              "padded_tokens": pending["padded"], "samples": pending["samples"], "loss": math.nan})
             pending.update(real=0, padded=0, samples=0)

@@ -43,7 +43,7 @@ for folder in (ROOT, BENCHMARKS):
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
 
-from gpu_bench import WARMUP_STEPS, cap_memory, summarise
+from gpu_bench import WARMUP_STEPS, synchronize, cap_memory, summarise
 
 LLAMA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
@@ -175,7 +175,7 @@ def train_on_batches(model: torch.nn.Module, steps: list[list[dict]], card: dict
     model.train()
     records = []
     for number, batches in enumerate(steps, 1):
-        _synchronize()
+        synchronize()
         start = time.perf_counter()
         label_tokens = torch.tensor(sum(count_label_tokens(b["labels"]) for b in batches), device=device)
         total = torch.zeros((), device=device)
@@ -190,7 +190,7 @@ def train_on_batches(model: torch.nn.Module, steps: list[list[dict]], card: dict
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
         step_loss = float(total)
-        _synchronize()
+        synchronize()
         seconds = time.perf_counter() - start
         records.append({"seconds": seconds, "loss": step_loss, "samples": sum(len(b["input_ids"]) for b in batches),
                         "real_tokens": sum(b["real_tokens"] for b in batches),
@@ -231,11 +231,6 @@ def run_unsloth(args: argparse.Namespace) -> dict:
         "checkpointing": checkpointing,
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
     })
-
-
-def _synchronize() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
 
 
 # -------------------------------------------------------------------------------------------------- the command
