@@ -124,10 +124,11 @@ def summarise(name: str, steps: list[dict], params: int, extra: dict) -> dict:
 def run_hf(args: argparse.Namespace) -> dict:
     """The tutorials' recipe: transformers Trainer, prepare_model_for_kbit_training, per-example tokenization."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import Trainer, TrainerCallback, TrainingArguments
+    from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
     from falcon_desktop.model import ModelSettings, load_base_model
 
+    set_seed(args.seed)  # the LoRA weights are drawn before the Trainer seeds anything
     tokenizer, examples = load_examples(args.model, args.data, args.seq_len)
     model = load_base_model(ModelSettings(args.model, quantize=True, device="auto")).model
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
@@ -175,7 +176,7 @@ def run_hf(args: argparse.Namespace) -> dict:
             gradient_checkpointing=True, optim="paged_adamw_8bit", learning_rate=args.learning_rate,
             lr_scheduler_type="cosine",
             warmup_steps=max(1, round(0.03 * args.steps)), bf16=True, max_steps=args.steps, logging_steps=1,
-            report_to=[], save_strategy="no", dataloader_num_workers=0, remove_unused_columns=False, seed=42,
+            report_to=[], save_strategy="no", dataloader_num_workers=0, remove_unused_columns=False, seed=args.seed,
             use_cpu=not torch.cuda.is_available(),  # the CPU test of this harness
         )
         Trainer(model=model, args=training_args, train_dataset=rows, data_collator=collate,
@@ -365,6 +366,7 @@ def main() -> None:
     hf.add_argument("--lora-r", type=int, default=16)
     hf.add_argument("--lora-alpha", type=int, default=32)
     hf.add_argument("--lora-dropout", type=float, default=0.05)
+    hf.add_argument("--seed", type=int, default=42, help="the Trainer's seed (LoRA init, dropout, example order)")
     ours = sub.choices["ours"]
     ours.add_argument("--targets", default="query_key_value")
     ours.add_argument("--effective-batch", type=int, default=64)

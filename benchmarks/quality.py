@@ -14,6 +14,9 @@
 6. `--compare-hf`: the plain transformers Trainer recipe (benchmarks/gpu_bench.py `hf`, its own code path) trained on
    the same file for `--hf-steps` at the effective batch, learning rate and LoRA of our run of as many steps (read from
    its run card; it starts once that run ends), so both saw the same number of examples; scored the same way.
+   It takes `--seed` too, so several seeds give paired runs (benchmarks/quality_seeds.py sums them up).
+7. `--compare-ungrouped`: the fine-tune again with steps drawn freely instead of grouped by length
+   (benchmarks/train_ungrouped.py), to see whether that speed lever changes what is learned.
 
 The training runs go first, `--jobs` of them at once (a 135M model keeps an H200 mostly idle, so they hardly slow
 each other; wall times say so: `concurrent_training_jobs`), then the evaluations one at a time, so questions/s is
@@ -106,15 +109,17 @@ def evaluate(label: str, model_args: list[str], heldout: Path, args: argparse.Na
     return stage(f"eval-{label}", args.out, work)
 
 
-def train(label: str, train_file: Path, extra: list[str], args: argparse.Namespace) -> dict:
-    """`falcon-desktop train`; a run cut off by an earlier, interrupted benchmark is resumed, not restarted."""
+def train(label: str, train_file: Path, extra: list[str], args: argparse.Namespace, ungrouped: bool = False) -> dict:
+    """`falcon-desktop train` (`ungrouped`: through benchmarks/train_ungrouped.py, steps not grouped by length); a run
+    cut off by an earlier, interrupted benchmark is resumed, not restarted."""
     run_dir = args.out / "runs" / label
+    program = [sys.executable, str(ROOT / "benchmarks" / "train_ungrouped.py")] if ungrouped else falcon_desktop()
 
     def work() -> dict:
         resume = ["--resume"] if (run_dir / "run.json").exists() else []
-        command = falcon_desktop("train", "--model", args.model, "--data", str(train_file), "--output", str(run_dir),
+        command = [*program, "train", "--model", args.model, "--data", str(train_file), "--output", str(run_dir),
                                  "--eval-fraction", "0", "--eval-examples", "0", "--device", args.device,
-                                 "--batch-size", str(args.batch_size), "--seed", str(args.seed), *extra, *resume)
+                                 "--batch-size", str(args.batch_size), "--seed", str(args.seed), *extra, *resume]
         record = run_command(command, args.out / f"train-{label}.log")
         card = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
         return {"label": label, "run": str(run_dir), "steps": card.get("steps"),
@@ -136,7 +141,7 @@ def train_hf(steps: int, ours: dict, train_file: Path, args: argparse.Namespace)
         command = [sys.executable, str(ROOT / "benchmarks" / "gpu_bench.py"), "hf", "--recipe", "careful",
                    "--model", args.model, "--data", str(train_file), "--steps", str(steps),
                    "--batch", str(args.hf_micro_batch), "--accumulation", str(args.batch_size // args.hf_micro_batch),
-                   *same, "--save-adapter", str(adapter),
+                   *same, "--seed", str(args.seed), "--save-adapter", str(adapter),
                    "--result", str(args.out / "hf-trainer.json")]
         return {"label": "hf-trainer", "run": str(adapter), "steps": steps,
                 **run_command(command, args.out / "train-hf-trainer.log")}
@@ -158,6 +163,9 @@ def plot(result: dict, path: Path) -> None:
     if result.get("hf_trainer"):
         hf = result["hf_trainer"]
         axis.plot([hf["steps"]], [hf["f1"]], "D", color="black", label="plain Trainer, same examples seen")
+    if result.get("ungrouped"):
+        axis.plot([result["ungrouped"]["steps"]], [result["ungrouped"]["f1"]], "^", color="green",
+                  label="ours, steps not grouped by length")
     axis.set_xlabel("optimizer steps")
     axis.set_ylabel("SQuAD v2 F1 (%)")
     axis.set_title(f"{Path(result['model']).name}: {result['heldout']['questions']} held-out questions")
@@ -188,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare-hf", action="store_true", help="also train with the plain Trainer recipe")
     parser.add_argument("--hf-steps", type=int, default=None,
                         help="its steps (default: the fine-tune's); compare with the curve point of as many steps")
+    parser.add_argument("--compare-ungrouped", action="store_true",
+                        help="also train as the fine-tune does but with steps not grouped by length (an ablation)")
     parser.add_argument("--hf-micro-batch", type=int, default=8, help="its micro-batch (accumulation makes up the rest)")
     parser.add_argument("train_args", nargs="*", help="after `--`: passed to every `falcon-desktop train`")
     args = parser.parse_args(argv)
@@ -219,9 +229,12 @@ def main(argv: list[str] | None = None) -> int:
             ours = curve_runs.get(args.hf_steps, final_run).result()
             return train_hf(args.hf_steps or ours["steps"], ours, train_file, args)
         hf_run = pool.submit(run_hf) if args.compare_hf else None
+        ungrouped_run = (pool.submit(train, "ungrouped", train_file, args.train_args, args, ungrouped=True)
+                         if args.compare_ungrouped else None)
         final = final_run.result()
         curve_trained = {steps: run.result() for steps, run in curve_runs.items()}
         hf = hf_run.result() if hf_run else None
+        ungrouped = ungrouped_run.result() if ungrouped_run else None
     result["concurrent_training_jobs"] = args.jobs
 
     result["base"] = evaluate("base", ["--model", args.model], heldout_file, args)
@@ -239,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     if hf:
         result["hf_trainer"] = {**evaluate("hf-trainer", ["--adapter", hf["run"]], heldout_file, args), "train": hf,
                                 "steps": hf["steps"]}
+    if ungrouped:
+        result["ungrouped"] = {**evaluate("ungrouped", ["--adapter", ungrouped["run"]], heldout_file, args),
+                               "train": ungrouped, "steps": ungrouped["steps"]}
     result["wall_seconds"] = round(time.perf_counter() - started, 1)
     result["complete"] = True
     write_result(result, args.out)

@@ -111,15 +111,21 @@ def _mean_percent(scores: Iterable[float], count: int) -> float:
     return 100.0 * sum(scores) / count
 
 
-def score_predictions(dataset: Any, predictions: Mapping[str, str]) -> dict:
-    """Official SQuAD v2 metrics for `predictions` ({id: answer}) against `dataset`.
+def question_scores(dataset: Any, predictions: Mapping[str, str]) -> tuple[dict[str, float], dict[str, float]]:
+    """({id: exact}, {id: F1}) of every question of `dataset`, in its order; a question without a prediction scores 0
+    (with one warning)."""
+    return _scores(_questions_to_score(dataset), predictions)
 
-    `dataset` is a SQuAD JSON document, its `data` list, a path to one, or `QARecord`s. Returns exact, f1, total and HasAns_*/NoAns_* (present when that split is non-empty), as the
-    official script prints them.
-    """
+
+def _questions_to_score(dataset: Any) -> dict[str, tuple[str, ...]]:
     gold_by_id = _gold_by_id(dataset)
     if not gold_by_id:
         raise UserError("The data holds no questions to score.", "Check the --data file.")
+    return gold_by_id
+
+
+def _scores(gold_by_id: Mapping[str, tuple[str, ...]],
+            predictions: Mapping[str, str]) -> tuple[dict[str, float], dict[str, float]]:
     exact: dict[str, float] = {}
     f1: dict[str, float] = {}
     missing = []
@@ -136,7 +142,17 @@ def score_predictions(dataset: Any, predictions: Mapping[str, str]) -> dict:
     if missing:
         shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
         warn(f"{len(missing)} of {len(gold_by_id)} questions have no prediction ({shown}); they are scored as wrong.")
+    return exact, f1
 
+
+def score_predictions(dataset: Any, predictions: Mapping[str, str]) -> dict:
+    """Official SQuAD v2 metrics for `predictions` ({id: answer}) against `dataset`.
+
+    `dataset` is a SQuAD JSON document, its `data` list, a path to one, or `QARecord`s. Returns exact, f1, total and
+    HasAns_*/NoAns_* (present when that split is non-empty), as the official script prints them.
+    """
+    gold_by_id = _questions_to_score(dataset)
+    exact, f1 = _scores(gold_by_id, predictions)
     result: dict[str, float | int] = {
         "exact": _mean_percent(exact.values(), len(exact)),
         "f1": _mean_percent(f1.values(), len(f1)),
