@@ -27,8 +27,9 @@ PROFILED_STEP = 12
 class StepTimer:
     """Wraps the trainer's optimizer step: times each call, profiles one."""
 
-    def __init__(self, step_function) -> None:
+    def __init__(self, step_function, warmup_steps: int) -> None:
         self.step_function = step_function
+        self.warmup_steps = warmup_steps
         self.calls = 0
         self.walls: list[float] = []
         self.tokens: list[int] = []
@@ -37,7 +38,7 @@ class StepTimer:
     def __call__(self, model, batches, *args, **kwargs):
         self.calls += 1
         profiler = None
-        if self.calls == PROFILED_STEP:
+        if self.calls == max(PROFILED_STEP, self.warmup_steps + 1):
             from torch.profiler import ProfilerActivity, profile
 
             profiler = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
@@ -50,7 +51,7 @@ class StepTimer:
         if profiler is not None:
             profiler.__exit__(None, None, None)
             self.profile = summarize(profiler.key_averages(), wall, len(batches))
-        elif self.calls > WARMUP_STEPS:
+        elif self.calls > self.warmup_steps:
             self.walls.append(wall)
             self.tokens.append(sum(batch["real_tokens"] for batch in batches))
         return result
@@ -70,17 +71,27 @@ def summarize(events, wall: float, micro_batches: int) -> dict:
     }
 
 
+def steady_tokens_per_second(walls: list[float], tokens: list[int]) -> int | None:
+    if not walls:
+        return None
+    median = sorted(walls)[len(walls) // 2]
+    kept = [(wall, count) for wall, count in zip(walls, tokens, strict=True) if wall <= 3 * median]
+    return round(sum(count for _, count in kept) / sum(wall for wall, _ in kept))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--result", type=Path, required=True)
     parser.add_argument("--optimizer", help="override the plan's optimizer (adamw_fused, paged_adamw_8bit, ...)")
+    parser.add_argument("--warmup-steps", type=int, default=WARMUP_STEPS,
+                        help="untimed first steps (more with --compile: its first shapes compile)")
     parser.add_argument("train_args", nargs=argparse.REMAINDER, help="-- train ARGS, as for falcon-desktop")
     args = parser.parse_args()
     cli_args = [a for a in args.train_args if a != "--"]
     if args.optimizer:
         make_optimizer = trainer.make_optimizer
         trainer.make_optimizer = lambda model, name, lr, device: make_optimizer(model, args.optimizer, lr, device)
-    timer = StepTimer(trainer.optimizer_step)
+    timer = StepTimer(trainer.optimizer_step, args.warmup_steps)
     trainer.optimizer_step = timer
     from falcon_desktop.cli import main as cli_main
 
@@ -93,6 +104,11 @@ def main() -> None:
         "timed_steps": len(timer.walls),
         "real_tokens_per_second": round(tokens / max(wall, 1e-9)),
         "mean_step_seconds": round(wall / max(1, len(timer.walls)), 4),
+        "warmup_steps": args.warmup_steps,
+        "step_seconds": [round(w, 4) for w in timer.walls],
+        "step_tokens": timer.tokens,
+        # Without the steps that recompiled (over 3x the median): the pace of a long run once compiling is done.
+        "steady_tokens_per_second": steady_tokens_per_second(timer.walls, timer.tokens),
         "profiled_step": timer.profile,
         "gpu": torch.cuda.get_device_name(0),
         "torch": torch.__version__,

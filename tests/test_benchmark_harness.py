@@ -71,3 +71,13 @@ def test_compare_runs_baselines_and_ours_in_one_command(tiny_model_dir: Path, tm
     summary = json.loads((tmp_path / "comparison.json").read_text(encoding="utf-8"))
     assert set(summary["real_tokens_per_second"]) == {"hf-seed", "hf-careful", "ours"}
     assert summary["speedup_over_seed"] > 0 and "| ours |" in summary["table"]
+
+
+def test_step_profile_steady_pace_leaves_out_the_recompiling_steps() -> None:
+    spec = importlib.util.spec_from_file_location("step_profile", ROOT / "benchmarks" / "step_profile.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    walls, tokens = [0.2, 0.25, 12.0, 0.2, 0.3], [2000, 2500, 3000, 2000, 3000]
+    assert module.steady_tokens_per_second(walls, tokens) == 10_000  # 9,500 tokens in 0.95 s; the 12 s step dropped
+    assert module.steady_tokens_per_second([0.5, 0.5], [1000, 3000]) == 4000
+    assert module.steady_tokens_per_second([], []) is None

@@ -25,9 +25,12 @@ def _train(model: Path, output: Path, *flags: str, env: dict | None = None) -> s
                           env={**os.environ, "OMP_NUM_THREADS": "2", **(env or {})})
 
 
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
 def _losses(run: Path) -> list[float]:
-    lines = (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-    return [json.loads(line)["loss"] for line in lines]
+    return [row["loss"] for row in _metrics(run)]
 
 
 def test_compiled_layers_train_the_same_losses(tiny_model_dir: Path, tmp_path: Path):
@@ -38,6 +41,8 @@ def test_compiled_layers_train_the_same_losses(tiny_model_dir: Path, tmp_path: P
     assert "Compiling 2 decoder layers" in compiled.stdout + compiled.stderr
     expected, got = _losses(tmp_path / "eager"), _losses(tmp_path / "compiled")
     assert len(got) == len(expected) == 3
+    # Lengths are padded to multiples of 8, so a new remainder never recompiles the layers mid-run.
+    assert all(row["padded_tokens"] % 8 == 0 for row in _metrics(tmp_path / "compiled"))
     for step, (a, b) in enumerate(zip(expected, got), 1):  # fused kernels round differently, nothing more
         assert abs(a - b) <= 1e-3 * abs(a), f"step {step}: eager {a}, compiled {b}"
     # The adapter is saved under the same names (compiling in place adds no `_orig_mod.`): ask, eval, merge read it.

@@ -100,3 +100,13 @@ def test_collate_right_pads_and_masks_everything_but_answer_and_eos() -> None:
     assert torch.equal(batch["labels"], torch.tensor([[-100, -100, -100, 8, 2], [-100, 10, 2, -100, -100]]))
     assert batch["input_ids"].dtype == batch["labels"].dtype == torch.long
     assert (batch["real_tokens"], batch["labelled_tokens"]) == (8, 4)
+
+
+def test_collate_rounds_the_width_up_to_a_multiple_when_asked() -> None:
+    examples = [Example(input_ids=tuple(range(3, 13)), prompt_len=4, record_id="a"),  # 10 tokens
+                Example(input_ids=(9, 10, 2), prompt_len=1, record_id="b")]
+    batch = collate(examples, pad_id=2, pad_multiple=8)
+    assert batch["input_ids"].shape == batch["labels"].shape == (2, 16)
+    assert batch["input_ids"][0, 10:].tolist() == [2] * 6 and batch["labels"][:, 10:].eq(-100).all()
+    assert (batch["real_tokens"], batch["labelled_tokens"]) == (13, 8)  # padding counts for neither
+    assert collate(examples[:1], pad_id=2, pad_multiple=5)["input_ids"].shape == (1, 10)  # already a multiple

@@ -87,8 +87,8 @@ def padding_efficiency(steps: Sequence[Sequence[int]], lengths: Sequence[int], t
     return real / computed if computed else 1.0
 
 
-def collate(examples: Sequence[Example], pad_id: int) -> dict[str, Any]:
-    """Right-padded `input_ids` and `labels` ([B, T] int64) for one micro-batch.
+def collate(examples: Sequence[Example], pad_id: int, pad_multiple: int = 1) -> dict[str, Any]:
+    """Right-padded `input_ids` and `labels` ([B, T] int64) for one micro-batch, T rounded up to `pad_multiple`.
 
     Labels are unshifted (the model shifts them) and are `IGNORE_INDEX` on the prompt and the padding, so the loss
     sees only the answer and its EOS. `real_tokens` counts the unpadded tokens, `labelled_tokens` the labelled
@@ -96,7 +96,7 @@ def collate(examples: Sequence[Example], pad_id: int) -> dict[str, Any]:
     """
     import torch
 
-    width = max(len(example.input_ids) for example in examples)
+    width = -(-max(len(example.input_ids) for example in examples) // pad_multiple) * pad_multiple
     input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
     for row, example in enumerate(examples):
