@@ -104,13 +104,14 @@ def summarise(runs: list[dict], resamples: int) -> dict:
 
 
 def table(summary: dict) -> str:
-    lines = ["| seed | abstain-always | base | ours | plain Trainer | ours, steps not grouped |", "|---|---|---|---|---|---|"]
+    lines = ["| seed | abstain-always | base | ours | plain Trainer | ours, steps not grouped |",
+             "|---|---|---|---|---|---|"]
     for row in summary["runs"]:
         cells = [row.get(key) for key in ("abstain_always", "base", "finetuned", "hf_trainer", "ungrouped")]
         lines.append(f"| {row['seed']} | " + " | ".join("—" if c is None else f"{c:.1f}" for c in cells) + " |")
     for name, comparison in summary["comparisons"].items():
-        lines.append(f"\n{name}: mean {comparison['mean']:+.2f} F1, per seed {comparison['per_seed']}, "
-                     f"t-interval {comparison['ci95']}, question bootstrap {comparison['bootstrap_ci95_questions_only']}")
+        lines.append(f"\n{name}: mean {comparison['mean']:+.2f} F1, per seed {comparison['per_seed']}, t-interval "
+                     f"{comparison['ci95']}, question bootstrap {comparison['bootstrap_ci95_questions_only']}")
     return "\n".join(lines)
 
 
