@@ -17,8 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "falcon_desktop" / "assets" / "demo-squad.json"
 
 
-def _quality():
-    spec = importlib.util.spec_from_file_location("quality", ROOT / "benchmarks" / "quality.py")
+def _benchmark(name: str):
+    """A script of benchmarks/ as a module."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -26,11 +27,11 @@ def _quality():
 
 def test_split_keeps_whole_articles_on_one_side():
     squad = json.loads(DEMO.read_text(encoding="utf-8"))
-    train, heldout = _quality().split_by_article(squad, 0.34, seed=1)
+    train, heldout = _benchmark("quality").split_by_article(squad, 0.34, seed=1)
     train_titles = {article["title"] for article in train["data"]}
     heldout_titles = {article["title"] for article in heldout["data"]}
     assert len(heldout_titles) == 2 and len(train_titles) == 4 and not train_titles & heldout_titles
-    assert _quality().split_by_article(squad, 0.34, seed=1) == (train, heldout)  # seeded
+    assert _benchmark("quality").split_by_article(squad, 0.34, seed=1) == (train, heldout)  # seeded
 
 
 def test_quality_benchmark_runs_end_to_end_on_a_tiny_gguf(tiny_model_dir: Path, tmp_path: Path):
@@ -73,15 +74,8 @@ def test_quality_benchmark_runs_end_to_end_on_a_tiny_gguf(tiny_model_dir: Path, 
     assert json.loads((out / "quality.json").read_text(encoding="utf-8"))["finetuned"] == report["finetuned"]
 
 
-def _seeds():
-    spec = importlib.util.spec_from_file_location("quality_seeds", ROOT / "benchmarks" / "quality_seeds.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_seed_summary_pairs_the_same_questions_of_each_seed():
-    seeds = _seeds()
+    seeds = _benchmark("quality_seeds")
     runs = [{"seed": 1, "steps": 100, "abstain_always": 50.0, "base": 5.0,
              "scores": {"finetuned": [1.0, 0.0, 1.0, 1.0], "hf_trainer": [1.0, 0.0, 0.0, 1.0]}},
             {"seed": 2, "steps": 100, "abstain_always": 50.0, "base": 5.0,
