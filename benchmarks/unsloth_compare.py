@@ -14,6 +14,8 @@ What is the same on both sides, and how:
   micro-batches (Unsloth's fused cross-entropy gets `num_items_in_batch`, the step's labelled tokens).
 - memory cap: torch.cuda.set_per_process_memory_fraction to `--vram` GiB in each side's process; checkpointing on
   the Unsloth side ("unsloth") wherever our plan checkpoints any layer, off where it checkpoints none.
+`--compile`: our side compiles its decoder layers too (Unsloth always compiles its own; each pays it in the warm-up
+steps); our micro-batches are then padded to multiples of 8, and the Unsloth side gets those same padded batches.
 Each side runs in its own process (Unsloth patches transformers when imported, so it is imported first there);
 an Unsloth failure is recorded as its error text in the JSON instead of ending the benchmark.
 Reported per side: real (non-padding) tokens/s after the warm-up steps, peak reserved VRAM, the loss per optimizer
@@ -82,6 +84,7 @@ def trainer_batches(card: dict, model_dir: str) -> list[list[dict]]:
     from falcon_desktop.data import (
         collate,
         load_records,
+        pad_multiple_for,
         schedule_steps,
         split_by_article,
         split_micro_batches,
@@ -98,6 +101,7 @@ def trainer_batches(card: dict, model_dir: str) -> list[list[dict]]:
     batch = plan["effective_batch_size"]
     steps_per_epoch = math.ceil(len(examples) / batch)
     budget = plan["micro_batch_size"] * plan["max_seq_len"]
+    pad_multiple = pad_multiple_for(bool(train.get("compile")))
     schedules: dict[int, list[list[int]]] = {}
     steps = []
     for step in range(card["total_steps"]):
@@ -105,7 +109,7 @@ def trainer_batches(card: dict, model_dir: str) -> list[list[dict]]:
         if epoch not in schedules:
             schedules[epoch] = schedule_steps(lengths, batch, train["seed"], epoch)
         indices = schedules[epoch][index]
-        steps.append([collate([examples[i] for i in group], tokenizer.pad_token_id)
+        steps.append([collate([examples[i] for i in group], tokenizer.pad_token_id, pad_multiple)
                       for group in split_micro_batches(indices, lengths, budget)])
     return steps
 
@@ -268,6 +272,8 @@ def train_arguments(args: argparse.Namespace, data: Path, run_dir: Path) -> list
         flags += ["--lora-dropout", f"{args.lora_dropout:g}"]
     if args.device:
         flags += ["--device", args.device]
+    if args.compile:
+        flags.append("--compile")
     return flags
 
 
@@ -366,6 +372,8 @@ def main() -> int:
     run.add_argument("--lora-dropout", type=float, help="default: ours (falcon-desktop train's default)")
     run.add_argument("--vram", type=float, default=24.0, help="memory cap in GiB, each side")
     run.add_argument("--device", help="our trainer's --device (cpu for the CPU test)")
+    run.add_argument("--compile", action="store_true",
+                     help="our side with `train --compile` (Unsloth compiles its own; both pay it in the warm-up steps)")
     run.add_argument("--out", required=True, help="folder for the results")
     ours = sub.add_parser("ours", help="one side: our trainer (run starts it)")
     ours.add_argument("--vram", type=float, required=True)

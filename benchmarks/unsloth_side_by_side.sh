@@ -3,6 +3,7 @@
 #   bash benchmarks/unsloth_side_by_side.sh            # both models, ~6-8 minutes (the 1b part measured 203 s on the H200)
 #   bash benchmarks/unsloth_side_by_side.sh 1b         # or one model per call if a call would run past 9 minutes
 #   bash benchmarks/unsloth_side_by_side.sh 8b
+#   COMPARE_ARGS=--compile SUFFIX=-compile bash benchmarks/unsloth_side_by_side.sh 1b   # ours with train --compile
 # Needs here, before the call: .unsloth-site/ (bash ../shared/gpu/make-unsloth-site.sh; carry ".unsloth-site",
 # in its own call if it does not fit beside .gpu-site) and .bench-data/ with the Falcon tokenizer and the SQuAD
 # dev half (mkdir -p .bench-data && cp ../shared/data/falcon-7b/* ../shared/data/squad/dev-v2.0-half.json .bench-data/).
@@ -26,8 +27,9 @@ model() {  # name shape [extra make-model flags]: random weights of the shape, m
 
 compare() {  # name steps
   echo "[unsloth_side_by_side] comparing on $1: $2 steps ($(date +%T))"
+  # shellcheck disable=SC2086  # COMPARE_ARGS is a list of flags: split on spaces on purpose
   python3 benchmarks/unsloth_compare.py run --model "$MODELS/$1" --data "$DATA/dev-v2.0-half.json" --examples 1024 \
-    --steps "$2" --batch-size 32 --seq-len 512 --vram 24 --out "$OUT/unsloth-$1"
+    --steps "$2" --batch-size 32 --seq-len 512 --vram 24 --out "$OUT/unsloth-$1${SUFFIX:-}" ${COMPARE_ARGS:-}
   echo "[unsloth_side_by_side] done $1 ($(date +%T))"
 }
 

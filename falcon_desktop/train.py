@@ -29,6 +29,7 @@ from falcon_desktop.data import (
     collate,
     fingerprint,
     load_records,
+    pad_multiple_for,
     schedule_steps,
     split_by_article,
     split_micro_batches,
@@ -346,9 +347,7 @@ class StepResult:
 def train_step(s: Session, indices: list[int]) -> StepResult:
     """One optimizer step over the examples `indices`."""
     pad_id = s.tokenizer.pad_token_id
-    # Compiled layers: Inductor specialises on whether a length is a multiple of 8, so unaligned lengths recompiled
-    # every layer once more, mid-run (9 s on an H200); aligned ones keep one graph.
-    pad_multiple = 8 if s.config.compile else 1
+    pad_multiple = pad_multiple_for(s.config.compile)
     s.cluster.seed_step(s.config.seed, s.state.step)
     batches = [collate([s.examples[i] for i in group], pad_id, pad_multiple)
                for group in split_micro_batches(s.cluster.shard(indices), s.lengths, s.state.token_budget)]

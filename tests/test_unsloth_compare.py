@@ -28,20 +28,24 @@ def _compare():
     return module
 
 
-@pytest.fixture(scope="module")
-def benchmark_out(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One CPU run of the whole benchmark on the tiny Falcon (20 questions, 4 steps of 8: the epoch wraps).
-
-    No LoRA dropout, so splitting a step into other micro-batches draws no different dropout masks."""
+def _run_benchmark(model: Path, tmp_path_factory: pytest.TempPathFactory, steps: int, *flags: str) -> Path:
     out = tmp_path_factory.mktemp("unsloth-compare")
-    command = [sys.executable, str(ROOT / "benchmarks" / "unsloth_compare.py"), "run", "--model", str(tiny_model_dir),
-               "--data", str(DEMO), "--examples", "20", "--steps", str(STEPS), "--batch-size", "8", "--seq-len", "256",
-               "--lora-targets", FALCON_TARGETS, "--lora-dropout", "0", "--device", "cpu", "--out", str(out)]
+    command = [sys.executable, str(ROOT / "benchmarks" / "unsloth_compare.py"), "run", "--model", str(model),
+               "--data", str(DEMO), "--examples", "20", "--steps", str(steps), "--batch-size", "8", "--seq-len", "256",
+               "--lora-targets", FALCON_TARGETS, "--lora-dropout", "0", "--device", "cpu", "--out", str(out), *flags]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
            "FALCON_DESKTOP_HOME": str(tmp_path_factory.mktemp("home"))}
     result = subprocess.run(command, capture_output=True, text=True, encoding="utf-8", timeout=600, env=env, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return out
+
+
+@pytest.fixture(scope="module")
+def benchmark_out(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One CPU run of the whole benchmark on the tiny Falcon (20 questions, 4 steps of 8: the epoch wraps).
+
+    No LoRA dropout, so splitting a step into other micro-batches draws no different dropout masks."""
+    return _run_benchmark(tiny_model_dir, tmp_path_factory, STEPS)
 
 
 def test_first_questions_keeps_file_order_and_structure() -> None:
@@ -112,3 +116,14 @@ def test_unsloth_side_loop_reproduces_our_trainers_losses(benchmark_out: Path, t
     ours = [json.loads(line)["loss"] for line in (benchmark_out / "ours-run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["loss"] for r in records] == pytest.approx(ours, rel=1e-4)
     assert ours[0] != pytest.approx(ours[-1], rel=1e-4)  # the curve moves: a wrong update would show
+
+
+def test_a_compiled_side_feeds_unsloth_its_padded_batches(tiny_model_dir: Path,
+                                                         tmp_path_factory: pytest.TempPathFactory) -> None:
+    """With --compile our trainer pads lengths to multiples of 8; the rebuilt batches must be padded the same, or they
+    would not be the batches our side trained on (the check against its metrics would fail)."""
+    out = _run_benchmark(tiny_model_dir, tmp_path_factory, 2, "--compile")
+    report = json.loads((out / "unsloth_compare.json").read_text(encoding="utf-8"))
+    assert "error" not in report["ours"] and report["same_batches"] is True, report.get("batch_mismatches")
+    widths = [batch["input_ids"].shape[1] for step in torch.load(out / "batches.pt", weights_only=True) for batch in step]
+    assert widths and all(width % 8 == 0 for width in widths)

@@ -4,7 +4,7 @@
     read_questions(path)            -> QARecords to answer or score, exactly as the file has them
     split_by_article(records, ...)  -> (train, eval) with no paragraph on both sides
     tokenize_records(records, tok)  -> TokenizeReport (examples: ids + prompt length; windowed / dropped counts)
-    schedule_steps / split_micro_batches / collate / padding_efficiency  -> the trainer's batches
+    schedule_steps / split_micro_batches / collate / pad_multiple_for / padding_efficiency  -> the trainer's batches
     fingerprint(examples)           -> sha256 of the processed data, for the run card
 
 Importing this package loads neither torch nor transformers; they load where they are used.
@@ -15,6 +15,7 @@ from __future__ import annotations
 from falcon_desktop.data.batching import (
     IGNORE_INDEX,
     collate,
+    pad_multiple_for,
     padding_efficiency,
     schedule_steps,
     split_micro_batches,
@@ -47,6 +48,7 @@ __all__ = [
     "fingerprint",
     "iter_squad_questions",
     "load_records",
+    "pad_multiple_for",
     "padding_efficiency",
     "read_questions",
     "read_squad",

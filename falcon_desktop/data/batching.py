@@ -87,6 +87,13 @@ def padding_efficiency(steps: Sequence[Sequence[int]], lengths: Sequence[int], t
     return real / computed if computed else 1.0
 
 
+def pad_multiple_for(compiled: bool) -> int:
+    """What a micro-batch's length is rounded up to. Compiled layers (`train --compile`): 8, because Inductor
+    specialises on whether a length is a multiple of 8, and an unaligned length recompiled every layer once more,
+    mid-run (9-12 s on an H200, docs/benchmarks.md). Eager: 1, no padding beyond the longest row."""
+    return 8 if compiled else 1
+
+
 def collate(examples: Sequence[Example], pad_id: int, pad_multiple: int = 1) -> dict[str, Any]:
     """Right-padded `input_ids` and `labels` ([B, T] int64) for one micro-batch, T rounded up to `pad_multiple`.
 
