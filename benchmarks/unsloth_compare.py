@@ -373,7 +373,7 @@ def main() -> int:
     run.add_argument("--vram", type=float, default=24.0, help="memory cap in GiB, each side")
     run.add_argument("--device", help="our trainer's --device (cpu for the CPU test)")
     run.add_argument("--compile", action="store_true",
-                     help="our side with `train --compile` (Unsloth compiles its own; both pay it in the warm-up steps)")
+                     help="our side with `train --compile` (Unsloth compiles its own; each pays it in the warm-up)")
     run.add_argument("--out", required=True, help="folder for the results")
     ours = sub.add_parser("ours", help="one side: our trainer (run starts it)")
     ours.add_argument("--vram", type=float, required=True)

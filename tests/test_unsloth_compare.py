@@ -125,5 +125,6 @@ def test_a_compiled_side_feeds_unsloth_its_padded_batches(tiny_model_dir: Path,
     out = _run_benchmark(tiny_model_dir, tmp_path_factory, 2, "--compile")
     report = json.loads((out / "unsloth_compare.json").read_text(encoding="utf-8"))
     assert "error" not in report["ours"] and report["same_batches"] is True, report.get("batch_mismatches")
-    widths = [batch["input_ids"].shape[1] for step in torch.load(out / "batches.pt", weights_only=True) for batch in step]
+    fed = torch.load(out / "batches.pt", weights_only=True)
+    widths = [batch["input_ids"].shape[1] for step in fed for batch in step]
     assert widths and all(width % 8 == 0 for width in widths)
