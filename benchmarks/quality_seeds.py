@@ -21,9 +21,12 @@ import statistics
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+BENCHMARKS = Path(__file__).resolve().parent
+for folder in (BENCHMARKS.parent, BENCHMARKS):
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+
+from quality import split_by_article  # noqa: E402  (the split the runs made, recomputed)
 
 from falcon_desktop.atomic import write_text  # noqa: E402
 from falcon_desktop.evaluate import iter_squad_questions, question_scores, read_squad  # noqa: E402
@@ -58,15 +61,10 @@ def paired_bootstrap(pairs: list[tuple[list[float], list[float]]], resamples: in
 
 def seed_scores(folder: Path, data: dict, heldout_fraction: float) -> dict:
     """{side: per-question F1 in question order} of one quality.py run, on the questions it scored."""
-    from importlib import util
-
-    spec = util.spec_from_file_location("quality", ROOT / "benchmarks" / "quality.py")
-    quality = util.module_from_spec(spec)
-    spec.loader.exec_module(quality)
     if not (folder / "quality.json").is_file():
         raise SystemExit(f"{folder} holds no quality.json: give the --out folders of benchmarks/quality.py runs.")
     report = json.loads((folder / "quality.json").read_text(encoding="utf-8"))
-    heldout = quality.split_by_article(data, heldout_fraction, report["seed"])[1]
+    heldout = split_by_article(data, heldout_fraction, report["seed"])[1]
     if [article.get("title") for article in heldout["data"]] != report["heldout"]["titles"]:
         raise SystemExit(f"{folder}: --data or --heldout-fraction is not the run's: its held-out articles differ.")
     questions = list(iter_squad_questions(heldout))[: report["heldout"]["questions"]]

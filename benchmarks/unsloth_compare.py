@@ -6,7 +6,7 @@ What is the same on both sides, and how:
 - data: the first `--examples` questions of the SQuAD file, tokenized by falcon-desktop's pipeline (its prompt
   template, answer + EOS labelled, IGNORE_INDEX elsewhere). Our trainer runs first; its run card fixes the plan and
   the settings, and the Unsloth side gets exactly the micro-batches our trainer fed, rebuilt with the trainer's own
-  functions (schedule_steps, split_micro_batches, collate) from the card's seed and token budget, and checked step
+  functions (schedule_steps, step_micro_batches) from the card's seed and token budget, and checked step
   by step against the trainer's metrics.jsonl (real tokens, padded tokens, examples).
 - LoRA rank, alpha, dropout and targets; the optimizer (falcon_desktop.optim.make_optimizer, the plan's choice),
   learning rate, warmup + cosine schedule, gradient clipping, effective batch and number of optimizer steps.
@@ -82,12 +82,10 @@ def trainer_batches(card: dict, model_dir: str) -> list[list[dict]]:
     """The micro-batches of every optimizer step of our run, rebuilt as the trainer builds them (train.py `setup`,
     `_step_indices`, `train_step`) from its card: data split, tokenization, seed, effective batch, token budget."""
     from falcon_desktop.data import (
-        collate,
         load_records,
-        pad_multiple_for,
         schedule_steps,
         split_by_article,
-        split_micro_batches,
+        step_micro_batches,
         tokenize_records,
     )
     from falcon_desktop.model import load_tokenizer
@@ -101,7 +99,6 @@ def trainer_batches(card: dict, model_dir: str) -> list[list[dict]]:
     batch = plan["effective_batch_size"]
     steps_per_epoch = math.ceil(len(examples) / batch)
     budget = plan["micro_batch_size"] * plan["max_seq_len"]
-    pad_multiple = pad_multiple_for(bool(train.get("compile")))
     schedules: dict[int, list[list[int]]] = {}
     steps = []
     for step in range(card["total_steps"]):
@@ -109,8 +106,8 @@ def trainer_batches(card: dict, model_dir: str) -> list[list[dict]]:
         if epoch not in schedules:
             schedules[epoch] = schedule_steps(lengths, batch, train["seed"], epoch)
         indices = schedules[epoch][index]
-        steps.append([collate([examples[i] for i in group], tokenizer.pad_token_id, pad_multiple)
-                      for group in split_micro_batches(indices, lengths, budget)])
+        steps.append(step_micro_batches(examples, indices, lengths, budget, tokenizer.pad_token_id,
+                                        bool(train.get("compile"))))
     return steps
 
 

@@ -29,10 +29,9 @@ from falcon_desktop.data import (
     collate,
     fingerprint,
     load_records,
-    pad_multiple_for,
     schedule_steps,
     split_by_article,
-    split_micro_batches,
+    step_micro_batches,
     tokenize_records,
 )
 from falcon_desktop.distributed import Cluster, masked
@@ -347,10 +346,9 @@ class StepResult:
 def train_step(s: Session, indices: list[int]) -> StepResult:
     """One optimizer step over the examples `indices`."""
     pad_id = s.tokenizer.pad_token_id
-    pad_multiple = pad_multiple_for(s.config.compile)
     s.cluster.seed_step(s.config.seed, s.state.step)
-    batches = [collate([s.examples[i] for i in group], pad_id, pad_multiple)
-               for group in split_micro_batches(s.cluster.shard(indices), s.lengths, s.state.token_budget)]
+    batches = step_micro_batches(s.examples, s.cluster.shard(indices), s.lengths, s.state.token_budget, pad_id,
+                                 s.config.compile)
     # A rank with fewer micro-batches (none: its share of a short last step is empty) still joins the collectives
     batches = s.cluster.even_out(batches, lambda: masked(collate([s.examples[indices[0]]], pad_id)))
     loss, grad_norm = optimizer_step(

@@ -4,7 +4,7 @@
     read_questions(path)            -> QARecords to answer or score, exactly as the file has them
     split_by_article(records, ...)  -> (train, eval) with no paragraph on both sides
     tokenize_records(records, tok)  -> TokenizeReport (examples: ids + prompt length; windowed / dropped counts)
-    schedule_steps / split_micro_batches / collate / pad_multiple_for / padding_efficiency  -> the trainer's batches
+    schedule_steps / split_micro_batches / collate / step_micro_batches / padding_efficiency  -> the trainer's batches
     fingerprint(examples)           -> sha256 of the processed data, for the run card
 
 Importing this package loads neither torch nor transformers; they load where they are used.
@@ -15,10 +15,10 @@ from __future__ import annotations
 from falcon_desktop.data.batching import (
     IGNORE_INDEX,
     collate,
-    pad_multiple_for,
     padding_efficiency,
     schedule_steps,
     split_micro_batches,
+    step_micro_batches,
 )
 from falcon_desktop.data.cache import fingerprint
 from falcon_desktop.data.formats import chat_history, load_records
@@ -48,12 +48,12 @@ __all__ = [
     "fingerprint",
     "iter_squad_questions",
     "load_records",
-    "pad_multiple_for",
     "padding_efficiency",
     "read_questions",
     "read_squad",
     "schedule_steps",
     "split_by_article",
     "split_micro_batches",
+    "step_micro_batches",
     "tokenize_records",
 ]

@@ -76,6 +76,19 @@ def split_micro_batches(indices: Sequence[int], lengths: Sequence[int], token_bu
     return _greedy_groups(indices, lengths, low)
 
 
+def step_micro_batches(examples: Sequence[Example], indices: Sequence[int], lengths: Sequence[int], token_budget: int,
+                       pad_id: int, compiled: bool = False) -> list[dict[str, Any]]:
+    """The collated micro-batches of one optimizer step over `indices`, as the trainer feeds them.
+
+    For compiled layers (`train --compile`) each length is rounded up to a multiple of 8: Inductor specialises on
+    whether a length is one, and an unaligned length recompiled every layer once more, mid-run (9-12 s on an H200,
+    docs/benchmarks.md). Eager steps pad no further than their longest row.
+    """
+    pad_multiple = 8 if compiled else 1
+    return [collate([examples[i] for i in group], pad_id, pad_multiple)
+            for group in split_micro_batches(indices, lengths, token_budget)]
+
+
 def padding_efficiency(steps: Sequence[Sequence[int]], lengths: Sequence[int], token_budget: int) -> float:
     """Real tokens / tokens computed (rows x longest row, summed over the micro-batches of every step)."""
     real = computed = 0
@@ -85,13 +98,6 @@ def padding_efficiency(steps: Sequence[Sequence[int]], lengths: Sequence[int], t
             real += sum(group_lengths)
             computed += len(group) * max(group_lengths)
     return real / computed if computed else 1.0
-
-
-def pad_multiple_for(compiled: bool) -> int:
-    """What a micro-batch's length is rounded up to. Compiled layers (`train --compile`): 8, because Inductor
-    specialises on whether a length is a multiple of 8, and an unaligned length recompiled every layer once more,
-    mid-run (9-12 s on an H200, docs/benchmarks.md). Eager: 1, no padding beyond the longest row."""
-    return 8 if compiled else 1
 
 
 def collate(examples: Sequence[Example], pad_id: int, pad_multiple: int = 1) -> dict[str, Any]:
