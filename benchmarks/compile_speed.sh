@@ -7,7 +7,8 @@
 # half (mkdir -p .bench-data && cp ../shared/data/falcon-7b/* ../shared/data/squad/dev-v2.0-half.json .bench-data/).
 # Random weights of each shape (gpu_bench.py make-model). Results: $OUT/<run>.json (benchmarks/step_profile.py:
 # steady_tokens_per_second, per-step walls and tokens, one profiled step) and $OUT/<run>.log with TORCH_LOGS=recompiles.
-# A run that would end after BUDGET seconds (default 540) is skipped and says so.
+# A run that would end after BUDGET seconds (default 540) is skipped and says so; ONLY=REGEX runs only the runs whose
+# name matches (ONLY=compile: the compiled ones). Each run's metrics.jsonl comes back as $OUT/<run>.metrics.jsonl.
 set -u
 OUT=${OUT:?set OUT to the folder for the results}
 GROUP=${1:-small}
@@ -23,11 +24,13 @@ model() {  # shape: random bf16 weights, made once
 
 run() {  # name limit_s warmup_steps [train flags]
   local name=$1 limit=$2 warmup=$3; shift 3
+  if [[ -n "${ONLY:-}" && ! $name =~ $ONLY ]]; then return; fi
   if [ $(( $(date +%s) - START + limit )) -gt "${BUDGET:-540}" ]; then echo "$name skipped (time)"; return; fi
   timeout "$limit" python3 benchmarks/step_profile.py --warmup-steps "$warmup" --result "$OUT/$name.json" -- train \
     --data "$DATA/dev-v2.0-half.json" --eval-examples 0 --eval-fraction 0 --save-every 1000 \
     --output "/tmp/compile-runs/$name" --overwrite "$@" > "$OUT/$name.log" 2>&1
   echo "$name rc=$? after $(( $(date +%s) - START )) s"
+  cp "/tmp/compile-runs/$name/metrics.jsonl" "$OUT/$name.metrics.jsonl" 2>/dev/null
 }
 
 if [ "$GROUP" = small ]; then

@@ -88,7 +88,7 @@ def trainer_batches(card: dict, model_dir: str) -> list[list[dict]]:
         step_micro_batches,
         tokenize_records,
     )
-    from falcon_desktop.model import load_tokenizer
+    from falcon_desktop.model import PAD_MULTIPLE, load_tokenizer
 
     plan, train = card["plan"], card["train"]
     tokenizer = load_tokenizer(model_dir)
@@ -99,6 +99,7 @@ def trainer_batches(card: dict, model_dir: str) -> list[list[dict]]:
     batch = plan["effective_batch_size"]
     steps_per_epoch = math.ceil(len(examples) / batch)
     budget = plan["micro_batch_size"] * plan["max_seq_len"]
+    pad_multiple = PAD_MULTIPLE[train.get("compile_style", "eager")]
     schedules: dict[int, list[list[int]]] = {}
     steps = []
     for step in range(card["total_steps"]):
@@ -106,8 +107,7 @@ def trainer_batches(card: dict, model_dir: str) -> list[list[dict]]:
         if epoch not in schedules:
             schedules[epoch] = schedule_steps(lengths, batch, train["seed"], epoch)
         indices = schedules[epoch][index]
-        steps.append(step_micro_batches(examples, indices, lengths, budget, tokenizer.pad_token_id,
-                                        bool(train.get("compile"))))
+        steps.append(step_micro_batches(examples, indices, lengths, budget, tokenizer.pad_token_id, pad_multiple))
     return steps
 
 

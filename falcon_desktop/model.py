@@ -293,22 +293,40 @@ def set_checkpointing(model: nn.Module, checkpoint_layers: int) -> None:
         layer.gradient_checkpointing = index < checkpoint_layers
 
 
-def compile_layers(model: nn.Module) -> int:
-    """torch.compile each decoder layer as one region; returns how many.
+# How `train --compile` runs the decoder layers, and the multiple every micro-batch's length is padded to for it.
+# "kernels": torch.compile's fused kernels. Inductor specialises on whether a length is aligned, and an unaligned
+# length recompiled every layer mid-run (9-12 s on an H200), so lengths round up to 8. "graphs": the same kernels
+# replayed as CUDA graphs (mode="reduce-overhead"), one launch per layer instead of hundreds. CUDA graphs specialise
+# on every shape: each new micro-batch shape compiles again (~12 s for SmolLM2 on an H200), so lengths round up to
+# 64, at most 8 shapes at 512 tokens. docs/benchmarks.md, "`train --compile` on the H200", has the measurements.
+PAD_MULTIPLE = {"eager": 1, "kernels": 8, "graphs": 64}
+
+
+def compile_style(requested: bool, device_type: str, checkpoint_layers: int) -> str:
+    """"eager", "kernels" or "graphs" (PAD_MULTIPLE's keys) for a run on `device_type` with that many checkpointed
+    layers. CUDA graphs only where no layer is checkpointed: a checkpointed layer runs its graph again inside
+    backward, while the forward's replay still holds the outputs backward needs ("accessing tensor output of
+    CUDAGraphs that has been overwritten", Falcon-7B at a 24 GiB plan on an H200)."""
+    if not requested:
+        return "eager"
+    return "graphs" if device_type == "cuda" and checkpoint_layers == 0 else "kernels"
+
+
+def compile_layers(model: nn.Module, style: str) -> int:
+    """torch.compile each decoder layer as one region in `style` ("kernels" or "graphs"); returns how many.
 
     Eager training launches a few thousand small kernels per step (norms, rotary, LoRA's down/up/scale/add, the
     4-bit dequantize), so on a small model the GPU waits for Python most of the step (docs/benchmarks.md, "The fixed
-    cost of a step"). A compiled layer fuses them. Layer by layer, not the whole model: every layer shares one
-    compiled graph (same code, same shapes), checkpointing still wraps each layer, and the loss's gather of answer
-    positions, whose size changes every batch, stays outside. Rows and lengths change too: the first recompile marks
-    those two dynamic and nothing else (`dynamic=True` made every size symbolic and a SmolLM2 step 1.5x slower on an
-    H200); the trainer pads lengths to multiples of 8 so Inductor's alignment guard never recompiles mid-run.
-    Compilation happens at the first forward, where a missing compiler would fail: `compile_unavailable` says so
-    before the model loads.
+    cost of a step"). A compiled layer fuses them; as a CUDA graph it is also launched at once. Layer by layer, not
+    the whole model: every layer shares one compiled graph (same code, same shapes), checkpointing still wraps each
+    layer, and the loss's gather of answer positions, whose size changes every batch, stays outside. Rows and
+    lengths change too: the first recompile marks those two dynamic and nothing else (`dynamic=True` made every size
+    symbolic and a SmolLM2 step 1.5x slower on an H200). Compilation happens at the first forward, where a missing
+    compiler would fail: `compile_unavailable` says so before the model loads.
     """
     layers = decoder_layers(model)
     for layer in layers:
-        layer.compile()
+        layer.compile(mode="reduce-overhead" if style == "graphs" else None)
     return len(layers)
 
 

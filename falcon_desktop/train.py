@@ -41,7 +41,9 @@ from falcon_desktop.metrics import Stopwatch, plot_losses, vram_now
 from falcon_desktop.model import (
     ModelSettings,
     add_lora,
+    PAD_MULTIPLE,
     compile_layers,
+    compile_style,
     compile_unavailable,
     eager,
     load_base_model,
@@ -83,6 +85,7 @@ class Session:
     card: RunCard
     schedules: dict[int, list[list[int]]] = field(default_factory=dict)  # epoch -> its steps' example indices
     cluster: Cluster = field(default_factory=Cluster)  # this process's rank of a multi-GPU run (distributed.py)
+    pad_multiple: int = 1  # micro-batch lengths round up to it for compiled layers (model.PAD_MULTIPLE)
 
 
 
@@ -172,8 +175,12 @@ def setup(config: TrainConfig, plan: Plan, card: RunCard | None, report, cluster
     examples, eval_records, data_card = _prepare_data(config, plan, loaded.tokenizer, report)
     model = add_lora(loaded.model, plan.lora_targets, plan.lora_r, plan.lora_alpha, plan.lora_dropout)
     set_checkpointing(model, plan.checkpoint_layers)
-    if config.compile:
-        info(f"Compiling {compile_layers(model)} decoder layers (torch.compile) at the first steps.")
+    style = compile_style(config.compile, loaded.device.type, plan.checkpoint_layers)
+    if style == "graphs":
+        info(f"Compiling {compile_layers(model, style)} decoder layers as CUDA graphs (torch.compile) at the first "
+             "steps and at each new batch shape.")
+    elif style == "kernels":
+        info(f"Compiling {compile_layers(model, style)} decoder layers (torch.compile) at the first steps.")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if trainable != plan.trainable_params:
         warn(f"peft trains {trainable:,} parameters; the plan counted {plan.trainable_params:,}.")
@@ -203,14 +210,14 @@ def setup(config: TrainConfig, plan: Plan, card: RunCard | None, report, cluster
         quantization=loaded.quantization.to_json() if loaded.quantization else None,
     )
     card.status, card.trainable_params, card.total_steps, card.schedule = "running", trainable, total_steps, phases
-    card.train = {**card.train, "max_steps": config.max_steps}
+    card.train = {**card.train, "max_steps": config.max_steps, "compile_style": style}  # as this command runs
     if cluster.is_main:
         card.write(run.root)
     return Session(
         config, plan, run, model, loaded.tokenizer, loaded.device, loaded.compute_dtype, examples,
         [len(e.input_ids) for e in examples], eval_records, steps_per_epoch, total_steps, optimizer, scheduler,
         torch.amp.GradScaler(loaded.device.type, enabled=loaded.compute_dtype == torch.float16), state, card,
-        cluster=cluster,
+        cluster=cluster, pad_multiple=PAD_MULTIPLE[style],
     )
 
 
@@ -348,7 +355,7 @@ def train_step(s: Session, indices: list[int]) -> StepResult:
     pad_id = s.tokenizer.pad_token_id
     s.cluster.seed_step(s.config.seed, s.state.step)
     batches = step_micro_batches(s.examples, s.cluster.shard(indices), s.lengths, s.state.token_budget, pad_id,
-                                 s.config.compile)
+                                 s.pad_multiple)
     # A rank with fewer micro-batches (none: its share of a short last step is empty) still joins the collectives
     batches = s.cluster.even_out(batches, lambda: masked(collate([s.examples[indices[0]]], pad_id)))
     loss, grad_norm = optimizer_step(

@@ -61,3 +61,17 @@ def test_compile_without_a_compiler_is_refused_with_the_fix(tiny_model_dir: Path
     assert result.returncode == 1, result.stderr[-3000:]
     assert "--compile cannot run here: no C++ compiler" in result.stderr
     assert "Train without --compile" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cuda_graphs_only_on_a_gpu_with_no_checkpointed_layer():
+    """A checkpointed layer replays its graph inside backward and overwrote outputs backward still needed (Falcon-7B
+    on the H200); the CPU has no CUDA graphs. Graphs pad to a coarser multiple: each new shape compiles again."""
+    from falcon_desktop.model import PAD_MULTIPLE, compile_style
+
+    assert compile_style(False, "cuda", 0) == "eager"
+    assert compile_style(True, "cuda", 0) == "graphs"
+    assert compile_style(True, "cuda", 1) == "kernels"
+    assert compile_style(True, "cpu", 0) == "kernels"
+    assert PAD_MULTIPLE["eager"] == 1 and PAD_MULTIPLE["kernels"] == 8
+    assert PAD_MULTIPLE["graphs"] % PAD_MULTIPLE["kernels"] == 0  # graphs keep Inductor's alignment too
+    assert 512 // PAD_MULTIPLE["graphs"] <= 8  # at most 8 lengths (each a compile) at the default --seq-len

@@ -77,14 +77,10 @@ def split_micro_batches(indices: Sequence[int], lengths: Sequence[int], token_bu
 
 
 def step_micro_batches(examples: Sequence[Example], indices: Sequence[int], lengths: Sequence[int], token_budget: int,
-                       pad_id: int, compiled: bool = False) -> list[dict[str, Any]]:
-    """The collated micro-batches of one optimizer step over `indices`, as the trainer feeds them.
-
-    For compiled layers (`train --compile`) each length is rounded up to a multiple of 8: Inductor specialises on
-    whether a length is one, and an unaligned length recompiled every layer once more, mid-run (9-12 s on an H200,
-    docs/benchmarks.md). Eager steps pad no further than their longest row.
-    """
-    pad_multiple = 8 if compiled else 1
+                       pad_id: int, pad_multiple: int = 1) -> list[dict[str, Any]]:
+    """The collated micro-batches of one optimizer step over `indices`, as the trainer feeds them, each length
+    rounded up to `pad_multiple` (compiled layers: model.PAD_MULTIPLE; eager steps pad no further than their longest
+    row)."""
     return [collate([examples[i] for i in group], pad_id, pad_multiple)
             for group in split_micro_batches(indices, lengths, token_budget)]
 

@@ -1,0 +1,33 @@
+"""`benchmarks/step_profile.py` with `train --compile`'s style forced: "kernels" or "graphs" wherever the trainer
+would choose the other (model.compile_style picks CUDA graphs when no layer is checkpointed, fused kernels
+otherwise). For the kernels-against-graphs rows of docs/benchmarks.md, on a CUDA GPU:
+
+    python benchmarks/compile_style.py --style kernels --warmup-steps 10 --result R.json -- train --model M \
+        --data D --max-steps 40 --compile --eval-examples 0 --eval-fraction 0 --save-every 1000
+
+Forcing "graphs" on a plan that checkpoints layers reproduces the failure that keeps them apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import runpy
+import sys
+from pathlib import Path
+
+import falcon_desktop.train as trainer
+from falcon_desktop.model import PAD_MULTIPLE
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--style", choices=[style for style in PAD_MULTIPLE if style != "eager"], required=True)
+    args, profile_args = parser.parse_known_args()
+    trainer.compile_style = lambda requested, device_type, checkpoint_layers: args.style if requested else "eager"
+    step_profile = Path(__file__).with_name("step_profile.py")
+    sys.argv = [str(step_profile), *profile_args]
+    runpy.run_path(str(step_profile), run_name="__main__")
+
+
+if __name__ == "__main__":
+    main()
