@@ -239,7 +239,7 @@ def run_matrix(args: argparse.Namespace) -> dict:
 
     from falcon_desktop.model import ModelSettings, add_lora, load_base_model, set_checkpointing
     from falcon_desktop.optim import make_optimizer, warmup_cosine
-    from falcon_desktop.train import optimizer_step
+    from falcon_desktop.optim import optimizer_step
 
     loaded = load_base_model(ModelSettings(args.model, quantize=True, device="cuda:0"))
     base = loaded.model

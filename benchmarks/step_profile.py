@@ -91,6 +91,7 @@ def main() -> None:
     if args.optimizer:
         make_optimizer = trainer.make_optimizer
         trainer.make_optimizer = lambda model, name, lr, device: make_optimizer(model, args.optimizer, lr, device)
+    # train_step calls the name train.py imports from optim, so that is the one to wrap.
     timer = StepTimer(trainer.optimizer_step, args.warmup_steps)
     trainer.optimizer_step = timer
     from falcon_desktop.cli import main as cli_main

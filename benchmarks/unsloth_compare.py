@@ -158,7 +158,7 @@ def unsloth_checkpointing(plan: dict) -> str | bool:
 
 
 def train_on_batches(model: torch.nn.Module, steps: list[list[dict]], card: dict) -> list[dict]:
-    """Our optimizer step (train.py `optimizer_step`) driven through `model(input_ids, labels)`'s own loss.
+    """Our optimizer step (optim.py `optimizer_step`) driven through `model(input_ids, labels)`'s own loss.
 
     `num_items_in_batch` makes that loss sum / the step's labelled tokens (Unsloth's fused cross-entropy and
     transformers' loss both take it), so the micro-batches' losses add up to our loss per answer token.

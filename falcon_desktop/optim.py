@@ -1,4 +1,5 @@
-"""The optimizer and the learning-rate schedule: warmup + cosine, fixed when a run starts and kept on resume."""
+"""The optimizer, one optimizer step (forward and backward over its micro-batches, clip, update), and the
+learning-rate schedule: warmup + cosine, fixed when a run starts and kept on resume."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ import math
 
 import torch
 
+from falcon_desktop.attention import causal_fast_path
 from falcon_desktop.console import info
+from falcon_desktop.distributed import Cluster
+from falcon_desktop.loss import count_label_tokens
 from falcon_desktop.runs import RunCard
 
 
@@ -19,6 +23,44 @@ def make_optimizer(model: torch.nn.Module, name: str, learning_rate: float, devi
         return cls(params, lr=learning_rate, weight_decay=0.0)
     fused = name == "adamw_fused" and device.type == "cuda"
     return torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0, fused=fused or None)
+
+
+def optimizer_step(model, batches: list[dict], optimizer, scheduler, scaler, compute_dtype: torch.dtype,
+                   max_grad_norm: float, cluster: Cluster | None = None) -> tuple[float, float]:
+    """Forward/backward every micro-batch, then one optimizer step; returns (loss per answer token, grad norm).
+
+    On several ranks `batches` are this rank's share; the loss is normalised over the whole step's answer tokens.
+
+    A non-finite loss skips the update (and returns NaN as the norm) so the weights stay as last checkpointed.
+    """
+    model.train()
+    device = next(p for p in model.parameters() if p.requires_grad).device
+    cluster = cluster or Cluster()
+    label_tokens = int(cluster.sum(sum(count_label_tokens(batch["labels"]) for batch in batches))[0])
+    loss_of = cluster.loss_function(model)
+    autocast = torch.autocast(device.type, dtype=compute_dtype, enabled=compute_dtype != torch.float32)
+    total = torch.zeros((), device=device)
+    with causal_fast_path(model):  # backward too: checkpointed layers run their forward again there
+        for number, batch in enumerate(batches, 1):
+            input_ids = batch["input_ids"].to(device, non_blocking=True)
+            labels = batch["labels"].to(device, non_blocking=True)
+            with cluster.accumulating(last=number == len(batches)):
+                with autocast:
+                    loss_sum = loss_of(input_ids, labels)
+                scaler.scale(loss_sum / label_tokens).backward()
+            total += loss_sum.detach()
+    loss = cluster.sum(float(total))[0] / label_tokens  # the step's one host sync
+    if not math.isfinite(loss):
+        optimizer.zero_grad(set_to_none=True)
+        return loss, float("nan")
+    scaler.unscale_(optimizer)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    grad_norm = cluster.clip_gradients(trainable, max_grad_norm)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    scheduler.step()
+    return loss, float(grad_norm)
 
 
 def warmup_cosine(total_steps: int, warmup_fraction: float):

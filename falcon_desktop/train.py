@@ -22,7 +22,6 @@ import torch
 from rich.markup import escape
 
 from falcon_desktop.atomic import write_directory
-from falcon_desktop.attention import causal_fast_path
 from falcon_desktop.checkpoint import TrainerState, list_checkpoints, load_newest_checkpoint, save_checkpoint
 from falcon_desktop.console import info, warn
 from falcon_desktop.data import (
@@ -36,7 +35,6 @@ from falcon_desktop.data import (
 )
 from falcon_desktop.distributed import Cluster, masked
 from falcon_desktop.errors import UserError, explain_disk_error, first_line
-from falcon_desktop.loss import count_label_tokens
 from falcon_desktop.metrics import Stopwatch, plot_losses, vram_now
 from falcon_desktop.model import (
     ModelSettings,
@@ -50,7 +48,7 @@ from falcon_desktop.model import (
     resolve_device,
     set_checkpointing,
 )
-from falcon_desktop.optim import make_optimizer, schedule_phases, warmup_cosine_phases
+from falcon_desktop.optim import make_optimizer, optimizer_step, schedule_phases, warmup_cosine_phases
 from falcon_desktop.plan import Plan, adapter_learning_rate
 from falcon_desktop.progress import TrainingDisplay
 from falcon_desktop.run_lock import RunLock
@@ -180,7 +178,8 @@ def setup(config: TrainConfig, plan: Plan, card: RunCard | None, report, cluster
         info(f"Compiling {compile_layers(model, style)} decoder layers as CUDA graphs (torch.compile) at the first "
              "steps and at each new batch shape.")
     elif style == "kernels":
-        info(f"Compiling {compile_layers(model, style)} decoder layers (torch.compile) at the first steps.")
+        why = f"; not as CUDA graphs: {plan.checkpoint_layers} layers are checkpointed" if plan.checkpoint_layers else ""
+        info(f"Compiling {compile_layers(model, style)} decoder layers (torch.compile{why}) at the first steps.")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if trainable != plan.trainable_params:
         warn(f"peft trains {trainable:,} parameters; the plan counted {plan.trainable_params:,}.")
@@ -364,44 +363,6 @@ def train_step(s: Session, indices: list[int]) -> StepResult:
     real_tokens, padded_tokens = s.cluster.sum(sum(b["real_tokens"] for b in batches),
                                                sum(b["input_ids"].numel() for b in batches if b["real_tokens"]))
     return StepResult(loss, int(real_tokens), int(padded_tokens), len(indices), grad_norm)
-
-
-def optimizer_step(model, batches: list[dict], optimizer, scheduler, scaler, compute_dtype: torch.dtype,
-                   max_grad_norm: float, cluster: Cluster | None = None) -> tuple[float, float]:
-    """Forward/backward every micro-batch, then one optimizer step; returns (loss per answer token, grad norm).
-
-    On several ranks `batches` are this rank's share; the loss is normalised over the whole step's answer tokens.
-
-    A non-finite loss skips the update (and returns NaN as the norm) so the weights stay as last checkpointed.
-    """
-    model.train()
-    device = next(p for p in model.parameters() if p.requires_grad).device
-    cluster = cluster or Cluster()
-    label_tokens = int(cluster.sum(sum(count_label_tokens(batch["labels"]) for batch in batches))[0])
-    loss_of = cluster.loss_function(model)
-    autocast = torch.autocast(device.type, dtype=compute_dtype, enabled=compute_dtype != torch.float32)
-    total = torch.zeros((), device=device)
-    with causal_fast_path(model):  # backward too: checkpointed layers run their forward again there
-        for number, batch in enumerate(batches, 1):
-            input_ids = batch["input_ids"].to(device, non_blocking=True)
-            labels = batch["labels"].to(device, non_blocking=True)
-            with cluster.accumulating(last=number == len(batches)):
-                with autocast:
-                    loss_sum = loss_of(input_ids, labels)
-                scaler.scale(loss_sum / label_tokens).backward()
-            total += loss_sum.detach()
-    loss = cluster.sum(float(total))[0] / label_tokens  # the step's one host sync
-    if not math.isfinite(loss):
-        optimizer.zero_grad(set_to_none=True)
-        return loss, float("nan")
-    scaler.unscale_(optimizer)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    grad_norm = cluster.clip_gradients(trainable, max_grad_norm)
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
-    scheduler.step()
-    return loss, float(grad_norm)
 
 
 def _recover_from_oom(s: Session) -> None:
