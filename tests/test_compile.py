@@ -54,6 +54,20 @@ def test_compiled_layers_train_the_same_losses(tiny_model_dir: Path, tmp_path: P
     assert names(tmp_path / "compiled") == names(tmp_path / "eager")
 
 
+def test_compile_is_refused_for_alibi_falcon(tiny_model_dir: Path, tmp_path: Path):
+    """ALiBi Falcon layers run transformers' attention, whose compiled gradients were off: refused before loading."""
+    import shutil
+
+    alibi = tmp_path / "alibi"
+    shutil.copytree(tiny_model_dir, alibi)
+    config = json.loads((alibi / "config.json").read_text(encoding="utf-8"))
+    (alibi / "config.json").write_text(json.dumps({**config, "alibi": True}), encoding="utf-8")
+    result = _train(alibi, tmp_path / "run", "--compile")
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "--compile is not supported for Falcon models with ALiBi" in result.stderr
+    assert "Train without --compile" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_compile_without_a_compiler_is_refused_with_the_fix(tiny_model_dir: Path, tmp_path: Path):
     empty = tmp_path / "no-tools"
     empty.mkdir()
