@@ -141,7 +141,8 @@ def _check_compile(cluster: Cluster, device: torch.device, model: str) -> None:
     """Refuse --compile where it cannot run or cannot be trusted, before the model loads."""
     if load_shape(model).alibi:  # transformers' attention, not our fast path (attention.py), runs these layers
         raise UserError("--compile is not supported for Falcon models with ALiBi attention: compiled, their attention "
-                        "computed gradients 0.4-4% off in our tests (tests/test_compile.py).", "Train without --compile.")
+                        "computed gradients 0.4-4% off in our tests (tests/test_compile.py).",
+                        "Train without --compile.")
     if cluster.distributed:
         raise UserError("--compile is not supported with several GPUs yet (DDP/FSDP wrap the layers it compiles).",
                         "Train without --compile, or on one GPU.")
