@@ -8,7 +8,7 @@ the worst absolute log error plus half the RMS one (scipy's differential evoluti
 coefficients and every row's error; writes nothing: the numbers go into plan_speed.py by hand, with what pins each
 one down.
 
-    python benchmarks/fit_speed.py [--iterations 150]
+    python benchmarks/fit_speed.py [--iterations 150] [--hold "8 GiB (planner"]
 
 Needs scipy (for this script only, not a dependency of the package).
 """
@@ -90,26 +90,30 @@ def _sibling(name: str):
     return module
 
 
-def fit_rows() -> list[FitRow]:
+def fit_rows(hold: tuple[str, ...] = ()) -> list[FitRow]:
+    """Every row to fit: planner_speed's (its known misses left out, but for those whose name contains a `hold`
+    string) and the planner matrix's."""
     recorder = Recorder()
     planner.estimate_speed = recorder
-    speed, matrix = _sibling("planner_speed"), _sibling("planner_matrix")
-    speed.estimate_speed = recorder
-    rows = [FitRow(f"{row.gpu} {row.name} [{row.settings}]", row.measured, recorder.pricing(row.estimated))
-            for row in speed.speed_rows() if not row.known_miss]
-    document = json.loads((HERE / "results" / "planner-matrix.json").read_text(encoding="utf-8"))
-    for row in document["rows"]:
-        measured = row.get("measured") or {}
-        if row.get("status") != "ok" or not measured.get("tokens_per_second"):
-            continue
-        shape = matrix.shape_from_config(document["models"][row["model"]]["config"], row["model"], "directory")
-        plan = matrix.plan_for(shape, row["targets"], row["cap_gib"], row["gpu"], row["effective_batch"],
-                               row["epoch_examples"])
-        hours_ratio = plan.estimated_hours * plan.estimated_tokens_per_second / measured["hours_per_epoch"]
-        rows.append(FitRow(f"H200 matrix {row['model']} {row['targets']} {row['cap_gib']:g} GiB",
-                           measured["tokens_per_second"], recorder.pricing(plan.estimated_tokens_per_second),
-                           hours_ratio))
-    planner.estimate_speed = estimate_speed
+    try:
+        speed, matrix = _sibling("planner_speed"), _sibling("planner_matrix")
+        speed.estimate_speed = recorder
+        rows = [FitRow(f"{row.gpu} {row.name} [{row.settings}]", row.measured, recorder.pricing(row.estimated))
+                for row in speed.speed_rows() if not row.known_miss or any(text in row.name for text in hold)]
+        document = json.loads((HERE / "results" / "planner-matrix.json").read_text(encoding="utf-8"))
+        for row in document["rows"]:
+            measured = row.get("measured") or {}
+            if row.get("status") != "ok" or not measured.get("tokens_per_second"):
+                continue
+            shape = matrix.shape_from_config(document["models"][row["model"]]["config"], row["model"], "directory")
+            plan = matrix.plan_for(shape, row["targets"], row["cap_gib"], row["gpu"], row["effective_batch"],
+                                   row["epoch_examples"])
+            hours_ratio = plan.estimated_hours * plan.estimated_tokens_per_second / measured["hours_per_epoch"]
+            rows.append(FitRow(f"H200 matrix {row['model']} {row['targets']} {row['cap_gib']:g} GiB",
+                               measured["tokens_per_second"], recorder.pricing(plan.estimated_tokens_per_second),
+                               hours_ratio))
+    finally:
+        planner.estimate_speed = estimate_speed
     return rows
 
 
@@ -129,10 +133,12 @@ def report(rows: list[FitRow], c: SpeedCoefficients) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iterations", type=int, default=150)
+    parser.add_argument("--hold", action="append", default=[], metavar="TEXT",
+                        help="fit a row marked as a known miss too, by part of its name (repeatable)")
     args = parser.parse_args()
     from scipy.optimize import differential_evolution
 
-    rows = fit_rows()
+    rows = fit_rows(tuple(args.hold))
     names = [f.name for f in fields(SpeedCoefficients)]
     print("today's coefficients:")
     report(rows, SPEED)

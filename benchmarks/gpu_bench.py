@@ -238,8 +238,7 @@ def run_matrix(args: argparse.Namespace) -> dict:
     import gc
 
     from falcon_desktop.model import ModelSettings, add_lora, load_base_model, set_checkpointing
-    from falcon_desktop.optim import make_optimizer, warmup_cosine
-    from falcon_desktop.optim import optimizer_step
+    from falcon_desktop.optim import make_optimizer, optimizer_step, warmup_cosine
 
     loaded = load_base_model(ModelSettings(args.model, quantize=True, device="cuda:0"))
     base = loaded.model

@@ -15,7 +15,8 @@ What is the same on both sides, and how:
 - memory cap: torch.cuda.set_per_process_memory_fraction to `--vram` GiB in each side's process; checkpointing on
   the Unsloth side ("unsloth") wherever our plan checkpoints any layer, off where it checkpoints none.
 `--compile`: our side compiles its decoder layers too (Unsloth always compiles its own; each pays it in the warm-up
-steps); our micro-batches are then padded to multiples of 8, and the Unsloth side gets those same padded batches.
+steps); our micro-batches are then padded as the trainer pads them (to multiples of 8, or 64 where it replays CUDA
+graphs: model.PAD_MULTIPLE), and the Unsloth side gets those same padded batches.
 Each side runs in its own process (Unsloth patches transformers when imported, so it is imported first there);
 an Unsloth failure is recorded as its error text in the JSON instead of ending the benchmark.
 Reported per side: real (non-padding) tokens/s after the warm-up steps, peak reserved VRAM, the loss per optimizer
@@ -99,7 +100,8 @@ def trainer_batches(card: dict, model_dir: str) -> list[list[dict]]:
     batch = plan["effective_batch_size"]
     steps_per_epoch = math.ceil(len(examples) / batch)
     budget = plan["micro_batch_size"] * plan["max_seq_len"]
-    pad_multiple = PAD_MULTIPLE[train.get("compile_style", "eager")]
+    # Cards written before compile_style was recorded padded compiled runs to 8 ("kernels").
+    pad_multiple = PAD_MULTIPLE[train.get("compile_style", "kernels" if train.get("compile") else "eager")]
     schedules: dict[int, list[list[int]]] = {}
     steps = []
     for step in range(card["total_steps"]):

@@ -298,7 +298,8 @@ def set_checkpointing(model: nn.Module, checkpoint_layers: int) -> None:
 # length recompiled every layer mid-run (9-12 s on an H200), so lengths round up to 8. "graphs": the same kernels
 # replayed as CUDA graphs (mode="reduce-overhead"), one launch per layer instead of hundreds. CUDA graphs specialise
 # on every shape: each new micro-batch shape compiles again (~12 s for SmolLM2 on an H200), so lengths round up to
-# 64, at most 8 shapes at 512 tokens. docs/benchmarks.md, "`train --compile` on the H200", has the measurements.
+# 64: at most 8 lengths at 512 tokens for each number of rows a micro-batch meets. docs/benchmarks.md,
+# "`train --compile` on the H200", has the measurements.
 PAD_MULTIPLE = {"eager": 1, "kernels": 8, "graphs": 64}
 
 

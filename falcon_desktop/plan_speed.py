@@ -32,7 +32,8 @@ class SpeedCoefficients:
     # a ~1B Llama (benchmarks/results/matrix-*.json), the H100 Falcon-7B trainer runs (ours*.json), the H200 runs of
     # benchmarks/results/speed-measured.json (SmolLM2-135M, Falcon-7B, Llama-3-8B) and the H200 planner matrix
     # (planner-matrix.json: three sizes x two LoRA target sets x 8/12/24 GiB caps, our trainer on each plan).
-    # The Llama-3-8B rows came later and are priced, not fitted: `benchmarks/fit_speed.py` refits with them.
+    # The planner matrix's Llama-3-8B rows and the 8B Unsloth side by side came later and are priced, not fitted:
+    # `benchmarks/fit_speed.py` refits with them.
     # What pins each one down:
     # --- GPU (seconds at REFERENCE_TFLOPS; other cards scale by their peak) ---
     # Model FLOPs utilisation of the matmuls. The Falcon-7B qkv matrix, one micro-batch per step: 512x4 rows took

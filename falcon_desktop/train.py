@@ -37,9 +37,9 @@ from falcon_desktop.distributed import Cluster, masked
 from falcon_desktop.errors import UserError, explain_disk_error, first_line
 from falcon_desktop.metrics import Stopwatch, plot_losses, vram_now
 from falcon_desktop.model import (
+    PAD_MULTIPLE,
     ModelSettings,
     add_lora,
-    PAD_MULTIPLE,
     compile_layers,
     compile_style,
     compile_unavailable,
@@ -183,7 +183,8 @@ def setup(config: TrainConfig, plan: Plan, card: RunCard | None, report, cluster
         info(f"Compiling {compile_layers(model, style)} decoder layers as CUDA graphs (torch.compile) at the first "
              "steps and at each new batch shape.")
     elif style == "kernels":
-        why = f"; not as CUDA graphs: {plan.checkpoint_layers} layers are checkpointed" if plan.checkpoint_layers else ""
+        ckpt = plan.checkpoint_layers
+        why = f"; not as CUDA graphs: {ckpt} layers are checkpointed" if ckpt else ""
         info(f"Compiling {compile_layers(model, style)} decoder layers (torch.compile{why}) at the first steps.")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if trainable != plan.trainable_params:
@@ -214,7 +215,8 @@ def setup(config: TrainConfig, plan: Plan, card: RunCard | None, report, cluster
         quantization=loaded.quantization.to_json() if loaded.quantization else None,
     )
     card.status, card.trainable_params, card.total_steps, card.schedule = "running", trainable, total_steps, phases
-    card.train = {**card.train, "max_steps": config.max_steps, "compile_style": style}  # as this command runs
+    # How this command runs: --max-steps and --compile may change on resume.
+    card.train = {**card.train, "max_steps": config.max_steps, "compile": config.compile, "compile_style": style}
     if cluster.is_main:
         card.write(run.root)
     return Session(

@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from falcon_desktop.tiny import asset_path
 
 DEMO = str(asset_path("demo-squad.json"))
@@ -91,7 +93,7 @@ def test_cuda_graphs_only_on_a_gpu_with_no_checkpointed_layer():
     assert 512 // PAD_MULTIPLE["graphs"] <= 8  # at most 8 lengths (each a compile) at the default --seq-len
 
 
-def _answer_loss_gradients(model_dir: Path, compiled: bool, dtype) -> dict:
+def _answer_loss_gradients(model_dir: Path, targets: tuple[str, ...], compiled: bool, dtype) -> dict:
     """One forward and backward of the trainer's loss (AnswerLoss inside causal_fast_path, as optimizer_step runs
     it) with the first layer checkpointed; the LoRA gradients."""
     import torch
@@ -101,8 +103,8 @@ def _answer_loss_gradients(model_dir: Path, compiled: bool, dtype) -> dict:
     from falcon_desktop.model import ModelSettings, add_lora, compile_layers, load_base_model, set_checkpointing
 
     torch.manual_seed(0)
-    model = add_lora(load_base_model(ModelSettings(str(model_dir), quantize=False, device="cpu")).model,
-                     ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"), 4, 8, 0.0)
+    model = add_lora(load_base_model(ModelSettings(str(model_dir), quantize=False, device="cpu")).model, targets, 4, 8,
+                     0.0)
     for name, parameter in model.named_parameters():
         if "lora_B" in name:  # B starts at zero, which would leave A without a gradient
             torch.nn.init.normal_(parameter, std=0.02)
@@ -119,15 +121,51 @@ def _answer_loss_gradients(model_dir: Path, compiled: bool, dtype) -> dict:
     return {name: p.grad.double() for name, p in model.named_parameters() if p.requires_grad}
 
 
-def test_compiled_layers_compute_the_true_gradients(tiny_model_dir: Path):
-    """Equal losses over a few steps would hide a wrong backward (Adam hides a gradient's scale). Against float64:
-    eager float32 is within 1e-6 of it, and the compiled layers must be too, checkpointed or not. The fast path
-    matters: compiling transformers' own Falcon attention instead gave gradients 0.4-4% off (torch 2.13, CPU)."""
+def _tiny_llama(directory: Path, tokenizer_dir: Path) -> Path:
+    import shutil
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2)).save_pretrained(directory)
+    for tokenizer_file in tokenizer_dir.glob("tokenizer*"):
+        shutil.copy(tokenizer_file, directory)
+    return directory
+
+
+@pytest.mark.parametrize("architecture", ["falcon", "llama"])
+def test_compiled_layers_compute_the_true_gradients(architecture: str, tiny_model_dir: Path, tmp_path: Path):
+    """Equal losses over a few steps would hide a wrong backward (Adam hides a gradient's scale). Against float64,
+    eager float32 and the compiled layers must both be within 1e-4, checkpointed layer or not. The fast path matters:
+    compiling transformers' own Falcon attention instead gave gradients 0.4-4% off (torch 2.13, CPU)."""
     import torch
 
-    truth = _answer_loss_gradients(tiny_model_dir, False, torch.float64)
-    compiled = _answer_loss_gradients(tiny_model_dir, True, torch.float32)
-    assert truth.keys() == compiled.keys() and len(truth) == 16
-    for name, gradient in truth.items():
-        error = (compiled[name] - gradient).abs().max() / gradient.abs().max()
-        assert error < 1e-4, f"{name}: {error:.1e}"
+    if architecture == "falcon":
+        model_dir, targets = tiny_model_dir, ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h")
+    else:
+        model_dir = _tiny_llama(tmp_path / "llama", tiny_model_dir)
+        targets = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    truth = _answer_loss_gradients(model_dir, targets, False, torch.float64)
+    assert len(truth) == 2 * 2 * len(targets)  # A and B of every target in both layers
+    for compiled in (False, True):
+        gradients = _answer_loss_gradients(model_dir, targets, compiled, torch.float32)
+        for name, gradient in truth.items():
+            error = (gradients[name] - gradient).abs().max() / gradient.abs().max()
+            assert error < 1e-4, f"compiled={compiled} {name}: {error:.1e}"
+
+
+def test_a_run_resumes_with_or_without_compile(tiny_model_dir: Path, tmp_path: Path):
+    """--compile is speed, not maths: a resumed run takes it or leaves it as its command says, and the card says so."""
+    run = tmp_path / "run"
+    first = _train(tiny_model_dir, run, "--max-steps", "2")
+    assert first.returncode == 0, first.stderr[-3000:]
+    resumed = subprocess.run([sys.executable, "-m", "falcon_desktop", "train", "--resume", str(run), "--max-steps", "3",
+                              "--compile"], capture_output=True, text=True, encoding="utf-8", timeout=600,
+                             env={**os.environ, "OMP_NUM_THREADS": "2"})
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Compiling 2 decoder layers" in resumed.stdout + resumed.stderr
+    card = json.loads((run / "run.json").read_text(encoding="utf-8"))
+    assert card["train"]["compile"] is True and card["train"]["compile_style"] == "kernels"
+    assert len(_losses(run)) == 3

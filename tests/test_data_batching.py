@@ -110,3 +110,19 @@ def test_collate_rounds_the_width_up_to_a_multiple_when_asked() -> None:
     assert batch["input_ids"][0, 10:].tolist() == [2] * 6 and batch["labels"][:, 10:].eq(-100).all()
     assert (batch["real_tokens"], batch["labelled_tokens"]) == (13, 8)  # padding counts for neither
     assert collate(examples[:1], pad_id=2, pad_multiple=5)["input_ids"].shape == (1, 10)  # already a multiple
+
+
+def test_padded_micro_batches_stay_within_the_token_budget() -> None:
+    """Rows are grouped by their padded lengths: grouped by raw ones, three 65-token rows fit a 195-token budget and
+    then padded to 64 became 3 x 128 = 384 tokens, twice what the memory plan priced."""
+    from falcon_desktop.data import step_micro_batches
+
+    examples = [Example(input_ids=tuple(range(3, 68)), prompt_len=60, record_id=str(i)) for i in range(6)]
+    lengths = [len(example.input_ids) for example in examples]
+    for pad_multiple in (1, 8, 64):
+        batches = step_micro_batches(examples, range(6), lengths, 195, pad_id=2, pad_multiple=pad_multiple)
+        assert sum(len(batch["input_ids"]) for batch in batches) == 6
+        assert all(batch["input_ids"].numel() <= 195 for batch in batches), pad_multiple
+        assert all(batch["input_ids"].shape[1] % pad_multiple == 0 for batch in batches)
+    assert len(step_micro_batches(examples, range(6), lengths, 195, pad_id=2, pad_multiple=64)) == 6  # 128 each
+    assert len(step_micro_batches(examples, range(6), lengths, 195, pad_id=2)) == 2  # 3 x 65 each

@@ -47,11 +47,11 @@ def register(subparsers: argparse._SubParsersAction, formatter: type[argparse.He
     run.add_argument("--quantize", action=argparse.BooleanOptionalAction, default=defaults.quantize,
                      help="4-bit NF4 base (QLoRA); --no-quantize trains on a 16-bit base (LoRA)")
     run.add_argument("--compile", action=argparse.BooleanOptionalAction, default=defaults.compile,
-                     help="compile each decoder layer with torch.compile: fused kernels, replayed as CUDA graphs when "
-                          "no layer is checkpointed (3-4x the steady tokens/s of eager steps on 135M-1B models, 13-16%% on "
-                          "Falcon-7B at 24 GiB, on an H200: docs/benchmarks.md) after 1-3 minutes of compiling, so for "
-                          "long runs; needs Triton on a GPU (Windows: the triton-windows package) and a C++ compiler on "
-                          "the CPU")
+                     help="compile each decoder layer with torch.compile: fused kernels, replayed as CUDA graphs "
+                          "when no layer is checkpointed (2.7-4.1x the steady tokens/s of eager steps on 135M-1B "
+                          "models, 13-16%% on Falcon-7B at 24 GiB, on an H200: docs/benchmarks.md) after 1-3 minutes "
+                          "of compiling, so for long runs; needs Triton on a GPU (Windows: the triton-windows package) "
+                          "and a C++ compiler on the CPU; a resumed run compiles only if given it again")
     run.add_argument("--strict", action="store_true", help="fail on any dropped data record")
     run.add_argument("--trust-remote-code", action="store_true", help="run the model repository's own Python code")
     run.add_argument("--force", action="store_true", help="train even when the plan says it does not fit")
@@ -61,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction, formatter: type[argparse.He
 
 # Flags that may differ on --resume: they steer this invocation, not what the run learns.
 _FREE_ON_RESUME = {"resume", "max_steps", "device", "force", "dry_run", "overwrite", "run", "verb", "gpus", "argv",
-                   "sharding"}
+                   "sharding", "compile"}
 
 
 def _refuse_changed_settings(args: argparse.Namespace) -> None:

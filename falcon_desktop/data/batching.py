@@ -10,7 +10,7 @@ Right padding is safe without a mask: under a causal mask no real token attends 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from falcon_desktop.data.tokens import Example
@@ -18,6 +18,7 @@ from falcon_desktop.data.tokens import Example
 # Steps per sorted chunk: larger packs tighter, smaller mixes lengths across the epoch more.
 CHUNK_STEPS = 64
 IGNORE_INDEX = -100  # the label value that cross-entropy skips
+Lengths = Sequence[int] | Mapping[int, int]  # token count by example index
 
 
 def schedule_steps(lengths: Sequence[int], effective_batch_size: int, seed: int, epoch: int) -> list[list[int]]:
@@ -39,7 +40,7 @@ def schedule_steps(lengths: Sequence[int], effective_batch_size: int, seed: int,
     return steps
 
 
-def _greedy_groups(indices: Sequence[int], lengths: Sequence[int], token_budget: int) -> list[list[int]]:
+def _greedy_groups(indices: Sequence[int], lengths: Lengths, token_budget: int) -> list[list[int]]:
     groups: list[list[int]] = []
     current: list[int] = []
     longest = 0
@@ -55,7 +56,7 @@ def _greedy_groups(indices: Sequence[int], lengths: Sequence[int], token_budget:
     return groups
 
 
-def split_micro_batches(indices: Sequence[int], lengths: Sequence[int], token_budget: int) -> list[list[int]]:
+def split_micro_batches(indices: Sequence[int], lengths: Lengths, token_budget: int) -> list[list[int]]:
     """Consecutive groups of `indices` whose rows x longest row fit `token_budget`; an over-long row goes alone.
 
     The groups are as few as the budget allows and as even as possible: each micro-batch pays a fixed cost (the
@@ -80,7 +81,10 @@ def step_micro_batches(examples: Sequence[Example], indices: Sequence[int], leng
                        pad_id: int, pad_multiple: int = 1) -> list[dict[str, Any]]:
     """The collated micro-batches of one optimizer step over `indices`, as the trainer feeds them, each length
     rounded up to `pad_multiple` (compiled layers: model.PAD_MULTIPLE; eager steps pad no further than their longest
-    row)."""
+    row). Rows are grouped by their padded lengths, so rows x padded length stays within the token budget the
+    memory plan priced (padding to 64 after grouping reached 1.8x the budget)."""
+    if pad_multiple > 1:
+        lengths = {i: -(-lengths[i] // pad_multiple) * pad_multiple for i in indices}
     return [collate([examples[i] for i in group], pad_id, pad_multiple)
             for group in split_micro_batches(indices, lengths, token_budget)]
 
