@@ -16,7 +16,6 @@ Needs scipy (for this script only, not a dependency of the package).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import sys
@@ -27,7 +26,13 @@ import falcon_desktop.plan as planner
 from falcon_desktop.plan_speed import SPEED, SpeedCoefficients, Workload, estimate_speed
 from falcon_desktop.shapes import ModelShape
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+import planner_matrix  # noqa: E402
+import planner_speed  # noqa: E402
+
 # The search box: each coefficient within a range that keeps its physical meaning (plan_speed.py says what it is).
 BOUNDS = {
     "compute_efficiency": (0.30, 0.60), "nf4_dequantize_seconds_per_weight": (1e-12, 6e-12),
@@ -82,38 +87,30 @@ class Recorder:
         return next(call for call in reversed(self.calls) if call.tokens_per_second == estimate)
 
 
-def _sibling(name: str):
-    spec = importlib.util.spec_from_file_location(name, HERE / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
 def fit_rows(hold: tuple[str, ...] = ()) -> list[FitRow]:
     """Every row to fit: planner_speed's (its known misses left out, but for those whose name contains a `hold`
     string) and the planner matrix's."""
     recorder = Recorder()
-    planner.estimate_speed = recorder
+    planner.estimate_speed = planner_speed.estimate_speed = recorder  # the two callers of the speed model
     try:
-        speed, matrix = _sibling("planner_speed"), _sibling("planner_matrix")
-        speed.estimate_speed = recorder
         rows = [FitRow(f"{row.gpu} {row.name} [{row.settings}]", row.measured, recorder.pricing(row.estimated))
-                for row in speed.speed_rows() if not row.known_miss or any(text in row.name for text in hold)]
+                for row in planner_speed.speed_rows()
+                if not row.known_miss or any(text in row.name for text in hold)]
         document = json.loads((HERE / "results" / "planner-matrix.json").read_text(encoding="utf-8"))
         for row in document["rows"]:
             measured = row.get("measured") or {}
             if row.get("status") != "ok" or not measured.get("tokens_per_second"):
                 continue
-            shape = matrix.shape_from_config(document["models"][row["model"]]["config"], row["model"], "directory")
-            plan = matrix.plan_for(shape, row["targets"], row["cap_gib"], row["gpu"], row["effective_batch"],
-                                   row["epoch_examples"])
+            config = document["models"][row["model"]]["config"]
+            shape = planner_matrix.shape_from_config(config, row["model"], "directory")
+            plan = planner_matrix.plan_for(shape, row["targets"], row["cap_gib"], row["gpu"], row["effective_batch"],
+                                           row["epoch_examples"])
             hours_ratio = plan.estimated_hours * plan.estimated_tokens_per_second / measured["hours_per_epoch"]
             rows.append(FitRow(f"H200 matrix {row['model']} {row['targets']} {row['cap_gib']:g} GiB",
                                measured["tokens_per_second"], recorder.pricing(plan.estimated_tokens_per_second),
                                hours_ratio))
     finally:
-        planner.estimate_speed = estimate_speed
+        planner.estimate_speed = planner_speed.estimate_speed = estimate_speed
     return rows
 
 

@@ -84,7 +84,7 @@ def step_micro_batches(examples: Sequence[Example], indices: Sequence[int], leng
     row). Rows are grouped by their padded lengths, so rows x padded length stays within the token budget the
     memory plan priced (padding to 64 after grouping reached 1.8x the budget)."""
     if pad_multiple > 1:
-        lengths = {i: -(-lengths[i] // pad_multiple) * pad_multiple for i in indices}
+        lengths = {i: _round_up(lengths[i], pad_multiple) for i in indices}
     return [collate([examples[i] for i in group], pad_id, pad_multiple)
             for group in split_micro_batches(indices, lengths, token_budget)]
 
@@ -100,6 +100,10 @@ def padding_efficiency(steps: Sequence[Sequence[int]], lengths: Sequence[int], t
     return real / computed if computed else 1.0
 
 
+def _round_up(length: int, multiple: int) -> int:
+    return -(-length // multiple) * multiple
+
+
 def collate(examples: Sequence[Example], pad_id: int, pad_multiple: int = 1) -> dict[str, Any]:
     """Right-padded `input_ids` and `labels` ([B, T] int64) for one micro-batch, T rounded up to `pad_multiple`.
 
@@ -109,7 +113,7 @@ def collate(examples: Sequence[Example], pad_id: int, pad_multiple: int = 1) -> 
     """
     import torch
 
-    width = -(-max(len(example.input_ids) for example in examples) // pad_multiple) * pad_multiple
+    width = _round_up(max(len(example.input_ids) for example in examples), pad_multiple)
     input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
     for row, example in enumerate(examples):
