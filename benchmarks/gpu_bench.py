@@ -95,6 +95,15 @@ def load_examples(model_dir: str, data: str, max_seq_len: int):
     return tokenizer, tokenize_records(records, tokenizer, max_seq_len).examples
 
 
+def steady_tokens_per_second(walls: list[float], tokens: list[int]) -> int | None:
+    """Tokens/s without the steps over 3x the median step: the pace once compiling (new shapes) is done."""
+    if not walls:
+        return None
+    median = sorted(walls)[len(walls) // 2]
+    kept = [(wall, count) for wall, count in zip(walls, tokens, strict=True) if wall <= 3 * median]
+    return round(sum(count for _, count in kept) / sum(wall for wall, _ in kept))
+
+
 def summarise(name: str, steps: list[dict], params: int, extra: dict) -> dict:
     """Aggregate per-step records {seconds, real_tokens, padded_tokens, samples, loss} after the warm-up steps."""
     timed = steps[WARMUP_STEPS:] or steps
@@ -110,6 +119,8 @@ def summarise(name: str, steps: list[dict], params: int, extra: dict) -> dict:
         "steps": len(steps),
         "timed_steps": len(timed),
         "real_tokens_per_second": round(tokens_per_second, 1),
+        "steady_tokens_per_second": steady_tokens_per_second([s["seconds"] for s in timed],
+                                                             [s["real_tokens"] for s in timed]),
         "samples_per_second": round(sum(s["samples"] for s in timed) / seconds, 2),
         "padding_efficiency": round(real / padded, 4) if padded else None,
         "mfu": round(4 * params * tokens_per_second / H100_BF16_PEAK, 4),

@@ -20,6 +20,9 @@ import torch
 
 import falcon_desktop.train as trainer
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_bench import steady_tokens_per_second  # noqa: E402
+
 WARMUP_STEPS = 3
 PROFILED_STEP = 12
 
@@ -69,14 +72,6 @@ def summarize(events, wall: float, micro_batches: int) -> dict:
         "micro_batches": micro_batches,
         "top_cpu_ms": {e.key: round(e.self_cpu_time_total / 1e3, 2) for e in top_cpu},
     }
-
-
-def steady_tokens_per_second(walls: list[float], tokens: list[int]) -> int | None:
-    if not walls:
-        return None
-    median = sorted(walls)[len(walls) // 2]
-    kept = [(wall, count) for wall, count in zip(walls, tokens, strict=True) if wall <= 3 * median]
-    return round(sum(count for _, count in kept) / sum(wall for wall, _ in kept))
 
 
 def main() -> None:

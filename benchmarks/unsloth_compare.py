@@ -285,6 +285,9 @@ def comparison(ours: dict, peer: dict) -> dict:
         "complete": True,
         "unsloth_over_ours_speed": round(peer["real_tokens_per_second"] / ours["real_tokens_per_second"], 3),
         "ours_over_unsloth_speed": round(ours["real_tokens_per_second"] / peer["real_tokens_per_second"], 3),
+        # Without either side's compiling steps (over 3x its median step), where both runs recorded them.
+        "ours_over_unsloth_steady_speed": round(ours["steady_tokens_per_second"] / peer["steady_tokens_per_second"], 3)
+        if ours.get("steady_tokens_per_second") and peer.get("steady_tokens_per_second") else None,
         "loss_abs_difference_max": round(max(differences), 5),
         "loss_abs_difference_mean": round(sum(differences) / len(differences), 5),
         "first_step_loss_difference": round(differences[0], 5),
@@ -292,15 +295,16 @@ def comparison(ours: dict, peer: dict) -> dict:
 
 
 def table(sides: list[dict], compared: dict) -> str:
-    rows = ["| side | real tokens/s | peak reserved | train s | wall s | loss first → last | checkpointing |",
-            "|---|---:|---:|---:|---:|---|---|"]
+    rows = ["| side | real tokens/s | steady tokens/s | peak reserved | train s | wall s | loss first → last | "
+            "checkpointing |", "|---|---:|---:|---:|---:|---:|---|---|"]
     for side in sides:
         if "error" in side:
             first_line = side["error"].strip().splitlines()[-1][:100] if side["error"].strip() else "?"
-            rows.append(f"| {side['name']} | failed: {first_line} | | | {side['wall_seconds']} | | |")
+            rows.append(f"| {side['name']} | failed: {first_line} | | | | {side['wall_seconds']} | | |")
             continue
         rows.append(f"| {side['name']} | {side['real_tokens_per_second']:,.0f} | "
-                    f"{side['peak_reserved_bytes'] / 2**30:.1f} GiB | {side['train_seconds']} | {side['wall_seconds']} | "
+                    f"{side.get('steady_tokens_per_second') or 0:,} | {side['peak_reserved_bytes'] / 2**30:.1f} GiB | "
+                    f"{side['train_seconds']} | {side['wall_seconds']} | "
                     f"{side['losses'][0]:.4f} → {side['losses'][-1]:.4f} | {side['checkpointing']} |")
     if compared.get("complete"):
         rows.append("")

@@ -61,12 +61,26 @@ def test_ours_runs_end_to_end_and_an_unsloth_failure_is_recorded(benchmark_out: 
     report = json.loads((benchmark_out / "unsloth_compare.json").read_text(encoding="utf-8"))
     ours = report["ours"]
     assert "error" not in ours and ours["steps"] == STEPS and len(ours["losses"]) == STEPS
-    assert ours["real_tokens_per_second"] > 0 and ours["wall_seconds"] > 0
+    assert ours["real_tokens_per_second"] > 0 and ours["wall_seconds"] > 0 and ours["steady_tokens_per_second"] > 0
     assert report["same_batches"] is True and report["batch_mismatches"] == []
     assert report["settings"]["lora"]["lora_r"] == 16 and report["settings"]["unsloth_gradient_checkpointing"] is False
     if importlib.util.find_spec("unsloth") is None:
         assert "No module named 'unsloth'" in report["unsloth"]["error"]
         assert report["comparison"] == {"complete": False} and "| unsloth | failed:" in report["table"]
+
+
+def test_the_steady_ratio_leaves_out_each_sides_compiling_steps() -> None:
+    """A side that compiles in its timed steps is compared at its pace once compiled too, not only on average."""
+    module = _compare()
+    steps = [{"seconds": s, "real_tokens": 1000, "padded_tokens": 1024, "samples": 4, "loss": 1.0}
+             for s in (1, 1, 1, 0.1, 0.1, 0.1, 5.0, 0.1)]  # 3 warm-up steps, then one 5 s step that compiled
+    ours = module.summarise("falcon-desktop", steps, 1, {"train_seconds": 1, "wall_seconds": 1, "checkpointing": "no"})
+    peer = module.summarise("unsloth", [{**step, "seconds": 0.2} for step in steps], 1,
+                            {"train_seconds": 1, "wall_seconds": 1, "checkpointing": "no"})
+    assert ours["real_tokens_per_second"] == round(5000 / 5.4, 1) and ours["steady_tokens_per_second"] == 10_000
+    compared = module.comparison(ours, peer)
+    assert compared["ours_over_unsloth_speed"] < 1 < compared["ours_over_unsloth_steady_speed"] == 2.0
+    assert "| falcon-desktop | 926 | 10,000 |" in module.table([ours, peer], compared)
 
 
 def _trainer_session(benchmark_out: Path, tmp_path: Path):
