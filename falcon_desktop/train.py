@@ -42,6 +42,7 @@ from falcon_desktop.model import (
     add_lora,
     compile_layers,
     compile_style,
+    compile_tip,
     compile_unavailable,
     eager,
     load_base_model,
@@ -195,6 +196,10 @@ def setup(config: TrainConfig, plan: Plan, card: RunCard | None, report, cluster
 
     steps_per_epoch = math.ceil(len(examples) / plan.effective_batch_size)
     total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
+    tip = compile_tip(config.compile, loaded.device.type, total_steps, compile_unavailable(loaded.device),
+                      bool(getattr(loaded.model.config, "alibi", False)), cluster.distributed, str(run.root))
+    if tip:
+        info(tip)
     phases = schedule_phases(card, total_steps, config.learning_rate)
     optimizer = make_optimizer(model, plan.optimizer, config.learning_rate, loaded.device)
     lr_factor = warmup_cosine_phases(phases, config.warmup_fraction)
