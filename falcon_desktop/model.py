@@ -316,8 +316,9 @@ def compile_style(requested: bool, device_type: str, checkpoint_layers: int) -> 
 
 
 # A run this long earns back `--compile`'s minutes of compiling on any size measured: ~500 steps on SmolLM2 with
-# CUDA graphs, ~1,500 on Falcon-7B at the 24 GiB plan (90 s of compiling, 0.05-0.06 s saved a step), on an H200.
-COMPILE_PAYS_AFTER_STEPS = 1500
+# CUDA graphs, 1,000-1,600 on Falcon-7B at the 24 GiB plan (65-88 s of compiling, 0.054-0.065 s saved a step), on an
+# H200.
+COMPILE_PAYS_AFTER_STEPS = 2000
 
 
 def compile_tip(requested: bool, device_type: str, total_steps: int, unavailable_reason: str | None, alibi: bool,
