@@ -350,6 +350,17 @@ def compile_layers(model: nn.Module, style: str) -> int:
     return len(layers)
 
 
+def uncompile_layers(model: nn.Module) -> int:
+    """Undo `compile_layers`: every decoder layer runs eagerly again; returns how many were compiled."""
+    compiled = 0
+    for layer in decoder_layers(model):
+        if getattr(layer, "_compiled_call_impl", None) is not None:  # where nn.Module.compile keeps it
+            layer._compiled_call_impl = None
+            compiled += 1
+    torch._dynamo.reset()  # drops the compiled code and its CUDA graphs
+    return compiled
+
+
 def compile_unavailable(device: torch.device) -> str | None:
     """Why torch.compile's default backend cannot build kernels for `device`, or None when it can."""
     if device.type == "cuda":

@@ -48,6 +48,7 @@ from falcon_desktop.model import (
     load_base_model,
     resolve_device,
     set_checkpointing,
+    uncompile_layers,
 )
 from falcon_desktop.optim import make_optimizer, optimizer_step, schedule_phases, warmup_cosine_phases
 from falcon_desktop.plan import Plan, adapter_learning_rate
@@ -307,9 +308,8 @@ def fit(s: Session, stop: StopSignals) -> str:
                 _recover_from_oom(s)
                 continue
             except torch._dynamo.exc.TorchDynamoException as error:  # only --compile reaches the compiler
-                raise UserError(f"torch.compile failed at step {s.state.step + 1}: {first_line(error)[:300]}",
-                                f"Train without --compile; `falcon-desktop train --resume {s.run.root}` continues "
-                                "from the last checkpoint.") from None
+                _stop_compiling(s, error)
+                continue
             if not math.isfinite(result.loss):
                 s.card.events.append({"step": s.state.step + 1, "event": "non-finite loss", "loss": str(result.loss)})
                 return "diverged"
@@ -391,6 +391,19 @@ def _recover_from_oom(s: Session) -> None:
     s.state.oom_events += 1
     s.card.events.append({"step": s.state.step + 1, "event": "cuda_oom", "new_token_budget": s.state.token_budget})
     warn(f"CUDA out of memory: micro-batch budget lowered to {s.state.token_budget:,} tokens; redoing the step.")
+
+
+def _stop_compiling(s: Session, error: Exception) -> None:
+    """A compile error (a broken compiler, a shape the compiler cannot handle): redo the step with eager layers,
+    slower but the same training, rather than stop a run that may have hours to go."""
+    message = f"torch.compile failed at step {s.state.step + 1}: {first_line(error)[:300]}"
+    s.optimizer.zero_grad(set_to_none=True)  # the failed step may have accumulated part of its gradient
+    if not uncompile_layers(s.model):
+        raise UserError(message, f"Train without --compile; `falcon-desktop train --resume {s.run.root}` continues "
+                                 "from the last checkpoint.") from None
+    s.card.events.append({"step": s.state.step + 1, "event": "compile_failed", "error": message})
+    s.card.train["compile_style"] = "eager"
+    warn(f"{escape(message)}. Continuing without it: eager layers, slower, the same training.")
 
 
 def _guard_write(s: Session, write, *args) -> None:

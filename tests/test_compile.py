@@ -56,6 +56,22 @@ def test_compiled_layers_train_the_same_losses(tiny_model_dir: Path, tmp_path: P
     assert names(tmp_path / "compiled") == names(tmp_path / "eager")
 
 
+def test_a_compile_error_mid_run_continues_eagerly(tiny_model_dir: Path, tmp_path: Path):
+    """A compiler that fails (here a C++ compiler that is not there, as on a broken install) costs speed, not the
+    run: the step is redone with eager layers, and the run trains exactly as an eager one and says what happened."""
+    eager = _train(tiny_model_dir, tmp_path / "eager", "--lora-dropout", "0")  # the failed try draws random numbers
+    broken = _train(tiny_model_dir, tmp_path / "broken", "--compile", "--lora-dropout", "0",
+                    env={"CXX": str(tmp_path / "no-such-compiler"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache")})
+    assert eager.returncode == 0 and broken.returncode == 0, broken.stderr[-3000:]
+    output = " ".join((broken.stdout + broken.stderr).split())
+    assert "torch.compile failed at step 1" in output and "Continuing without it" in output
+    # Rows padded to 8 as for compiled layers: other matmul shapes, rounding apart by a few ulps, nothing more.
+    assert _losses(tmp_path / "broken") == pytest.approx(_losses(tmp_path / "eager"), rel=1e-5)
+    card = json.loads((tmp_path / "broken" / "run.json").read_text(encoding="utf-8"))
+    assert card["status"] == "finished" and card["train"]["compile_style"] == "eager"
+    assert [event["event"] for event in card["events"]] == ["compile_failed"]
+
+
 def test_compile_is_refused_for_alibi_falcon(tiny_model_dir: Path, tmp_path: Path):
     """ALiBi Falcon layers run transformers' attention, whose compiled gradients were off: refused before loading."""
     import shutil
