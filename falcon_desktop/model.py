@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -321,11 +321,12 @@ def compile_style(requested: bool, device_type: str, checkpoint_layers: int) -> 
 COMPILE_PAYS_AFTER_STEPS = 2000
 
 
-def compile_tip(requested: bool, device_type: str, total_steps: int, unavailable_reason: str | None, alibi: bool,
-                distributed: bool, run_dir: str) -> str | None:
-    """A suggestion to add `--compile`, for a long single-GPU run it would speed up, or None."""
-    if requested or device_type != "cuda" or total_steps < COMPILE_PAYS_AFTER_STEPS or unavailable_reason or alibi \
-            or distributed:
+def compile_tip(requested: bool, device_type: str, total_steps: int, unavailable_reason: Callable[[], str | None],
+                alibi: bool, distributed: bool, run_dir: str) -> str | None:
+    """A suggestion to add `--compile`, for a long single-GPU run it would speed up, or None. `unavailable_reason`
+    (compile_unavailable, which imports Triton) is asked last, only for a run the tip would suit."""
+    if requested or device_type != "cuda" or total_steps < COMPILE_PAYS_AFTER_STEPS or alibi or distributed \
+            or unavailable_reason():
         return None
     return (f"This run has {total_steps:,} steps: `--compile` trained 1.1-4.1x faster on an H200 (the most on small "
             "models) after 1-3 minutes of compiling (docs/benchmarks.md). To switch, stop with Ctrl-C (it saves a "

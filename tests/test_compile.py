@@ -113,14 +113,21 @@ def test_a_long_gpu_run_without_compile_is_told_how_to_switch():
     from falcon_desktop.model import COMPILE_PAYS_AFTER_STEPS, compile_tip
 
     long = COMPILE_PAYS_AFTER_STEPS
-    tip = compile_tip(False, "cuda", long, None, False, False, "runs/squad")
+
+    def available() -> None:
+        return None
+
+    def not_asked() -> None:
+        raise AssertionError("compile_unavailable (a Triton import) asked for a run the tip does not suit")
+
+    tip = compile_tip(False, "cuda", long, available, False, False, "runs/squad")
     assert tip and f"{long:,} steps" in tip and "falcon-desktop train --resume runs/squad --compile" in tip
-    assert compile_tip(True, "cuda", long, None, False, False, "r") is None  # already compiling
-    assert compile_tip(False, "cuda", long - 1, None, False, False, "r") is None  # too short to earn it back
-    assert compile_tip(False, "cpu", long, None, False, False, "r") is None
-    assert compile_tip(False, "cuda", long, "Triton is not installed", False, False, "r") is None
-    assert compile_tip(False, "cuda", long, None, True, False, "r") is None  # ALiBi Falcon: refused
-    assert compile_tip(False, "cuda", long, None, False, True, "r") is None  # several GPUs: refused
+    assert compile_tip(True, "cuda", long, not_asked, False, False, "r") is None  # already compiling
+    assert compile_tip(False, "cuda", long - 1, not_asked, False, False, "r") is None  # too short to earn it back
+    assert compile_tip(False, "cpu", long, not_asked, False, False, "r") is None
+    assert compile_tip(False, "cuda", long, lambda: "Triton is not installed", False, False, "r") is None
+    assert compile_tip(False, "cuda", long, available, True, False, "r") is None  # ALiBi Falcon: refused
+    assert compile_tip(False, "cuda", long, available, False, True, "r") is None  # several GPUs: refused
 
 
 def _answer_loss_gradients(model_dir: Path, targets: tuple[str, ...], compiled: bool, dtype) -> dict:
