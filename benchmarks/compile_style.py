@@ -17,7 +17,7 @@ import runpy
 import sys
 from pathlib import Path
 
-import falcon_desktop.train as trainer
+import falcon_desktop.train_session as session
 from falcon_desktop.model import PAD_MULTIPLE, backbone_and_head
 
 
@@ -32,9 +32,9 @@ def main() -> None:
     parser.add_argument("--style", choices=[style for style in PAD_MULTIPLE if style != "eager"], required=True)
     parser.add_argument("--region", choices=["layers", "backbone"], default="layers")
     args, profile_args = parser.parse_known_args()
-    trainer.compile_style = lambda requested, device_type, checkpoint_layers: args.style if requested else "eager"
+    session.compile_style = lambda requested, device_type, checkpoint_layers: args.style if requested else "eager"
     if args.region == "backbone":
-        trainer.compile_layers = compile_backbone
+        session.compile_layers = compile_backbone
     step_profile = Path(__file__).with_name("step_profile.py")
     sys.argv = [str(step_profile), *profile_args]
     runpy.run_path(str(step_profile), run_name="__main__")

@@ -200,8 +200,9 @@ def measure_row(loaded, shape: ModelShape, model_dir: Path, examples: Examples, 
     from falcon_desktop.checkpoint import TrainerState
     from falcon_desktop.model import add_lora, set_checkpointing
     from falcon_desktop.optim import make_optimizer, warmup_cosine
-    from falcon_desktop.train import Session, _fit_plan_to_device, train_step
+    from falcon_desktop.train import train_step
     from falcon_desktop.train_config import TrainConfig
+    from falcon_desktop.train_session import Session, fit_plan_to_device
 
     epoch = examples.at(PlanRequest.max_seq_len)
     plan = plan_for(shape, target_set, cap_gib, settings.gpu, settings.effective_batch, len(epoch))
@@ -218,7 +219,7 @@ def measure_row(loaded, shape: ModelShape, model_dir: Path, examples: Examples, 
     cuda = loaded.device.type == "cuda"
     _free_memory(cuda)
     outside = _cap_allocator(cap_gib) if cuda else None
-    run_plan = _fit_plan_to_device(plan, loaded.device)  # the trainer's own CPU fallback (the test's tiny model)
+    run_plan = fit_plan_to_device(plan, loaded.device)  # the trainer's own CPU fallback (the test's tiny model)
     config = TrainConfig(model=str(model_dir), data=settings.data, output=model_dir / "unused-run")
     model = add_lora(loaded.model, run_plan.lora_targets, run_plan.lora_r, run_plan.lora_alpha, run_plan.lora_dropout)
     set_checkpointing(model, run_plan.checkpoint_layers)

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 import falcon_desktop.train as trainer
+import falcon_desktop.train_session as session
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_bench import steady_tokens_per_second  # noqa: E402
@@ -83,9 +84,9 @@ def main() -> None:
     parser.add_argument("train_args", nargs=argparse.REMAINDER, help="-- train ARGS, as for falcon-desktop")
     args = parser.parse_args()
     cli_args = [a for a in args.train_args if a != "--"]
-    if args.optimizer:
-        make_optimizer = trainer.make_optimizer
-        trainer.make_optimizer = lambda model, name, lr, device: make_optimizer(model, args.optimizer, lr, device)
+    if args.optimizer:  # setup (train_session.py) builds the optimizer with the name it imports
+        make_optimizer = session.make_optimizer
+        session.make_optimizer = lambda model, name, lr, device: make_optimizer(model, args.optimizer, lr, device)
     # train_step calls the name train.py imports from optim, so that is the one to wrap.
     timer = StepTimer(trainer.optimizer_step, args.warmup_steps)
     trainer.optimizer_step = timer

@@ -80,8 +80,9 @@ def read_run(run_dir: Path) -> tuple[dict, list[dict]]:
 
 
 def trainer_batches(card: dict, model_dir: str) -> list[list[dict]]:
-    """The micro-batches of every optimizer step of our run, rebuilt as the trainer builds them (train.py `setup`,
-    `_step_indices`, `train_step`) from its card: data split, tokenization, seed, effective batch, token budget."""
+    """The micro-batches of every optimizer step of our run, rebuilt as the trainer builds them (train_session.py
+    `setup`, train.py `_step_indices` and `train_step`) from its card: data split, tokenization, seed, effective
+    batch, token budget."""
     from falcon_desktop.data import (
         load_records,
         schedule_steps,

@@ -87,8 +87,8 @@ def _trainer_session(benchmark_out: Path, tmp_path: Path):
     """Our trainer's own session for the benchmark's run (its data, its model with the same adapter init)."""
     from falcon_desktop.data import load_records
     from falcon_desktop.plan import Plan
-    from falcon_desktop.train import setup
     from falcon_desktop.train_config import TrainConfig
+    from falcon_desktop.train_session import setup
 
     card = json.loads((benchmark_out / "ours-run" / "run.json").read_text(encoding="utf-8"))
     config = replace(TrainConfig.from_json(card["train"]), output=tmp_path / "replay")
