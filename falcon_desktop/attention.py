@@ -24,6 +24,7 @@ import contextlib
 from collections.abc import Iterator
 from types import MethodType
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -45,10 +46,16 @@ def _fast_forward(self, hidden_states, alibi, attention_mask, position_ids=None,
     query, key, value = (x.transpose(1, 2) for x in (query, key, value))  # [batch, heads, T, head_dim]
     cos, sin = position_embeddings
     query, key = apply_rotary_pos_emb(query, key, cos, sin)
-    if key.shape[1] != query.shape[1]:  # multi-query: one key/value head shared by all query heads
+    grouped = key.shape[1] != query.shape[1]  # multi-query: one key/value head shared by all query heads
+    # Compiled, SDPA gets the one head and `enable_gqa`: for a broadcast (stride-0) key PyTorch's fake flash backward
+    # predicts another gradient layout than the real kernel returns, and Inductor's stride check stops the step
+    # (Falcon-7B, H200, torch 2.11). Eager keeps the broadcast view: every SDPA backend takes it, and of the
+    # backends only flash and math take `enable_gqa`.
+    native_gqa = grouped and torch.compiler.is_compiling()
+    if grouped and not native_gqa:
         key = key.expand(-1, query.shape[1], -1, -1)
         value = value.expand(-1, query.shape[1], -1, -1)
-    output = F.scaled_dot_product_attention(query, key, value, is_causal=length > 1)
+    output = F.scaled_dot_product_attention(query, key, value, is_causal=length > 1, enable_gqa=native_gqa)
     output = output.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)
     return self.dense(output), None
 

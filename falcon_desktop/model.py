@@ -216,8 +216,29 @@ def load_base_model(settings: ModelSettings) -> LoadedModel:
     model.config.use_cache = False
     if is_falcon:
         install_fast_attention(model)
+    if dtype != torch.float32:
+        cast_norm_outputs(model, dtype)
     report = verify_quantization(model) if settings.quantize else None
     return LoadedModel(model, tokenizer, device, dtype, report)
+
+
+def cast_norm_outputs(model: nn.Module, dtype: torch.dtype) -> int:
+    """Make every LayerNorm return `dtype`, as it does in a 16-bit model without autocast; returns how many.
+
+    CUDA autocast runs layer_norm in fp32 and returns fp32, and bitsandbytes' `Linear4bit` returns its input's dtype:
+    in a 4-bit Falcon the projections a LayerNorm feeds come out fp32, and through GELU and the residual add so does
+    every later layer - MLP activations kept at 4 bytes, not 2, the residual stream fp32, and each LoRA adapter
+    reading a norm casting its own bf16 copy. One cast of the norm's output is what every consumer would do anyway;
+    its backward keeps nothing. RMSNorm models (Llama, Mistral, Qwen) already return the weights' dtype.
+    """
+
+    def to_compute_dtype(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        return output.to(dtype)
+
+    norms = [module for module in model.modules() if isinstance(module, nn.LayerNorm)]
+    for norm in norms:
+        norm.register_forward_hook(to_compute_dtype)
+    return len(norms)
 
 
 def linear_leaf_names(model: nn.Module) -> list[str]:
@@ -315,22 +336,24 @@ def compile_style(requested: bool, device_type: str, checkpoint_layers: int) -> 
     return "graphs" if device_type == "cuda" and checkpoint_layers == 0 else "kernels"
 
 
-# A run this long earns back `--compile`'s minutes of compiling on any size measured: ~500 steps on SmolLM2 with
-# CUDA graphs, 1,000-1,600 on Falcon-7B at the 24 GiB plan (65-88 s of compiling, 0.054-0.065 s saved a step), on an
-# H200.
+# A run this long earns back `--compile`'s minutes of compiling on any size measured with CUDA graphs: ~500 steps on
+# SmolLM2, on an H200.
 COMPILE_PAYS_AFTER_STEPS = 2000
 
 
-def compile_tip(requested: bool, device_type: str, total_steps: int, unavailable_reason: Callable[[], str | None],
-                alibi: bool, distributed: bool, run_dir: str) -> str | None:
-    """A suggestion to add `--compile`, for a long single-GPU run it would speed up, or None. `unavailable_reason`
+def compile_tip(requested: bool, device_type: str, checkpoint_layers: int, total_steps: int,
+                unavailable_reason: Callable[[], str | None], alibi: bool, distributed: bool,
+                run_dir: str) -> str | None:
+    """A suggestion to add `--compile`, for a long single-GPU run it would speed up, or None. Only where it would run
+    as CUDA graphs (no checkpointed layer): fused kernels on a checkpointed Falcon-7B plan were no faster than eager
+    once their dropout drew PyTorch's random numbers (docs/benchmarks.md, session 8). `unavailable_reason`
     (compile_unavailable, which imports Triton) is asked last, only for a run the tip would suit."""
-    if requested or device_type != "cuda" or total_steps < COMPILE_PAYS_AFTER_STEPS or alibi or distributed \
-            or unavailable_reason():
+    if requested or compile_style(True, device_type, checkpoint_layers) != "graphs" \
+            or total_steps < COMPILE_PAYS_AFTER_STEPS or alibi or distributed or unavailable_reason():
         return None
-    return (f"This run has {total_steps:,} steps: `--compile` trained 1.1-4.1x faster on an H200 (the most on small "
-            "models) after 1-3 minutes of compiling (docs/benchmarks.md). To switch, stop with Ctrl-C (it saves a "
-            f"checkpoint) and run `falcon-desktop train --resume {run_dir} --compile`.")
+    return (f"This run has {total_steps:,} steps: `--compile` trained 1.7-4.1x faster on an H200 where no layer is "
+            "checkpointed (the most on small models) after 1-3 minutes of compiling (docs/benchmarks.md). To switch, "
+            f"stop with Ctrl-C (it saves a checkpoint) and run `falcon-desktop train --resume {run_dir} --compile`.")
 
 
 def compile_layers(model: nn.Module, style: str) -> int:
@@ -344,10 +367,19 @@ def compile_layers(model: nn.Module, style: str) -> int:
     lengths change too: the first recompile marks those two dynamic and nothing else (`dynamic=True` made every size
     symbolic and a SmolLM2 step 1.5x slower on an H200). Compilation happens at the first forward, where a missing
     compiler would fail: `compile_unavailable` says so before the model loads.
+
+    In fused kernels, random numbers (LoRA dropout) come from PyTorch's generator as in eager code, not from
+    Inductor's own (`fallback_random`): torch.utils.checkpoint saves and replays that generator's state, so a
+    recomputed layer draws its forward's masks by construction. With Inductor's, a layer's gradients changed when it
+    was checkpointed (H200, SmolLM2's shape, dropout 0.05: 1.1% relative L2; exact with dropout 0, and exact with the
+    generator's numbers). CUDA graphs run only where nothing is checkpointed.
     """
     layers = decoder_layers(model)
     for layer in layers:
-        layer.compile(mode="reduce-overhead" if style == "graphs" else None)
+        if style == "graphs":
+            layer.compile(mode="reduce-overhead")
+        else:
+            layer.compile(options={"fallback_random": True})
     return len(layers)
 
 

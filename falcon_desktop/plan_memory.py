@@ -37,7 +37,6 @@ class PlannerCoefficients:
     lora_input_bytes: float = 2.0        # each LoRA A keeps its (dropped-out) input; under autocast that copy is bf16
     dropout_mask_bytes: float = 1.0      # torch's native dropout keeps a bool mask per element (LoRA dropout > 0)
     layer_norm_input_bytes: float = 4.0  # CUDA autocast runs layer_norm in fp32: it keeps an fp32 copy of its input
-    layer_norm_output_bytes: float = 4.0  # ... and returns fp32, so each linear reading it casts its own bf16 copy
     rms_norm_input_bytes: float = 4.0    # transformers' RMSNorm upcasts to fp32 and keeps that copy
     layer_norm_stats_bytes: float = 8.0  # per token per LayerNorm: fp32 mean and rstd
     rms_norm_stats_bytes: float = 4.0    # per token per RMSNorm: fp32 rstd
@@ -162,23 +161,16 @@ def _optimizer_state_bytes(elements: int, optimizer: str, c: PlannerCoefficients
     return 8 * elements
 
 
-def _fp32_projections(shape: ModelShape, setup: Setup, c: PlannerCoefficients) -> bool:
-    """Whether Falcon's LayerNorm-fed projections (query_key_value, dense_h_to_4h) come out in fp32.
-
-    bitsandbytes' Linear4bit returns its output in its input's dtype, and CUDA autocast runs layer_norm in fp32: in
-    QLoRA those projections are fp32, and so, through GELU and dense_4h_to_h, is the residual stream. FalconLinear
-    adds its bias after the matmul, so with fp32 biases (full fine-tuning) its outputs are fp32 too.
-    """
-    if shape.model_type != "falcon":
-        return False
-    if setup.method == "qlora":
-        return c.layer_norm_output_bytes > c.activation_bytes
-    return setup.method == "full" and bool(shape.biased_linears)
+def _fp32_projections(shape: ModelShape, setup: Setup) -> bool:
+    """Whether Falcon's projections come out in fp32: in full fine-tuning with biases, as FalconLinear adds its fp32
+    bias after the matmul. (In LoRA and QLoRA the loader casts every LayerNorm's output to the compute dtype,
+    `model.cast_norm_outputs`, so the 4-bit projections it feeds, which return their input's dtype, are 16-bit.)"""
+    return shape.model_type == "falcon" and setup.method == "full" and bool(shape.biased_linears)
 
 
 def _residual_bytes(shape: ModelShape, setup: Setup, c: PlannerCoefficients) -> float:
-    """The residual stream: fp32 in full fine-tuning (fp32 master embeddings) and in Falcon QLoRA (see above)."""
-    return 4.0 if setup.method == "full" or _fp32_projections(shape, setup, c) else c.activation_bytes
+    """The residual stream: fp32 in full fine-tuning (fp32 master embeddings), else the compute dtype."""
+    return 4.0 if setup.method == "full" else c.activation_bytes
 
 
 def _layer_norm_input_bytes(shape: ModelShape, setup: Setup, c: PlannerCoefficients) -> float:
@@ -204,10 +196,6 @@ def _layer_norms_bytes_per_token(shape: ModelShape, setup: Setup, c: PlannerCoef
             and _layer_norm_input_bytes(shape, setup, c) == residual):
         total -= shape.hidden_size * residual
     return total
-
-
-def _norm_output_bytes(shape: ModelShape, c: PlannerCoefficients) -> float:
-    return c.layer_norm_output_bytes if shape.norm_kind == "layernorm" else c.activation_bytes
 
 
 def generation_uses_math_attention(shape: ModelShape) -> bool:
@@ -242,7 +230,7 @@ def layer_activation_bytes_per_token(shape: ModelShape, setup: Setup, c: Planner
     """Bytes one decoder layer keeps for backward per token when it is NOT checkpointed."""
     a, f = c.activation_bytes, shape.intermediate_size
     kept = _layer_norms_bytes_per_token(shape, setup, c)
-    fp32_projections = _fp32_projections(shape, setup, c)
+    fp32_projections = _fp32_projections(shape, setup)
     kept += attention_bytes_per_token(shape, c, fp32_projections)
     kept += (4 if fp32_projections else a) * f * (3 if shape.gated_mlp else 1)  # SiLU in, out and up / GELU input
     if setup.method == "full":  # each linear keeps the bf16 (cast) input its weight gradient needs ...
@@ -259,18 +247,17 @@ def _lora_input_bytes(shape: ModelShape, setup: Setup, c: PlannerCoefficients) -
 
     Each adapter keeps its own copy of its input in the compute dtype: with dropout because it draws its own mask;
     without, because peft's 16-bit layer casts the input to the fp32 adapter dtype (autocast casts it back, a new
-    tensor each time), and so does autocast for an fp32 input such as a LayerNorm output. Only QLoRA adapters
-    without dropout reading a compute-dtype tensor use that tensor itself, so adapters on one input share it (and
-    o_proj's is a view of the attention output that SDPA keeps anyway).
+    tensor each time). QLoRA adapters without dropout use their input itself (a norm's output is in the compute
+    dtype: `model.cast_norm_outputs`), so adapters on one input share it (and o_proj's is a view of the attention
+    output that SDPA keeps anyway).
     """
     modules, inputs = shape.linear_modules(), shape.linear_inputs()
     if setup.lora_dropout > 0:
         return sum((c.lora_input_bytes + c.dropout_mask_bytes) * modules[name][0] for name in setup.lora_targets)
-    fp32_norm_output = _norm_output_bytes(shape, c) != c.activation_bytes
     copies: dict[str, str] = {}
     for name in setup.lora_targets:
         source = inputs[name]
-        if setup.method != "qlora" or (source in ("attention_norm", "mlp_norm") and fp32_norm_output):
+        if setup.method != "qlora":
             copies[name] = name  # its own cast copy
         elif source != "attention_output":
             copies[source] = name  # the input itself, shared by the adapters that read it
@@ -301,7 +288,7 @@ def _training_activation_bytes(shape: ModelShape, setup: Setup, c: PlannerCoeffi
     one_layer = setup.tokens * layer_activation_bytes_per_token(shape, setup, c)
     recompute = one_layer if setup.checkpoint_layers == shape.num_layers else 0.0
     dequantized = 2 * shape.largest_linear_params if setup.weight_format == "nf4" else 0
-    hidden_bytes = 4.0 if _fp32_projections(shape, setup, c) else c.activation_bytes
+    hidden_bytes = 4.0 if _fp32_projections(shape, setup) else c.activation_bytes
     gradients = c.gated_mlp_gradient_tensors if shape.gated_mlp else c.gelu_mlp_gradient_tensors
     working = setup.tokens * gradients * shape.intermediate_size * hidden_bytes
     beyond_loss = max(0.0, working - _loss_buffer_bytes(shape, setup, c))

@@ -27,55 +27,55 @@ class SpeedCoefficients:
     cores of the lent H100 and H200 machines); a desktop CPU is similar or slower, so overhead-bound estimates
     there are, if anything, optimistic."""
 
-    # Fitted together (scipy differential evolution on the worst plus half the RMS log error, the earlier rows
-    # held within ±25%) over every row of docs/planner.md's two speed tables: the H100 step matrices of Falcon-7B and
-    # a ~1B Llama (benchmarks/results/matrix-*.json), the H100 Falcon-7B trainer runs (ours*.json), the H200 runs of
-    # benchmarks/results/speed-measured.json (SmolLM2-135M, Falcon-7B, Llama-3-8B) and the H200 planner matrix
-    # (planner-matrix.json: three sizes x two LoRA target sets x 8/12/24 GiB caps, our trainer on each plan).
-    # The planner matrix's Llama-3-8B rows and the 8B Unsloth side by side came later and are priced, not fitted:
-    # `benchmarks/fit_speed.py` refits with them.
+    # Fitted together (scipy differential evolution on the worst plus half the RMS log error; `benchmarks/fit_speed.py`
+    # refits) over every row of docs/planner.md's two speed tables but their known misses: the H200 step matrix of
+    # Falcon-7B and the H100 one of a ~1B Llama (benchmarks/results/matrix-*.json), the H200 runs of
+    # benchmarks/results/speed-measured.json (SmolLM2-135M, Falcon-7B, Llama-3-8B, the 8B Unsloth side by side) and
+    # the H200 planner matrix (planner-matrix.json: three sizes x two LoRA target sets x 8/12/24 GiB caps, our
+    # trainer on each plan). Refitted in session 8, when Falcon's LayerNorm outputs went bf16
+    # (`model.cast_norm_outputs`) and its QLoRA step 1.1-1.3x faster. Six coefficients sit at an edge of the box the fit
+    # searches (fit_speed.BOUNDS: compute_efficiency, layer_seconds, lora_module_seconds, nf4_linear_seconds,
+    # micro_batch_seconds, unhidden_share): rows measured on different days and hosts disagree by up to 30%.
     # What pins each one down:
     # --- GPU (seconds at REFERENCE_TFLOPS; other cards scale by their peak) ---
-    # Model FLOPs utilisation of the matmuls. The Falcon-7B qkv matrix, one micro-batch per step: 512x4 rows took
-    # 0.279 s and 512x16 rows 0.642 s, so each added token costs ~59 us for 26.9 GFLOP.
-    compute_efficiency: float = 0.44
-    # Dequantizing the NF4 weights once per pass (forward, backward, each recomputed forward), per weight: ~20 ms a
+    # Model FLOPs utilisation of the matmuls. The Falcon-7B qkv matrix on the H200, one micro-batch per step: 512x4
+    # rows took 0.150 s and 512x16 rows 0.494 s, so each added token costs ~56 us for 26.9 GFLOP.
+    compute_efficiency: float = 0.60
+    # Dequantizing the NF4 weights once per pass (forward, backward, each recomputed forward), per weight: ~9 ms a
     # pass for Falcon-7B's 6.6e9 decoder weights (bitsandbytes writes a bf16 copy of each weight before its matmul).
-    nf4_dequantize_seconds_per_weight: float = 3.1e-12
+    nf4_dequantize_seconds_per_weight: float = 1.4e-12
     # Each LoRA module's element-wise work (peft's fp32 copy of its input, dropout, the scaled add of B's output,
     # and their backward), per element of its input and output, per token. Falcon-7B 512x16 without checkpointing:
-    # 0.642 s on query_key_value alone, 0.901 s on all four kinds (matrix-falcon-7b.json), though the three added
-    # adapters add almost no FLOPs.
-    lora_element_seconds: float = 7.8e-12
+    # 0.494 s on query_key_value alone, 0.591 s on all four kinds (matrix-falcon-7b.json, H200), though the three
+    # added adapters add almost no FLOPs.
+    lora_element_seconds: float = 11.2e-12
     # --- CPU (launch, autograd and Python work, in seconds on the host CPUs of the lent H100/H200 machines) ---
     # One decoder layer's own kernels, forward + backward (norms, attention, base matmuls, MLP activations,
     # residual adds). SmolLM2-135M, 30 layers, 7 LoRA targets, 16-bit, on the H200, run alone: 0.2555 s per step of
     # one micro-batch, 7,474 kernel launches, 29.7 ms of GPU kernel time (GPU busy 7%; issue #16's tuning notes,
     # step-profile-smol-sdpa.json).
-    layer_seconds: float = 4.8e-3
+    layer_seconds: float = 3.0e-3
     # Each LoRA-targeted module on top: dropout, A, B, scale and add, forward and backward. The ~1B Llama matrix
     # row with 2 targets (512x4, 0.186 s) against 7 (512x16 at 256 tokens, 0.198 s), and the planner matrix's
     # attention-only rows against its all-linear ones, bound it.
-    lora_module_seconds: float = 0.29e-3
+    lora_module_seconds: float = 0.60e-3
     # Each 4-bit base linear on top, forward and backward: bitsandbytes' Python layer, its quant-state handling and
     # the dequantize launch before every matmul. SmolLM2-135M alone on the H200: 13,233 tokens/s on a 16-bit base,
     # 10,979 on a 4-bit one (speed-measured.json); a Falcon layer has 4 linears, a Llama layer 7.
-    nf4_linear_seconds: float = 0.077e-3
+    nf4_linear_seconds: float = 0.30e-3
     # A checkpointed layer runs its forward again in backward (plus the checkpoint's own hooks): this share of the
     # layer's launches and LoRA traffic again. The ~1B Llama matrix, 512x16: 0.233 s without, 0.333 s with all 22
     # layers checkpointed; the planner matrix's ~1B Llama at 0, 10 and 15 checkpointed layers (attention-only).
-    # The fit wants more than a whole forward pass's launches (the hooks); it is capped at one.
-    forward_share: float = 1.0
+    forward_share: float = 0.90
     # Per micro-batch outside the layers: embedding, the head on the labelled positions, loss, the copy to the GPU.
-    # Falcon-7B at 8 GiB, attention-only, 6x512 (planner matrix): steps of one micro-batch took ~0.40 s, steps of
-    # two ~0.71 s.
-    micro_batch_seconds: float = 0.022
+    # Small beside each micro-batch's per-layer launches, which the fit now carries most of a micro-batch's cost in.
+    micro_batch_seconds: float = 0.005
     # Per optimizer step: clip, fused AdamW over the adapters, zero_grad and the host syncs of logging.
-    step_seconds: float = 0.050
-    # How much of the shorter of the GPU and CPU work is not hidden behind the longer: host syncs inside the step
-    # (the loss's labelled positions, the gradient norm) let neither run ahead. SmolLM2 at 32 rows vs 16, and the
-    # ~1B Llama at 512x32 vs 512x16, grow by more than the longer side alone.
-    unhidden_share: float = 0.07
+    step_seconds: float = 0.033
+    # How much of the shorter of the GPU and CPU work is not hidden behind the longer (host syncs inside the step:
+    # the loss's labelled positions, the gradient norm). Fitted to none since session 8: the per-micro-batch and
+    # per-layer costs account for SmolLM2 at 32 rows vs 16 and the ~1B Llama at 512x32 vs 512x16.
+    unhidden_share: float = 0.0
 
 
 SPEED = SpeedCoefficients()

@@ -122,7 +122,8 @@ def setup(config: TrainConfig, plan: Plan, card: RunCard | None, report, cluster
 
     steps_per_epoch = math.ceil(len(examples) / plan.effective_batch_size)
     total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
-    tip = compile_tip(config.compile, loaded.device.type, total_steps, lambda: compile_unavailable(loaded.device),
+    tip = compile_tip(config.compile, loaded.device.type, plan.checkpoint_layers, total_steps,
+                      lambda: compile_unavailable(loaded.device),
                       bool(getattr(loaded.model.config, "alibi", False)), cluster.distributed, str(run.root))
     if tip:
         info(tip)

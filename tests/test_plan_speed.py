@@ -32,12 +32,12 @@ def gpu(name: str) -> GpuSpec:
 
 BENCHMARK = _benchmark()
 ROWS = BENCHMARK.speed_rows()
-MEASURED_ROWS = 43  # 2 H100 trainer runs + 13 + 9 H100 matrix steps + 19 H200 runs (results/speed-measured.json)
+MEASURED_ROWS = 42  # 13 H200 Falcon-7B + 9 H100 ~1B Llama matrix steps + 20 H200 runs (results/speed-measured.json)
 
 
 def test_every_measured_row_is_compared():
     assert len(ROWS) == MEASURED_ROWS
-    assert sum(1 for row in ROWS if row.known_miss) == 3
+    assert sum(1 for row in ROWS if row.known_miss) == 2
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[f"{row.gpu} {row.name} {row.settings}" for row in ROWS])
@@ -101,13 +101,7 @@ def _matrix():
 
 PLANNER_MATRIX = _matrix()
 MATRIX_DOCUMENT = json.loads(PLANNER_MATRIX.RESULT.read_text(encoding="utf-8"))
-# Rows the calibrated model misses by more than 25% (docs/planner.md, "Estimate vs measured across sizes and caps"):
-# the ~1B Llama all-linear rows measured ~30% slower on the H200 than the H100 step matrix of the same shape, which
-# the model also holds; SmolLM2 all-linear at 12 GiB ran 19% faster than the identical plan at 24 GiB (noise);
-# Falcon-7B attention-only at 12 GiB is 20% under in tokens/s, so 26% over in hours. Each must stay within 40%.
-MATRIX_KNOWN_MISSES = {("smollm2-135m", "all", 12.0), ("llama-1b", "all", 24.0), ("llama-1b", "all", 12.0),
-                       ("falcon-7b", "attention", 12.0)}
-LOOSE = 0.40
+LOOSE = 0.50  # a known miss must stay within this
 
 
 @pytest.mark.parametrize("row", MATRIX_DOCUMENT["rows"],
@@ -119,9 +113,9 @@ def test_planner_matrix_row_within_25_percent(row):
     errors = {what: predicted[key] / measured[key] - 1
               for what, key in (("tokens/s", "tokens_per_second"), ("hours", "hours_per_epoch"))}
     key = (row["model"], row["targets"], row["cap_gib"])
-    bound = LOOSE if key in MATRIX_KNOWN_MISSES else BENCHMARK.TOLERANCE
+    bound = LOOSE if key in PLANNER_MATRIX.KNOWN_MISSES else BENCHMARK.TOLERANCE
     assert all(abs(error) <= bound for error in errors.values()), f"{key}: {errors}"
-    if key in MATRIX_KNOWN_MISSES:
+    if key in PLANNER_MATRIX.KNOWN_MISSES:
         assert any(abs(error) > BENCHMARK.TOLERANCE for error in errors.values()), f"{key} now holds: drop it"
 
 
@@ -136,7 +130,9 @@ def test_the_fit_prices_every_row_as_the_planner_does():
     rows = fit.fit_rows()
     held = [row for row in ROWS if not row.known_miss]
     matrix = json.loads((SCRIPT.parent / "results" / "planner-matrix.json").read_text(encoding="utf-8"))["rows"]
-    assert len(rows) == len(held) + len(matrix)
+    matrix_held = [row for row in matrix
+                   if (row["model"], row["targets"], row["cap_gib"]) not in PLANNER_MATRIX.KNOWN_MISSES]
+    assert len(rows) == len(held) + len(matrix_held)
     for row in rows:
         assert row.priced(fit.SPEED) == row.priced.tokens_per_second
     for row, listed in zip(rows, held):
