@@ -168,20 +168,20 @@ def _fp32_projections(shape: ModelShape, setup: Setup) -> bool:
     return shape.model_type == "falcon" and setup.method == "full" and bool(shape.biased_linears)
 
 
-def _residual_bytes(shape: ModelShape, setup: Setup, c: PlannerCoefficients) -> float:
+def _residual_bytes(setup: Setup, c: PlannerCoefficients) -> float:
     """The residual stream: fp32 in full fine-tuning (fp32 master embeddings), else the compute dtype."""
     return 4.0 if setup.method == "full" else c.activation_bytes
 
 
-def _layer_norm_input_bytes(shape: ModelShape, setup: Setup, c: PlannerCoefficients) -> float:
-    return max(c.layer_norm_input_bytes, _residual_bytes(shape, setup, c))
+def _layer_norm_input_bytes(setup: Setup, c: PlannerCoefficients) -> float:
+    return max(c.layer_norm_input_bytes, _residual_bytes(setup, c))
 
 
 def _norm_bytes_per_token(shape: ModelShape, setup: Setup, c: PlannerCoefficients) -> float:
     """One norm: its kept input (and, for RMSNorm in full fine-tuning, the normalised x) plus its statistics."""
     h = shape.hidden_size
     if shape.norm_kind == "layernorm":
-        return h * _layer_norm_input_bytes(shape, setup, c) + c.layer_norm_stats_bytes
+        return h * _layer_norm_input_bytes(setup, c) + c.layer_norm_stats_bytes
     kept = h * c.rms_norm_input_bytes + c.rms_norm_stats_bytes
     if setup.method == "full":  # `weight * x` keeps the fp32 normalised x for the weight's gradient
         kept += 4 * h
@@ -191,9 +191,9 @@ def _norm_bytes_per_token(shape: ModelShape, setup: Setup, c: PlannerCoefficient
 def _layer_norms_bytes_per_token(shape: ModelShape, setup: Setup, c: PlannerCoefficients) -> float:
     """A layer's norms. Falcon-40B's two parallel LayerNorms read one tensor: without a cast they keep it once."""
     total = shape.norms_per_layer * _norm_bytes_per_token(shape, setup, c)
-    residual = _residual_bytes(shape, setup, c)
+    residual = _residual_bytes(setup, c)
     if (shape.parallel_attention and shape.norms_per_layer == 2 and shape.norm_kind == "layernorm"
-            and _layer_norm_input_bytes(shape, setup, c) == residual):
+            and _layer_norm_input_bytes(setup, c) == residual):
         total -= shape.hidden_size * residual
     return total
 
@@ -268,7 +268,7 @@ def _lora_input_bytes(shape: ModelShape, setup: Setup, c: PlannerCoefficients) -
 def kept_activation_bytes(shape: ModelShape, setup: Setup, c: PlannerCoefficients = COEFFICIENTS) -> float:
     """What the forward pass leaves for backward: the first `checkpoint_layers` layers keep only their input."""
     k = setup.checkpoint_layers
-    per_token = (k * _residual_bytes(shape, setup, c) * shape.hidden_size
+    per_token = (k * _residual_bytes(setup, c) * shape.hidden_size
                  + (shape.num_layers - k) * layer_activation_bytes_per_token(shape, setup, c)
                  + _norm_bytes_per_token(shape, setup, c))  # the final norm
     alibi_mask = 0.0
