@@ -63,7 +63,6 @@ class Session:
     pad_multiple: int = 1  # micro-batch lengths round up to it for compiled layers (model.PAD_MULTIPLE)
 
 
-
 def check_local_model(model: str) -> None:
     """A local model folder must hold a config and weights: said in a second, not after a failed load."""
     folder = Path(model).expanduser()

@@ -49,9 +49,10 @@ def register(subparsers: argparse._SubParsersAction, formatter: type[argparse.He
     run.add_argument("--compile", action=argparse.BooleanOptionalAction, default=defaults.compile,
                      help="compile each decoder layer with torch.compile: fused kernels, replayed as CUDA graphs "
                           "when no layer is checkpointed (2.7-4.1x the steady tokens/s of eager steps on 135M-1B "
-                          "models, 13-16%% on Falcon-7B at 24 GiB, on an H200: docs/benchmarks.md) after 1-3 minutes "
-                          "of compiling, so for long runs; needs Triton on a GPU (Windows: the triton-windows package) "
-                          "and a C++ compiler on the CPU; a resumed run compiles only if given it again")
+                          "models without checkpointed layers, on an H200; no faster than eager on Falcon-7B's "
+                          "checkpointed 24 GiB plan: docs/benchmarks.md) after 1-3 minutes of compiling, so for long "
+                          "runs; needs Triton on a GPU (Windows: the triton-windows package) and a C++ compiler on the "
+                          "CPU; a resumed run compiles only if given it again")
     run.add_argument("--strict", action="store_true", help="fail on any dropped data record")
     run.add_argument("--trust-remote-code", action="store_true", help="run the model repository's own Python code")
     run.add_argument("--force", action="store_true", help="train even when the plan says it does not fit")
