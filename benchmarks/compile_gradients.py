@@ -18,6 +18,7 @@ import torch
 
 from falcon_desktop.attention import causal_fast_path
 from falcon_desktop.distributed import AnswerLoss
+from falcon_desktop.loss import answer_targets
 from falcon_desktop.model import ModelSettings, add_lora, compile_layers, load_base_model, set_checkpointing
 
 LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -35,15 +36,16 @@ def lora_gradients(model_dir: str, compute_dtype: str, checkpoint_layers: int, s
     if style:
         compile_layers(model, style)
     model.train()
-    input_ids = torch.randint(0, 60000, (16, 256), generator=torch.Generator().manual_seed(1)).cuda()
+    input_ids = torch.randint(0, 60000, (16, 256), generator=torch.Generator().manual_seed(1))
     labels = input_ids.clone()
     labels[:, :200] = -100
+    input_ids, targets = input_ids.cuda(), [t.cuda() for t in answer_targets(labels)]
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=compute_dtype == "bfloat16")
     for _ in range(3):
         model.zero_grad(set_to_none=True)
         with causal_fast_path(model):  # backward inside: checkpointed layers run their forward again there
             with autocast:
-                loss = AnswerLoss(model)(input_ids, labels)
+                loss = AnswerLoss(model)(input_ids, *targets)
             loss.backward()
     result = float(loss.detach()), {n: p.grad.float().clone() for n, p in model.named_parameters() if p.requires_grad}
     del model, loaded

@@ -18,7 +18,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from falcon_desktop.loss import answer_loss_sum  # noqa: E402
+from falcon_desktop.loss import answer_loss_sum, answer_targets  # noqa: E402
 from falcon_desktop.model import add_lora, backbone_and_head, decoder_layers  # noqa: E402
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -43,7 +43,7 @@ def count_ops(compiled: bool) -> dict[str, int]:
         input_ids = torch.randint(0, config.vocab_size, (4, length))
         labels = input_ids.clone()
         labels[:, : length - 5] = -100
-        answer_loss_sum(backbone, head, input_ids, labels).backward()
+        answer_loss_sum(backbone, head, input_ids, *answer_targets(labels)).backward()
         optimizer.step()
         optimizer.zero_grad()
 

@@ -251,7 +251,7 @@ def measure_row(loaded, shape: ModelShape, model_dir: Path, examples: Examples, 
             if cuda:
                 torch.cuda.synchronize()
             log.append({"seconds": round(time.perf_counter() - start, 4), "real_tokens": result.real_tokens,
-                        "padded_tokens": result.padded_tokens, "loss": round(result.loss, 5)})
+                        "padded_tokens": result.padded_tokens, "loss": round(result.values.read()[0], 5)})
     except torch.cuda.OutOfMemoryError:
         oom = True
     timed = log[settings.warmup_steps:]

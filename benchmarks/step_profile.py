@@ -1,9 +1,9 @@
 """Where a training step's time goes: wall time per optimizer step against the GPU's kernel time.
 
 Runs the real `falcon-desktop train` (same plan, data and loop) in this process, timing every optimizer step after
-warm-up, and profiles one step with torch.profiler to count kernel launches and sum kernel time. "GPU busy" is
-kernel time over the wall time of that step: the share of the step in which the GPU had work (the rest is Python,
-kernel launches and host syncs). Needs a CUDA GPU.
+warm-up (start to the next step's start: the loop's own pace), and profiles three steps in a row with torch.profiler
+to count kernel launches and sum kernel time. "GPU busy" is kernel time over the wall time of those steps: the share
+in which the GPU had work (the rest: Python, kernel launches, host syncs). Needs a CUDA GPU.
 
     python benchmarks/step_profile.py --result R.json [--optimizer adamw_fused] -- train --model M --data D --max-steps 25
 """
@@ -25,53 +25,71 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_bench import steady_tokens_per_second  # noqa: E402
 
 WARMUP_STEPS = 3
-PROFILED_STEP = 12
+PROFILED_STEP = 12  # the first of the profiled steps
+PROFILED_STEPS = 3
 
 
 class StepTimer:
-    """Wraps the trainer's optimizer step: times each call, profiles one."""
+    """Wraps the trainer's optimizer step: times each step as the interval from its start to the next step's start
+    (the trainer reads a step's loss after queueing the next, so a synchronised step would hide that overlap), and
+    profiles PROFILED_STEPS steps in a row, synchronised only at either end."""
 
-    def __init__(self, step_function, warmup_steps: int) -> None:
+    def __init__(self, step_function, warmup_steps: int, profile_at: int = PROFILED_STEP) -> None:
         self.step_function = step_function
         self.warmup_steps = warmup_steps
+        self.profile_at = profile_at
         self.calls = 0
         self.walls: list[float] = []
         self.tokens: list[int] = []
         self.profile: dict = {}
+        self._open: tuple[float, int] | None = None  # (start, real tokens) of the last timed step
+        self._profiler = None
+        self._profile_start = 0.0
+        self._profiled_batches = 0
 
     def __call__(self, model, batches, *args, **kwargs):
         self.calls += 1
-        profiler = None
-        if self.calls == max(PROFILED_STEP, self.warmup_steps + 1):
+        first_profiled = max(self.profile_at, self.warmup_steps + 1)
+        if self.calls == first_profiled:
             from torch.profiler import ProfilerActivity, profile
 
-            profiler = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
-            profiler.__enter__()
-        torch.cuda.synchronize()  # the step's wall time starts with an idle GPU
-        start = time.perf_counter()
+            self._open = None
+            torch.cuda.synchronize()  # the window starts with an idle GPU
+            self._profiler = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+            self._profiler.__enter__()
+            self._profile_start = time.perf_counter()
+        now = time.perf_counter()
+        if self._open is not None:
+            self.walls.append(now - self._open[0])
+            self.tokens.append(self._open[1])
+        profiling = self._profiler is not None
+        self._open = (now, sum(b["real_tokens"] for b in batches)) if self.calls > self.warmup_steps and \
+            not profiling else None
         result = self.step_function(model, batches, *args, **kwargs)
-        torch.cuda.synchronize()
-        wall = time.perf_counter() - start
-        if profiler is not None:
-            profiler.__exit__(None, None, None)
-            self.profile = summarize(profiler.key_averages(), wall, len(batches))
-        elif self.calls > self.warmup_steps:
-            self.walls.append(wall)
-            self.tokens.append(sum(batch["real_tokens"] for batch in batches))
+        if profiling:
+            self._profiled_batches += len(batches)
+            if self.calls == first_profiled + PROFILED_STEPS - 1:
+                torch.cuda.synchronize()
+                wall = time.perf_counter() - self._profile_start
+                self._profiler.__exit__(None, None, None)
+                self.profile = summarize(self._profiler.key_averages(), wall, self._profiled_batches)
+                self._profiler = None
         return result
 
 
-def summarize(events, wall: float, micro_batches: int) -> dict:
+def summarize(events, wall: float, micro_batches: int, steps: int = PROFILED_STEPS) -> dict:
+    """Per step (the mean of the profiled ones): kernel launches, kernel time, wall time; GPU busy over them all."""
     kernels = [e for e in events if e.device_type.name == "CUDA"]
     kernel_seconds = sum(e.self_device_time_total for e in kernels) / 1e6
     top_cpu = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:8]
     return {
-        "kernel_launches": sum(e.count for e in kernels),
-        "kernel_ms": round(kernel_seconds * 1e3, 2),
-        "profiled_wall_ms": round(wall * 1e3, 2),  # includes the profiler's own overhead
+        "profiled_steps": steps,
+        "kernel_launches": round(sum(e.count for e in kernels) / steps),
+        "kernel_ms": round(kernel_seconds * 1e3 / steps, 2),
+        "profiled_wall_ms": round(wall * 1e3 / steps, 2),  # includes the profiler's own overhead
         "gpu_busy_fraction": round(kernel_seconds / wall, 4),
         "micro_batches": micro_batches,
-        "top_cpu_ms": {e.key: round(e.self_cpu_time_total / 1e3, 2) for e in top_cpu},
+        "top_cpu_ms": {e.key: round(e.self_cpu_time_total / 1e3 / steps, 2) for e in top_cpu},
     }
 
 
@@ -81,6 +99,8 @@ def main() -> None:
     parser.add_argument("--optimizer", help="override the plan's optimizer (adamw_fused, paged_adamw_8bit, ...)")
     parser.add_argument("--warmup-steps", type=int, default=WARMUP_STEPS,
                         help="untimed first steps (more with --compile: its first shapes compile)")
+    parser.add_argument("--profile-at", type=int, default=PROFILED_STEP,
+                        help="the first profiled step (later: fewer steps that record a new shape's CUDA graph)")
     parser.add_argument("train_args", nargs=argparse.REMAINDER, help="-- train ARGS, as for falcon-desktop")
     args = parser.parse_args()
     cli_args = [a for a in args.train_args if a != "--"]
@@ -88,7 +108,7 @@ def main() -> None:
         make_optimizer = session.make_optimizer
         session.make_optimizer = lambda model, name, lr, device: make_optimizer(model, args.optimizer, lr, device)
     # train_step calls the name train.py imports from optim, so that is the one to wrap.
-    timer = StepTimer(trainer.optimizer_step, args.warmup_steps)
+    timer = StepTimer(trainer.optimizer_step, args.warmup_steps, args.profile_at)
     trainer.optimizer_step = timer
     from falcon_desktop.cli import main as cli_main
 

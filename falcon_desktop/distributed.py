@@ -156,7 +156,8 @@ class Cluster:
             dist.barrier()
 
     def loss_function(self, model: torch.nn.Module) -> Callable:
-        """`loss(input_ids, labels)` -> summed answer cross-entropy; under DDP on several ranks, built once."""
+        """`loss(input_ids, positions, targets)` -> summed answer cross-entropy (loss.answer_loss_sum); under DDP on
+        several ranks, built once."""
         if self._loss is None:
             module = AnswerLoss(model)
             self._loss = module if not self.distributed else _data_parallel(module, model)
@@ -227,9 +228,9 @@ class AnswerLoss(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         backbone, head = backbone_and_head(self.model)
-        return answer_loss_sum(backbone, head, input_ids, labels)
+        return answer_loss_sum(backbone, head, input_ids, positions, targets)
 
 
 def masked(batch: dict[str, Any]) -> dict[str, Any]:

@@ -27,6 +27,7 @@ import torch
 
 from falcon_desktop.attention import make_graph_safe
 from falcon_desktop.console import warn
+from falcon_desktop.cuda_graphs import clear_failed_recording
 from falcon_desktop.decoding import GenerationSettings
 from falcon_desktop.errors import first_line
 
@@ -201,6 +202,7 @@ class StreamingDecoder:
         try:
             slot.prepare(len(prompt_ids))
         except RuntimeError as error:  # an operation that cannot be recorded (a host sync in some model's code)
+            clear_failed_recording(self.device)
             warn(f"Cannot record this model's decoding as a CUDA graph ({first_line(error)}); answering without "
                  "graphs, which is slower.")
             self.cuda_graphs = self.pad_prompts = False

@@ -29,8 +29,8 @@ from falcon_desktop.data import collate, load_records, schedule_steps, step_micr
 from falcon_desktop.distributed import Cluster, masked
 from falcon_desktop.errors import UserError, explain_disk_error, first_line
 from falcon_desktop.metrics import Stopwatch, plot_losses, vram_now
-from falcon_desktop.model import eager, resolve_device, uncompile_layers
-from falcon_desktop.optim import optimizer_step
+from falcon_desktop.model import PAD_MULTIPLE, eager, resolve_device, uncompile_layers
+from falcon_desktop.optim import StepValues, optimizer_step
 from falcon_desktop.plan import Plan, adapter_learning_rate
 from falcon_desktop.progress import TrainingDisplay
 from falcon_desktop.run_lock import RunLock
@@ -93,14 +93,20 @@ def _train_and_finish(session: Session, stop: StopSignals, evaluate_first: bool)
 
 # ----------------------------------------------------------------------------------------------------------- fit
 def fit(s: Session, stop: StopSignals) -> str:
-    """The training loop; returns the run's status: finished, interrupted or diverged."""
-    log = s.run.metrics
+    """The training loop; returns the run's status: finished, interrupted or diverged.
+
+    Each step's loss is read after the next step is queued (optim.StepValues), and always before a checkpoint, so
+    the GPU does not wait on the host between steps and no checkpoint holds weights a non-finite loss updated.
+    """
     clock = Stopwatch()
     display = TrainingDisplay(s.total_steps, s.state.step)
     say(display.__enter__)
+    queued: _QueuedStep | None = None  # the newest step, its loss not yet read
     try:
         while s.state.step < s.total_steps:
             if s.cluster.any(stop.requested is not None):  # agreed by every rank: all save the same step
+                if queued is not None and not _report(s, queued, display):
+                    return "diverged"
                 name = signal.Signals(stop.requested).name if stop.requested is not None else "Another rank's signal"
                 say(warn, f"{name}: saving a checkpoint at step {s.state.step}.")
                 _checkpoint(s)
@@ -115,38 +121,61 @@ def fit(s: Session, stop: StopSignals) -> str:
             except torch._dynamo.exc.TorchDynamoException as error:  # only --compile reaches the compiler
                 _stop_compiling(s, error)
                 continue
-            if not math.isfinite(result.loss):
-                s.card.events.append({"step": s.state.step + 1, "event": "non-finite loss", "loss": str(result.loss)})
-                return "diverged"
             seconds = clock.lap()
             s.state.step += 1
             s.state.tokens_seen += result.real_tokens
             s.state.elapsed_seconds += seconds
-            reserved, peak = vram_now()
-            record = {
-                "step": s.state.step,
-                "epoch": round(s.state.step / s.steps_per_epoch, 4),
-                "loss": round(result.loss, 6),
-                "lr": s.scheduler.get_last_lr()[0],
-                "grad_norm": round(result.grad_norm, 6),
-                "real_tokens": result.real_tokens,
-                "padded_tokens": result.padded_tokens,
-                "samples": result.samples,
-                "seconds": round(seconds, 4),
-                "tokens_per_second": round(result.real_tokens / max(seconds, 1e-9), 1),
-                "vram_reserved_bytes": reserved,
-                "vram_peak_bytes": peak,
-                "elapsed_seconds": round(s.state.elapsed_seconds, 3),
-            }
-            _guard_write(s, log.append, record)
-            say(display.update, s.state.step, result.loss, record["lr"],
-                 s.state.tokens_seen / max(s.state.elapsed_seconds, 1e-9))
+            if queued is not None and not _report(s, queued, display):
+                return "diverged"
+            queued = _QueuedStep(s, result, seconds)
             if s.state.step % s.config.save_every == 0 or s.state.step == s.total_steps:
+                if not _report(s, queued, display):
+                    return "diverged"
+                queued = None
                 _checkpoint(s)
                 clock.lap()  # saving is not training time
     finally:
         say(display.__exit__, None, None, None)
     return "finished"
+
+
+class _QueuedStep:
+    """A step's metrics record, all but its loss and gradient norm, which the GPU may still be computing."""
+
+    def __init__(self, s: Session, result: StepResult, seconds: float) -> None:
+        reserved, peak = vram_now()
+        self.values = result.values
+        self.record = {
+            "step": s.state.step,
+            "epoch": round(s.state.step / s.steps_per_epoch, 4),
+            "loss": None,
+            "lr": s.scheduler.get_last_lr()[0],
+            "grad_norm": None,
+            "real_tokens": result.real_tokens,
+            "padded_tokens": result.padded_tokens,
+            "samples": result.samples,
+            "seconds": round(seconds, 4),
+            "tokens_per_second": round(result.real_tokens / max(seconds, 1e-9), 1),
+            "vram_reserved_bytes": reserved,
+            "vram_peak_bytes": peak,
+            "elapsed_seconds": round(s.state.elapsed_seconds, 3),
+        }
+        self.run_tokens_per_second = s.state.tokens_seen / max(s.state.elapsed_seconds, 1e-9)
+
+
+def _report(s: Session, queued: _QueuedStep, display: TrainingDisplay) -> bool:
+    """Read a queued step's loss: log it and show it; False, with the run set back to the step before, if the loss is
+    not finite."""
+    loss, grad_norm = queued.values.read()
+    step = queued.record["step"]
+    if not math.isfinite(loss):
+        s.card.events.append({"step": step, "event": "non-finite loss", "loss": str(loss)})
+        s.state.step = step - 1  # what the last checkpoint holds at best; the weights in memory are not kept
+        return False
+    record = {**queued.record, "loss": round(loss, 6), "grad_norm": round(grad_norm, 6)}
+    _guard_write(s, s.run.metrics.append, record)
+    say(display.update, step, loss, record["lr"], queued.run_tokens_per_second)
+    return True
 
 
 def _step_indices(s: Session, step: int) -> list[int]:
@@ -159,11 +188,10 @@ def _step_indices(s: Session, step: int) -> list[int]:
 
 @dataclass(frozen=True)
 class StepResult:
-    loss: float          # mean cross-entropy per answer token
+    values: StepValues   # loss per answer token and gradient norm, read when needed (StepValues.read)
     real_tokens: int     # non-padding tokens
     padded_tokens: int   # tokens computed, padding included
     samples: int
-    grad_norm: float
 
 
 def train_step(s: Session, indices: list[int]) -> StepResult:
@@ -174,17 +202,28 @@ def train_step(s: Session, indices: list[int]) -> StepResult:
                                  s.pad_multiple)
     # A rank with fewer micro-batches (none: its share of a short last step is empty) still joins the collectives
     batches = s.cluster.even_out(batches, lambda: masked(collate([s.examples[indices[0]]], pad_id)))
-    loss, grad_norm = optimizer_step(
-        s.model, batches, s.optimizer, s.scheduler, s.scaler, s.compute_dtype, s.config.max_grad_norm, s.cluster
+    values = optimizer_step(
+        s.model, batches, s.optimizer, s.scheduler, s.scaler, s.compute_dtype, s.config.max_grad_norm, s.cluster,
+        s.step_graphs,
     )
+    if s.step_graphs is not None and s.step_graphs.failure:
+        _stop_recording(s, s.step_graphs.failure)
     real_tokens, padded_tokens = s.cluster.sum(sum(b["real_tokens"] for b in batches),
                                                sum(b["input_ids"].numel() for b in batches if b["real_tokens"]))
-    return StepResult(loss, int(real_tokens), int(padded_tokens), len(indices), grad_norm)
+    return StepResult(values, int(real_tokens), int(padded_tokens), len(indices))
 
 
 def _recover_from_oom(s: Session) -> None:
-    """Halve the micro-batch token budget and redo the step: the effective batch, and so the maths, stay the same."""
+    """Redo the step with less memory: first without recorded steps (their graphs keep every shape's activations
+    in a pool of their own, a few percent above eager steps at the plan's largest shape), then at half the micro-batch
+    token budget. The effective batch, and so the maths, stay the same."""
     s.optimizer.zero_grad(set_to_none=True)
+    if s.step_graphs is not None:
+        _stop_recording(s, "CUDA out of memory")
+        torch.cuda.empty_cache()
+        warn("CUDA out of memory with recorded steps: training eagerly from here (the same training, slower), at the "
+             "same micro-batch budget; redoing the step.")
+        return
     torch.cuda.empty_cache()
     longest_row = max(s.lengths)
     if s.state.token_budget <= longest_row:
@@ -196,6 +235,14 @@ def _recover_from_oom(s: Session) -> None:
     s.state.oom_events += 1
     s.card.events.append({"step": s.state.step + 1, "event": "cuda_oom", "new_token_budget": s.state.token_budget})
     warn(f"CUDA out of memory: micro-batch budget lowered to {s.state.token_budget:,} tokens; redoing the step.")
+
+
+def _stop_recording(s: Session, why: str) -> None:
+    """Train eagerly from here on: the same training; the graphs' memory is freed."""
+    s.step_graphs = None
+    s.pad_multiple = PAD_MULTIPLE[s.card.train["compile_style"]]
+    s.card.train["cuda_graphs"] = False
+    s.card.events.append({"step": s.state.step + 1, "event": "cuda_graphs_off", "reason": why})
 
 
 def _stop_compiling(s: Session, error: Exception) -> None:
@@ -270,6 +317,7 @@ def finish(s: Session, status: str) -> RunCard:
     if not s.cluster.is_main:  # rank 0 evaluates, saves the adapter and records the run
         card.status, card.steps = status, s.state.step
         return card
+    s.step_graphs = None  # their memory goes back before evaluation
     if status == "finished" and s.config.eval_examples:
         card.metrics["eval_after"] = evaluate(s, "after fine-tuning")
     if status in ("finished", "interrupted"):

@@ -52,6 +52,7 @@ class TrainConfig:
     trust_remote_code: bool = False
     keep_checkpoints: int = 2
     compile: bool = False            # torch.compile each decoder layer (model.compile_layers); speed only
+    cuda_graphs: bool = True         # record each step as CUDA graphs where it can (step_graphs.py); speed only
 
     def __post_init__(self) -> None:
         checks = (

@@ -14,7 +14,12 @@ from pathlib import Path
 import torch
 from rich.markup import escape
 
-from falcon_desktop.checkpoint import TrainerState, list_checkpoints, load_newest_checkpoint
+from falcon_desktop.attention import make_graph_safe
+from falcon_desktop.checkpoint import (
+    TrainerState,
+    list_checkpoints,
+    load_newest_checkpoint,
+)
 from falcon_desktop.console import info, warn
 from falcon_desktop.data import fingerprint, split_by_article, tokenize_records
 from falcon_desktop.distributed import Cluster
@@ -30,10 +35,17 @@ from falcon_desktop.model import (
     load_base_model,
     set_checkpointing,
 )
-from falcon_desktop.optim import make_optimizer, schedule_phases, warmup_cosine_phases
+from falcon_desktop.optim import (
+    make_optimizer,
+    micro_batch_backward,
+    schedule_phases,
+    warmup_cosine_phases,
+)
 from falcon_desktop.plan import Plan
 from falcon_desktop.runs import RunCard, RunDir
 from falcon_desktop.shapes import load_shape
+from falcon_desktop.step_graphs import PAD_MULTIPLE as GRAPHS_PAD_MULTIPLE
+from falcon_desktop.step_graphs import StepGraphs, graphs_unavailable
 from falcon_desktop.train_config import TrainConfig
 
 
@@ -60,7 +72,8 @@ class Session:
     card: RunCard
     schedules: dict[int, list[list[int]]] = field(default_factory=dict)  # epoch -> its steps' example indices
     cluster: Cluster = field(default_factory=Cluster)  # this process's rank of a multi-GPU run (distributed.py)
-    pad_multiple: int = 1  # micro-batch lengths round up to it for compiled layers (model.PAD_MULTIPLE)
+    pad_multiple: int = 1  # micro-batch lengths round up to it for compiled layers and recorded steps
+    step_graphs: StepGraphs | None = None  # the steps' CUDA graphs (step_graphs.py); None: eager steps
 
 
 def check_local_model(model: str) -> None:
@@ -131,6 +144,8 @@ def setup(config: TrainConfig, plan: Plan, card: RunCard | None, report, cluster
     lr_factor = warmup_cosine_phases(phases, config.warmup_fraction)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     state = TrainerState(token_budget=plan.micro_batch_size * plan.max_seq_len)
+    scaler = torch.amp.GradScaler(loaded.device.type, enabled=loaded.compute_dtype == torch.float16)
+    graphs = _step_graphs(config, plan, model, style, cluster, loaded.compute_dtype, scaler, loaded.device)
 
     if card is not None:
         if card.data.get("fingerprint") not in (None, data_card["fingerprint"]):
@@ -147,15 +162,33 @@ def setup(config: TrainConfig, plan: Plan, card: RunCard | None, report, cluster
     )
     card.status, card.trainable_params, card.total_steps, card.schedule = "running", trainable, total_steps, phases
     # How this command runs: --max-steps and --compile may change on resume.
-    card.train = {**card.train, "max_steps": config.max_steps, "compile": config.compile, "compile_style": style}
+    card.train = {**card.train, "max_steps": config.max_steps, "compile": config.compile, "compile_style": style,
+                  "cuda_graphs": graphs is not None}
     if cluster.is_main:
         card.write(run.root)
     return Session(
         config, plan, run, model, loaded.tokenizer, loaded.device, loaded.compute_dtype, examples,
         [len(e.input_ids) for e in examples], eval_records, steps_per_epoch, total_steps, optimizer, scheduler,
-        torch.amp.GradScaler(loaded.device.type, enabled=loaded.compute_dtype == torch.float16), state, card,
-        cluster=cluster, pad_multiple=PAD_MULTIPLE[style],
+        scaler, state, card, cluster=cluster,
+        pad_multiple=GRAPHS_PAD_MULTIPLE if graphs else PAD_MULTIPLE[style], step_graphs=graphs,
     )
+
+
+def _step_graphs(config: TrainConfig, plan: Plan, model, style: str, cluster: Cluster, compute_dtype: torch.dtype,
+                 scaler: torch.amp.GradScaler, device: torch.device) -> StepGraphs | None:
+    """The run's recorded steps, where it can record them (step_graphs.py); says why not on a GPU that cannot."""
+    if not config.cuda_graphs:
+        return None
+    why_not = graphs_unavailable(device.type, plan.checkpoint_layers, style, cluster.distributed)
+    if why_not:
+        if device.type == "cuda":
+            info(f"Training steps run eagerly, not as CUDA graphs: {why_not}.")
+        return None
+    make_graph_safe(model)  # Falcon's head split copies an index to the GPU at every call, which cannot be recorded
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    info("Recording the training step as CUDA graphs, once per batch shape at its first step; lengths pad to "
+         f"multiples of {GRAPHS_PAD_MULTIPLE}.")
+    return StepGraphs(micro_batch_backward(cluster.loss_function(model), compute_dtype, scaler, device), trainable)
 
 
 def _resume_state(run: RunDir, model, optimizer, scheduler, fresh: TrainerState, total_steps: int,

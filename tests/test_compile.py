@@ -139,6 +139,7 @@ def _answer_loss_gradients(model_dir: Path, targets: tuple[str, ...], compiled: 
 
     from falcon_desktop.attention import causal_fast_path
     from falcon_desktop.distributed import AnswerLoss
+    from falcon_desktop.loss import answer_targets
     from falcon_desktop.model import ModelSettings, add_lora, compile_layers, load_base_model, set_checkpointing
 
     torch.manual_seed(0)
@@ -157,7 +158,7 @@ def _answer_loss_gradients(model_dir: Path, targets: tuple[str, ...], compiled: 
     labels[:, :8] = -100
     torch.manual_seed(1)  # the dropout masks
     with causal_fast_path(model):
-        AnswerLoss(model)(input_ids, labels).backward()
+        AnswerLoss(model)(input_ids, *answer_targets(labels)).backward()
     return {name: p.grad.double() for name, p in model.named_parameters() if p.requires_grad}
 
 
@@ -232,6 +233,7 @@ def _dropout_gradients(model_dir: Path, checkpoint_layers: int, dropout: float =
 
     from falcon_desktop.attention import causal_fast_path
     from falcon_desktop.distributed import AnswerLoss
+    from falcon_desktop.loss import answer_targets
     from falcon_desktop.model import ModelSettings, add_lora, compile_layers, load_base_model, set_checkpointing
 
     torch.manual_seed(0)
@@ -243,14 +245,15 @@ def _dropout_gradients(model_dir: Path, checkpoint_layers: int, dropout: float =
     set_checkpointing(model, checkpoint_layers)
     compile_layers(model, "kernels")
     model.train()
-    input_ids = torch.randint(0, 100, (4, 32), generator=torch.Generator().manual_seed(1)).cuda()
+    input_ids = torch.randint(0, 100, (4, 32), generator=torch.Generator().manual_seed(1))
     labels = input_ids.clone()
     labels[:, :16] = -100
+    input_ids, targets = input_ids.cuda(), [t.cuda() for t in answer_targets(labels)]
     for _ in range(3):  # the first calls compile
         torch.manual_seed(123)
         model.zero_grad(set_to_none=True)
         with causal_fast_path(model), torch.autocast("cuda", dtype=torch.bfloat16):
-            AnswerLoss(model)(input_ids, labels).backward()
+            AnswerLoss(model)(input_ids, *targets).backward()
     gradients = {name: p.grad.float().cpu() for name, p in model.named_parameters() if p.requires_grad}
     torch._dynamo.reset()
     return gradients

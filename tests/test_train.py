@@ -38,6 +38,7 @@ def test_train_writes_a_complete_run_directory(tiny_model_dir: Path, tmp_path: P
     assert last < first - 0.1, (first, last)
     card = json.loads((run / "run.json").read_text(encoding="utf-8"))
     assert card["status"] == "finished" and card["steps"] == 12
+    assert card["train"]["cuda_graphs"] is False  # the CPU runs eager steps
     assert card["quantization"]["quantized_layers"] == card["quantization"]["linear_layers"] == 8
     assert set(card["metrics"]) >= {"eval_before", "eval_after", "final_loss"}
     assert card["metrics"]["eval_after"]["total"] == 4

@@ -53,6 +53,11 @@ def register(subparsers: argparse._SubParsersAction, formatter: type[argparse.He
                           "checkpointed 24 GiB plan: docs/benchmarks.md) after 1-3 minutes of compiling, so for long "
                           "runs; needs Triton on a GPU (Windows: the triton-windows package) and a C++ compiler on the "
                           "CPU; a resumed run compiles only if given it again")
+    run.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=defaults.cuda_graphs,
+                     help="record each training step's forward and backward as CUDA graphs, one per batch shape, and "
+                          "replay them (on a CUDA GPU when no layer is checkpointed and without --compile; no "
+                          "compiler needed): the same training with far fewer kernel launches, which small models "
+                          "wait on; --no-cuda-graphs runs every step eagerly")
     run.add_argument("--strict", action="store_true", help="fail on any dropped data record")
     run.add_argument("--trust-remote-code", action="store_true", help="run the model repository's own Python code")
     run.add_argument("--force", action="store_true", help="train even when the plan says it does not fit")
@@ -62,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction, formatter: type[argparse.He
 
 # Flags that may differ on --resume: they steer this invocation, not what the run learns.
 _FREE_ON_RESUME = {"resume", "max_steps", "device", "force", "dry_run", "overwrite", "run", "verb", "gpus", "argv",
-                   "sharding", "compile"}
+                   "sharding", "compile", "cuda_graphs"}
 
 
 def _refuse_changed_settings(args: argparse.Namespace) -> None:

@@ -33,6 +33,7 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
         strict_data=args.strict,
         trust_remote_code=args.trust_remote_code,
         compile=args.compile,
+        cuda_graphs=args.cuda_graphs,
         **given,
     )
 
@@ -75,5 +76,5 @@ def resume_settings(args: argparse.Namespace) -> tuple[TrainConfig, Plan]:
     config = TrainConfig.from_json({**card.train, "output": str(run_dir)})
     if args.max_steps:
         config = replace(config, max_steps=args.max_steps)
-    # Speed, not maths: a resumed run compiles (or not) as this command says.
-    return replace(config, compile=args.compile), Plan.from_json(card.plan)
+    # Speed, not maths: a resumed run compiles and records CUDA graphs (or not) as this command says.
+    return replace(config, compile=args.compile, cuda_graphs=args.cuda_graphs), Plan.from_json(card.plan)
