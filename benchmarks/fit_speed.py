@@ -39,6 +39,7 @@ BOUNDS = {
     "lora_element_seconds": (3e-12, 15e-12), "layer_seconds": (3e-3, 7e-3), "lora_module_seconds": (0.1e-3, 0.6e-3),
     "nf4_linear_seconds": (0.0, 0.3e-3), "forward_share": (0.5, 1.0), "micro_batch_seconds": (0.005, 0.05),
     "step_seconds": (0.02, 0.10), "unhidden_share": (0.0, 0.3),
+    "recorded_launch_share": (0.0, 0.3), "recorded_step_seconds": (0.0, 0.05),
 }
 
 

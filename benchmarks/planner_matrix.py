@@ -101,7 +101,8 @@ def plan_for(shape: ModelShape, target_set: str, cap_gib: float, gpu: str, effec
     """The plan `falcon-desktop plan --gpu GPU --vram CAP --examples N --lora-targets ...` prints."""
     card = GpuSpec.from_table(gpu_model(gpu), "--gpu", int(cap_gib * GIB))
     request = PlanRequest(method="qlora", lora_targets=lora_targets(shape, target_set),
-                          effective_batch_size=effective_batch, examples=examples)
+                          effective_batch_size=effective_batch, examples=examples,
+                          cuda_graphs=False)  # run_row times the trainer's eager steps (Session without step_graphs)
     return make_plan(shape, card, request)
 
 

@@ -73,9 +73,10 @@ def _listed_row(spec: dict, shape: ModelShape) -> SpeedRow:
         card = GpuSpec.from_table(gpu_model(spec["gpu"]), vram_bytes=int(spec["plan_vram_gib"] * GIB))
         request = PlanRequest(method=spec["method"], lora_targets=targets, lora_r=spec.get("lora_r", 16),
                               effective_batch_size=spec["effective_batch"],
-                              mean_tokens_per_example=spec["tokens_per_example"])
+                              mean_tokens_per_example=spec["tokens_per_example"],
+                              cuda_graphs=spec.get("recorded", False))  # rows before session 9 ran eager steps
         plan = make_plan(shape, card, request)
-        bound = plan.reasons["estimated_tokens_per_second"].split("-")[0]
+        bound = plan.reasons["estimated_tokens_per_second"].split(" ")[0].split("-")[0]
         settings = (f"plan at {spec['plan_vram_gib']} GiB: {plan.micro_batch_size}x{plan.max_seq_len}, "
                     f"{plan.checkpoint_layers} ckpt")
         return SpeedRow(settings=settings, estimated=plan.estimated_tokens_per_second, bound=bound, **common)
@@ -111,7 +112,7 @@ def speed_rows() -> list[SpeedRow]:
     listed = json.loads((RESULTS / "speed-measured.json").read_text(encoding="utf-8"))["rows"]
     return (_matrix_rows("falcon-7b", shapes["falcon-7b"])
             + _matrix_rows("llama-1b", shapes["llama-1b"])
-            + [_listed_row(spec, load_shape(spec["model"])) for spec in listed])
+            + [_listed_row(spec, shapes.get(spec["model"]) or load_shape(spec["model"])) for spec in listed])
 
 
 def main() -> int:

@@ -67,6 +67,7 @@ class PlanRequest:
     price_per_kwh: float = 0.30               # electricity, in your currency per kWh
     gpus: int = 1                             # GPUs of one run; effective_batch_size is the global batch
     sharding: str = "auto"                    # auto | ddp | fsdp (auto: ddp when the model fits one GPU)
+    cuda_graphs: bool = True                  # train records its steps where it can (train --no-cuda-graphs: off)
 
     def __post_init__(self) -> None:
         if self.lora_targets is not None and not isinstance(self.lora_targets, tuple):
@@ -381,9 +382,11 @@ def _estimate_time(shape: ModelShape, gpu: GpuSpec | None, request: PlanRequest,
     known."""
     if request.method == "inference" or gpu is None or gpu.bf16_tflops is None:
         return None, None
+    # As the trainer decides (step_graphs.graphs_unavailable): recorded where no layer is checkpointed, on one GPU.
+    recorded = request.cuda_graphs and request.gpus == 1 and choice.checkpoint_layers == 0
     workload = Workload(request.method, targets, trainable, request.effective_batch_size,
                         choice.micro_batch_size * choice.seq_len, min(request.mean_tokens_per_example, choice.seq_len),
-                        choice.checkpoint_layers, c.labelled_token_fraction)
+                        choice.checkpoint_layers, c.labelled_token_fraction, recorded=recorded)
     speed = estimate_speed(shape, workload, gpu.bf16_tflops)
     tokens = request.dataset_tokens
     return speed, None if tokens is None else tokens * request.epochs / speed.tokens_per_second / 3600
@@ -459,7 +462,9 @@ def cost_estimates(shape: ModelShape, request: PlanRequest, plan: Plan,
                        "cost": kwh * request.price_per_kwh}
     cloud = []
     for instance in CLOUD_PRICES if request.method != "inference" else ():
-        card = _decide(shape, GpuSpec.from_table(gpu_model(instance.gpu)), replace(request, gpus=1), coefficients)
+        # One card's plan; several cards train with DDP, whose steps are not recorded (step_graphs.py).
+        per_card = replace(request, gpus=1, cuda_graphs=request.cuda_graphs and instance.gpu_count == 1)
+        card = _decide(shape, GpuSpec.from_table(gpu_model(instance.gpu)), per_card, coefficients)
         speed = (card.estimated_tokens_per_second or 0) * instance.gpu_count  # ideal data-parallel scaling
         row: dict[str, Any] = {"provider": instance.provider, "instance": instance.instance, "gpu": instance.gpu,
                                "gpu_count": instance.gpu_count, "usd_per_hour": instance.usd_per_hour,

@@ -76,9 +76,22 @@ class SpeedCoefficients:
     # the loss's labelled positions, the gradient norm). Fitted to none since session 8: the per-micro-batch and
     # per-layer costs account for SmolLM2 at 32 rows vs 16 and the ~1B Llama at 512x32 vs 512x16.
     unhidden_share: float = 0.0
+    # --- Recorded steps (step_graphs.py: where no layer is checkpointed, `train` replays each micro-batch as a CUDA
+    # graph, its rows padded to RECORDED_PAD tokens; the host's launch work is gone, and a step's loss is read after
+    # the next is queued, so the host's work per step hides behind the GPU's). Fitted in session 9 on the four H200
+    # runs of benchmarks/results/step-graphs-h200/long/ (train defaults, whole H200: SmolLM2-135M and ~1B Llama
+    # shapes, Falcon-7B on all four targets and on query_key_value), recordings of new shapes included: a grid over
+    # the two, least worst error (+0.4%, +6.9%, -6.9%, +4.7%; docs/planner.md). ---
+    # The GPU still runs the recorded kernels one after another, each with its fixed start-up: this share of the
+    # eager launch work remains, as GPU time. SmolLM2: 9,091 kernels in 35.7 ms of kernel time a step.
+    recorded_launch_share: float = 0.11
+    # Per optimizer step that the queueing does not hide (the recordings of new shapes, amortised; graph launch).
+    recorded_step_seconds: float = 0.006
 
 
 SPEED = SpeedCoefficients()
+# Recorded micro-batches pad their length to a multiple of this (step_graphs.PAD_MULTIPLE; no torch import here).
+RECORDED_PAD = 64
 
 
 # Real examples are not one length, and the trainer's steps are bucketed by length (`schedule_steps` sorts each
@@ -104,6 +117,7 @@ class Workload:
     checkpoint_layers: int
     labelled_fraction: float        # share of tokens the LM head and loss see
     length_spread: tuple[float, ...] = SQUAD_LENGTH_SPREAD   # step lengths / mean length, equally likely
+    recorded: bool = False          # steps replayed as CUDA graphs (step_graphs.py), not launched eagerly
 
 
 @dataclass(frozen=True)
@@ -114,7 +128,7 @@ class SpeedEstimate:
     gpu_seconds: float              # one micro-batch's GPU work, at the mean length
     cpu_seconds: float              # one micro-batch's CPU launch work
     dequantize_seconds: float       # the 4-bit dequantization within gpu_seconds (0 on a 16-bit base)
-    bound: str                      # "compute" | "overhead"
+    bound: str                      # "compute" | "overhead" | "recorded" (CUDA graphs: the GPU's work alone)
 
     def reason(self, gpu_name: str, tflops: float, c: SpeedCoefficients = SPEED) -> str:
         """Which bound sets the speed, with the figures behind it."""
@@ -124,6 +138,13 @@ class SpeedEstimate:
                    f"{1000 * self.cpu_seconds:,.0f} ms of CPU kernel launches; "
                    f"{self.micro_batches:.3g} micro-batch(es) + {1000 * c.step_seconds:.0f} ms per optimizer step; "
                    "calibrated on H100/H200 runs (docs/planner.md)")
+        if self.bound == "recorded":
+            return (f"recorded as CUDA graphs (no layer checkpointed): per micro-batch {1000 * self.gpu_seconds:,.0f} "
+                    f"ms of GPU work (FLOPs at {c.compute_efficiency:.0%} of {gpu_name}'s {tflops:g} TFLOPS, adapter "
+                    f"traffic{', 4-bit dequantization' if self.dequantize_seconds else ''}) plus "
+                    f"{1000 * c.recorded_launch_share * self.cpu_seconds:,.0f} ms of kernel start-ups, lengths padded "
+                    f"to {RECORDED_PAD}; {self.micro_batches:.3g} micro-batch(es) per optimizer step; calibrated on "
+                    "H200 runs (docs/planner.md)")
         if self.bound == "compute":
             return f"compute-bound: {figures}"
         return f"overhead-bound (the GPU waits on the CPU's kernel launches; a slower CPU is slower): {figures}"
@@ -172,14 +193,19 @@ def estimate_speed(shape: ModelShape, workload: Workload, tflops: float,
     tokens = seconds = micro_batches = 0.0
     for share in workload.length_spread:
         length = max(1, round(share * workload.tokens_per_example))
-        micro = micro_batches_per_step(workload, length)
-        step_tokens = workload.effective_batch_size * length
-        work = _micro_batch(shape, workload, step_tokens / micro, length, tflops, c)
-        tokens += step_tokens
-        seconds += micro * (max(work.gpu, work.cpu) + c.unhidden_share * min(work.gpu, work.cpu)) + c.step_seconds
+        computed = -(-length // RECORDED_PAD) * RECORDED_PAD if workload.recorded else length
+        micro = micro_batches_per_step(workload, computed)
+        work = _micro_batch(shape, workload, workload.effective_batch_size * computed / micro, computed, tflops, c)
+        tokens += workload.effective_batch_size * length
+        if workload.recorded:
+            seconds += micro * (work.gpu + c.recorded_launch_share * work.cpu) + c.recorded_step_seconds
+        else:
+            seconds += micro * (max(work.gpu, work.cpu) + c.unhidden_share * min(work.gpu, work.cpu)) + \
+                c.step_seconds
         micro_batches += micro
     steps = len(workload.length_spread)
     typical = _micro_batch(shape, workload, workload.effective_batch_size * workload.tokens_per_example /
                            micro_batches_per_step(workload), workload.tokens_per_example, tflops, c)
+    bound = "recorded" if workload.recorded else "compute" if typical.gpu >= typical.cpu else "overhead"
     return SpeedEstimate(tokens / seconds, seconds / steps, micro_batches / steps, typical.gpu, typical.cpu,
-                         typical.dequantize, "compute" if typical.gpu >= typical.cpu else "overhead")
+                         typical.dequantize, bound)

@@ -32,7 +32,8 @@ def gpu(name: str) -> GpuSpec:
 
 BENCHMARK = _benchmark()
 ROWS = BENCHMARK.speed_rows()
-MEASURED_ROWS = 42  # 13 H200 Falcon-7B + 9 H100 ~1B Llama matrix steps + 20 H200 runs (results/speed-measured.json)
+MEASURED_ROWS = 46  # 13 H200 Falcon-7B + 9 H100 ~1B Llama matrix steps + 24 H200 runs (results/speed-measured.json,
+#                    4 of them with recorded steps)
 
 
 def test_every_measured_row_is_compared():
@@ -84,11 +85,25 @@ def test_micro_batches_follow_the_token_budget():
 
 
 def test_plan_reason_names_the_bound():
-    plan = make_plan(load_shape("smollm2-135m"), gpu("H200"), PlanRequest())
-    assert plan.reasons["estimated_tokens_per_second"].startswith("overhead-bound")
-    assert plan.estimated_tokens_per_second < 30_000   # the FLOPs-only model said ~822,070
+    eager = make_plan(load_shape("smollm2-135m"), gpu("H200"), PlanRequest(cuda_graphs=False))
+    assert eager.reasons["estimated_tokens_per_second"].startswith("overhead-bound")
+    assert eager.estimated_tokens_per_second < 30_000   # the FLOPs-only model said ~822,070
     plan = make_plan(load_shape("falcon-7b"), gpu("RTX 4090"), PlanRequest())
-    assert plan.reasons["estimated_tokens_per_second"].startswith("compute-bound")
+    assert plan.checkpoint_layers > 0 and plan.reasons["estimated_tokens_per_second"].startswith("compute-bound")
+
+
+def test_recorded_steps_are_priced_where_the_trainer_records_them():
+    """Where no layer is checkpointed on one GPU, `train` replays recorded steps (step_graphs.py): the launch work is
+    gone, so a small model runs several times faster; a checkpointed plan, or several GPUs, still run eager steps."""
+    recorded = make_plan(load_shape("smollm2-135m"), gpu("H200"), PlanRequest())
+    eager = make_plan(load_shape("smollm2-135m"), gpu("H200"), PlanRequest(cuda_graphs=False))
+    assert recorded.checkpoint_layers == 0 and recorded.reasons["estimated_tokens_per_second"].startswith("recorded")
+    assert recorded.estimated_tokens_per_second > 4 * eager.estimated_tokens_per_second
+    checkpointed = make_plan(load_shape("falcon-7b"), gpu("RTX 4090"), PlanRequest())
+    assert checkpointed.estimated_tokens_per_second == make_plan(
+        load_shape("falcon-7b"), gpu("RTX 4090"), PlanRequest(cuda_graphs=False)).estimated_tokens_per_second
+    two_gpus = make_plan(load_shape("smollm2-135m"), gpu("H200"), PlanRequest(gpus=2))
+    assert "recorded" not in two_gpus.reasons["estimated_tokens_per_second"]
 
 
 def _matrix():

@@ -108,6 +108,8 @@ def request_from_args(args: argparse.Namespace):
         mean_tokens_per_example=args.mean_tokens, epochs=args.epochs, micro_batch_size=args.micro_batch,
         gradient_checkpointing=args.checkpointing, price_per_kwh=args.price_per_kwh,
         gpus=args.gpus if isinstance(args.gpus, int) else 1, sharding=args.sharding,
+        # `train` flags; `plan` prices train's default. --compile replaces recorded steps with its own.
+        cuda_graphs=getattr(args, "cuda_graphs", True) and not getattr(args, "compile", False),
     )
 
 
