@@ -16,7 +16,8 @@ What is the same on both sides, and how:
   the Unsloth side ("unsloth") wherever our plan checkpoints any layer, off where it checkpoints none.
 `--compile`: our side compiles its decoder layers too (Unsloth always compiles its own; each pays it in the warm-up
 steps); our micro-batches are then padded as the trainer pads them (to multiples of 8, or 64 where it replays CUDA
-graphs: model.PAD_MULTIPLE), and the Unsloth side gets those same padded batches.
+graphs: model.PAD_MULTIPLE), and the Unsloth side gets those same padded batches; so are the batches of a run whose
+steps `train` recorded as CUDA graphs (to 64, step_graphs.py).
 Each side runs in its own process (Unsloth patches transformers when imported, so it is imported first there);
 an Unsloth failure is recorded as its error text in the JSON instead of ending the benchmark.
 Reported per side: real (non-padding) tokens/s after the warm-up steps, peak reserved VRAM, the loss per optimizer
@@ -91,6 +92,7 @@ def trainer_batches(card: dict, model_dir: str) -> list[list[dict]]:
         tokenize_records,
     )
     from falcon_desktop.model import PAD_MULTIPLE, load_tokenizer
+    from falcon_desktop.step_graphs import PAD_MULTIPLE as GRAPHS_PAD_MULTIPLE
 
     plan, train = card["plan"], card["train"]
     tokenizer = load_tokenizer(model_dir)
@@ -101,8 +103,10 @@ def trainer_batches(card: dict, model_dir: str) -> list[list[dict]]:
     batch = plan["effective_batch_size"]
     steps_per_epoch = math.ceil(len(examples) / batch)
     budget = plan["micro_batch_size"] * plan["max_seq_len"]
-    # Cards written before compile_style was recorded padded compiled runs to 8 ("kernels").
-    pad_multiple = PAD_MULTIPLE[train.get("compile_style", "kernels" if train.get("compile") else "eager")]
+    # Cards written before compile_style was recorded padded compiled runs to 8 ("kernels"); recorded steps pad to 64
+    # (a run that stopped recording mid-way says cuda_graphs false: its first steps were padded all the same).
+    pad_multiple = GRAPHS_PAD_MULTIPLE if train.get("cuda_graphs") else \
+        PAD_MULTIPLE[train.get("compile_style", "kernels" if train.get("compile") else "eager")]
     schedules: dict[int, list[list[int]]] = {}
     steps = []
     for step in range(card["total_steps"]):

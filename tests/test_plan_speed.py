@@ -153,3 +153,22 @@ def test_the_fit_prices_every_row_as_the_planner_does():
     for row, listed in zip(rows, held):
         assert (row.measured, row.priced.tokens_per_second) == (listed.measured, listed.estimated)
         assert math.exp(row.errors(fit.SPEED)[0]) - 1 == pytest.approx(listed.error)
+
+
+def test_small_model_plans_give_up_checkpointing_for_recorded_steps():
+    """Recorded steps need no checkpointed layer; where the speed model expects them 1.5x faster than the bigger
+    micro-batch that needs checkpointing, the plan takes the largest micro-batch that needs none (same length)."""
+    eight_gib = GpuSpec.from_table(gpu_model("H200"), vram_bytes=8 * 2**30)
+    eager = make_plan(load_shape("smollm2-135m"), eight_gib, PlanRequest(cuda_graphs=False))
+    recorded = make_plan(load_shape("smollm2-135m"), eight_gib, PlanRequest())
+    assert eager.checkpoint_layers > 0 and recorded.checkpoint_layers == 0
+    assert recorded.max_seq_len == eager.max_seq_len and recorded.micro_batch_size < eager.micro_batch_size
+    assert recorded.estimated_tokens_per_second >= 1.5 * eager.estimated_tokens_per_second
+    assert "records its steps as CUDA graphs" in recorded.reasons["micro_batch_size"]
+    assert recorded.fits and recorded.peak_vram_bytes <= recorded.vram_budget_bytes
+    # A forced micro-batch, or a 7B model whose recorded gain is below 1.5x, keeps the memory-first choice.
+    forced = make_plan(load_shape("smollm2-135m"), eight_gib, PlanRequest(micro_batch_size=16))
+    assert forced.micro_batch_size == 16 and forced.checkpoint_layers > 0
+    falcon = make_plan(load_shape("falcon-7b"), gpu("RTX 4090"), PlanRequest())
+    assert falcon.checkpoint_layers > 0 and falcon == make_plan(load_shape("falcon-7b"), gpu("RTX 4090"),
+                                                                PlanRequest(cuda_graphs=False))
