@@ -255,6 +255,7 @@ def _stop_compiling(s: Session, error: Exception) -> None:
                                  "from the last checkpoint.") from None
     s.card.events.append({"step": s.state.step + 1, "event": "compile_failed", "error": message})
     s.card.train["compile_style"] = "eager"
+    s.pad_multiple = PAD_MULTIPLE["eager"]  # as the card now says: eager layers need no padded lengths
     warn(f"{escape(message)}. Continuing without it: eager layers, slower, the same training.")
 
 
