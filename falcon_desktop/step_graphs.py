@@ -99,9 +99,12 @@ class StepGraphs:
         positions, targets = answer_targets(labels, answer_slots(count_label_tokens(labels)))
         key = (*input_ids.shape, len(positions))
         recording = self.recordings.get(key)
-        if recording is None:
-            if len(self.recordings) >= self.limit:
-                return None
+        if recording is not None:
+            for static, value in zip(recording.inputs, (input_ids, positions, targets)):
+                static.copy_(value.pin_memory(), non_blocking=True)  # from pageable memory the host would wait
+        elif len(self.recordings) >= self.limit:
+            return None
+        else:  # a new shape: its graph reads tensors made from this micro-batch
             inputs = tuple(t.to(self.device) for t in (input_ids, positions, targets))
             if not self.recordings:  # the first: run it eagerly, off the main stream, before recording (see _warm_up)
                 loss_sum = self._warm_up(inputs)
@@ -110,8 +113,6 @@ class StepGraphs:
             recording = self._record(key, inputs)
             if recording is None:
                 return None
-        for static, value in zip(recording.inputs, (input_ids, positions, targets)):
-            static.copy_(value.pin_memory(), non_blocking=True)  # from pageable memory the host would wait
         recording.graph.replay()
         return recording.loss_sum
 
