@@ -22,7 +22,7 @@ import sys
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 
-import falcon_desktop.plan as planner
+import falcon_desktop.plan_time as plan_time
 from falcon_desktop.plan_speed import SPEED, SpeedCoefficients, Workload, estimate_speed
 from falcon_desktop.shapes import ModelShape
 
@@ -92,7 +92,7 @@ def fit_rows(hold: tuple[str, ...] = ()) -> list[FitRow]:
     """Every row to fit: planner_speed's and the planner matrix's, their known misses left out but for those whose
     name contains a `hold` string."""
     recorder = Recorder()
-    planner.estimate_speed = planner_speed.estimate_speed = recorder  # the two callers of the speed model
+    plan_time.estimate_speed = planner_speed.estimate_speed = recorder  # the two callers of the speed model
     try:
         rows = [FitRow(f"{row.gpu} {row.name} [{row.settings}]", row.measured, recorder.pricing(row.estimated))
                 for row in planner_speed.speed_rows()
@@ -114,7 +114,7 @@ def fit_rows(hold: tuple[str, ...] = ()) -> list[FitRow]:
             rows.append(FitRow(name, measured["tokens_per_second"], recorder.pricing(plan.estimated_tokens_per_second),
                                hours_ratio))
     finally:
-        planner.estimate_speed = planner_speed.estimate_speed = estimate_speed
+        plan_time.estimate_speed = planner_speed.estimate_speed = estimate_speed
     return rows
 
 

@@ -4,6 +4,7 @@
 the requested method: the largest micro-batch that fits with a safety margin, gradient accumulation up to the
 effective batch, as few checkpointed layers as fit, the optimizer, the compute dtype, and the longest sequence that
 fits when the requested one does not. When nothing fits it says so and lists the nearest settings that do.
+The time it takes, and the one choice speed decides (recorded steps), are `plan_time.py`'s.
 Pure Python: no torch or transformers import anywhere in this module.
 """
 
@@ -23,8 +24,8 @@ from falcon_desktop.plan_memory import COEFFICIENTS, INFERENCE_DTYPES, METHODS, 
 from falcon_desktop.plan_parallel import (
     SCALING_EFFICIENCY, SHARDINGS, ShardedPricer, choose_sharding, per_gpu_request, speed_reason,
 )
-from falcon_desktop.plan_search import Choice, Pricer, best_fit, choose_training, least_memory, longest_fitting_seq
-from falcon_desktop.plan_speed import SpeedEstimate, Workload, estimate_speed
+from falcon_desktop.plan_search import Choice, Pricer, choose_training, least_memory, longest_fitting_seq
+from falcon_desktop.plan_time import estimate_reason, estimate_time, prefer_recorded
 from falcon_desktop.shapes import ALL_LINEAR, DEFAULT_LORA_TARGETS, ModelShape, valid_lora_targets
 
 if TYPE_CHECKING:
@@ -324,9 +325,11 @@ def _decide(shape: ModelShape, gpu: GpuSpec | None, request: PlanRequest, c: Pla
     else:
         reasons["optimizer"] = "paged 8-bit AdamW: the least memory (no GPU budget to fit)"
     choice = choice or least_memory(pricer)
+    trainable = (shape.total_params if request.method == "full" else
+                 shape.lora_parameters(targets, request.lora_r) if targets else 0)
     recorded_reason = None
-    if training and usable is not None and whole.gpus == 1:
-        choice, recorded_reason = _prefer_recorded(shape, gpu, request, choice, targets, usable, c)
+    if usable is not None:  # a choice that speed, not memory, decides (plan_time.py)
+        choice, recorded_reason = prefer_recorded(shape, gpu, request, choice, targets, trainable, usable, c)
     breakdown = pricer.breakdown(choice)
     peak = sum(breakdown.values())
     fits = usable is not None and peak <= usable
@@ -341,10 +344,8 @@ def _decide(shape: ModelShape, gpu: GpuSpec | None, request: PlanRequest, c: Pla
         reasons["max_seq_len"] = "the prompt (context + question) the KV cache holds"
     dtype, reasons["compute_dtype"] = compute_dtype_for(gpu)
     reasons["fits"] = _fit_reason(peak, gpu, c, fits)
-    trainable = (shape.total_params if request.method == "full" else
-                 shape.lora_parameters(targets, request.lora_r) if targets else 0)
-    speed, hours = _estimate_time(shape, gpu, request, choice, targets, trainable, c)
-    reasons["estimated_tokens_per_second"] = _speed_reason(gpu, request, speed)
+    speed, hours = estimate_time(shape, gpu, request, choice, targets, trainable, c)
+    reasons["estimated_tokens_per_second"] = estimate_reason(gpu, request, speed)
     tokens_per_second = speed.tokens_per_second * whole.gpus * SCALING_EFFICIENCY[sharding] if speed else None
     if speed and whole.gpus > 1:
         hours = hours and hours * speed.tokens_per_second / tokens_per_second
@@ -378,63 +379,6 @@ def _fit_reason(peak: int, gpu: GpuSpec | None, c: PlannerCoefficients, fits: bo
     margin = f"{c.safety_margin_fraction:.0%} of {gpu.vram_bytes / GIB:.1f} GiB kept free"
     return (f"{peak / GIB:.1f} GiB predicted peak, within the budget ({margin})" if fits else
             f"{peak / GIB:.1f} GiB predicted peak exceeds the budget ({margin})")
-
-
-def _records(request: PlanRequest) -> bool:
-    """Whether `train` would record the steps of a plan without checkpointed layers (step_graphs.py)."""
-    return request.cuda_graphs and request.gpus == 1 and request.method in ("lora", "qlora")
-
-
-# A plan gives up its bigger micro-batch (and the checkpointing that fits it) for no checkpointing, whose steps the
-# trainer records as CUDA graphs, only where the speed model expects this much more: the recorded-step model was
-# fitted on four H200 runs (within ±7%), none of them under a cap.
-RECORDED_MIN_GAIN = 1.5
-
-
-def _prefer_recorded(shape: ModelShape, gpu: GpuSpec | None, request: PlanRequest, choice: Choice,
-                     targets: tuple[str, ...], usable: float, c: PlannerCoefficients) -> tuple[Choice, str | None]:
-    """The largest micro-batch that needs no checkpointed layer at the same length, where the trainer would record
-    its steps and the speed model expects it RECORDED_MIN_GAIN times faster than `choice`; with the reason."""
-    if not (choice.checkpoint_layers and _records(request) and request.micro_batch_size is None
-            and request.gradient_checkpointing is None):
-        return choice, None
-    unchecked = best_fit(Pricer(shape, replace(request, gradient_checkpointing=False), targets, c), choice.optimizer,
-                         usable)
-    if unchecked is None or unchecked.seq_len != choice.seq_len:
-        return choice, None
-    trainable = shape.lora_parameters(targets, request.lora_r) if targets else shape.total_params
-    speeds = [_estimate_time(shape, gpu, request, option, targets, trainable, c)[0] for option in (choice, unchecked)]
-    if None in speeds or speeds[1].tokens_per_second < RECORDED_MIN_GAIN * speeds[0].tokens_per_second:
-        return choice, None
-    return unchecked, (f"{unchecked.micro_batch_size} rows, the most that fit with no layer checkpointed, so that "
-                       f"`train` records its steps as CUDA graphs: ~{speeds[1].tokens_per_second:,.0f} tokens/s "
-                       f"estimated against ~{speeds[0].tokens_per_second:,.0f} for {choice.micro_batch_size} rows "
-                       f"with {choice.checkpoint_layers} checkpointed layers (eager steps)")
-
-
-def _estimate_time(shape: ModelShape, gpu: GpuSpec | None, request: PlanRequest, choice: Choice,
-                   targets: tuple[str, ...], trainable: int,
-                   c: PlannerCoefficients) -> tuple[SpeedEstimate | None, float | None]:
-    """The speed model's estimate for this choice (plan_speed.py), and the hours for the dataset when its size is
-    known."""
-    if request.method == "inference" or gpu is None or gpu.bf16_tflops is None:
-        return None, None
-    # As the trainer decides (step_graphs.graphs_unavailable): recorded where no layer is checkpointed, on one GPU.
-    recorded = _records(request) and choice.checkpoint_layers == 0
-    workload = Workload(request.method, targets, trainable, request.effective_batch_size,
-                        choice.micro_batch_size * choice.seq_len, min(request.mean_tokens_per_example, choice.seq_len),
-                        choice.checkpoint_layers, c.labelled_token_fraction, recorded=recorded)
-    speed = estimate_speed(shape, workload, gpu.bf16_tflops)
-    tokens = request.dataset_tokens
-    return speed, None if tokens is None else tokens * request.epochs / speed.tokens_per_second / 3600
-
-
-def _speed_reason(gpu: GpuSpec | None, request: PlanRequest, speed: SpeedEstimate | None) -> str:
-    if request.method == "inference":
-        return "no estimate for inference (memory-bandwidth bound, not modelled)"
-    if gpu is None or gpu.bf16_tflops is None or speed is None:
-        return "no estimate: the card's peak FLOPS are unknown (pass --gpu NAME)"
-    return speed.reason(gpu.name, gpu.bf16_tflops)
 
 
 def _alternatives(shape: ModelShape, gpu: GpuSpec | None, request: PlanRequest,
