@@ -14,8 +14,10 @@ recorded once for the whole run; `begin_step` puts them back and zeroes them, wh
 `.grad` in between. Dropout draws new masks at every replay (PyTorch advances its generator per replay). The graphs
 share one memory pool: one replays at a time, and its output (the summed loss) is read before the next.
 
-Where it runs (`graphs_unavailable`): one CUDA process, no checkpointed layer (torch.utils.checkpoint saves and restores
-the random generator's state, which a recording cannot do), no `--compile` (which records its own graphs). If a
+Checkpointed layers draw their dropout masks from random streams of their own, registered with every recording,
+so that their recomputation inside backward draws the forward's masks (recorded_checkpoint.py).
+
+Where it runs (`graphs_unavailable`): one CUDA process, no `--compile` (which records its own graphs). If a
 model's forward cannot be recorded (it waits on the GPU, say), the recordings stop with a warning and the run goes
 on eagerly: the same training, slower.
 """
@@ -31,6 +33,7 @@ from falcon_desktop.console import warn
 from falcon_desktop.cuda_graphs import clear_failed_recording
 from falcon_desktop.errors import first_line
 from falcon_desktop.loss import answer_targets, count_label_tokens
+from falcon_desktop.recorded_checkpoint import CheckpointStreams, can_swap_generator_state
 
 # Micro-batch lengths round up to this multiple for recorded steps, as for `--compile`'s CUDA graphs: each new length
 # costs a recording (about one eager step of host time), and at most 8 lengths fit in 512 tokens.
@@ -52,8 +55,9 @@ def graphs_unavailable(device_type: str, checkpoint_layers: int, compile_style: 
         return "not with several GPUs yet"
     if compile_style != "eager":
         return "--compile records its own CUDA graphs"
-    if checkpoint_layers:
-        return f"{checkpoint_layers} layers are checkpointed (a recording cannot replay their random masks)"
+    if checkpoint_layers and not can_swap_generator_state():
+        return (f"{checkpoint_layers} layers are checkpointed, and PyTorch {torch.__version__} cannot give their "
+                "recomputation its dropout masks inside a recording (a newer PyTorch can)")
     return None
 
 
@@ -72,8 +76,10 @@ class _Recording:
 class StepGraphs:
     """Runs `backward` (one micro-batch's forward and backward) as a CUDA graph per micro-batch shape."""
 
-    def __init__(self, backward: MicroBatchBackward, parameters: list[torch.Tensor], limit: int = MAX_GRAPHS) -> None:
+    def __init__(self, backward: MicroBatchBackward, parameters: list[torch.Tensor], limit: int = MAX_GRAPHS,
+                 streams: CheckpointStreams | None = None) -> None:
         self.backward = backward
+        self.streams = streams  # the checkpointed layers' random streams, if any
         self.parameters = parameters
         self.device = parameters[0].device
         self.gradients = [torch.zeros_like(p) for p in parameters]  # where every recording accumulates
@@ -82,6 +88,7 @@ class StepGraphs:
         self.pool = torch.cuda.graph_pool_handle()
         self.limit = limit
         self.failure: str | None = None  # why recording stopped; the run goes on eagerly
+        self.warmed_up = False
 
     def begin_step(self, label_tokens: int) -> None:
         """Before a step's first micro-batch: the recorded gradients back in `.grad`, zeroed, and the loss scale."""
@@ -105,8 +112,11 @@ class StepGraphs:
         elif len(self.recordings) >= self.limit:
             return None
         else:  # a new shape: its graph reads tensors made from this micro-batch
+            if self._outgrows(key):
+                self._empty_pool()
             inputs = tuple(t.to(self.device) for t in (input_ids, positions, targets))
-            if not self.recordings:  # the first: run it eagerly, off the main stream, before recording (see _warm_up)
+            if not self.warmed_up:  # the first: run it eagerly, off the main stream, before recording (see _warm_up)
+                self.warmed_up = True
                 loss_sum = self._warm_up(inputs)
                 self._record(key, inputs)
                 return loss_sum
@@ -115,6 +125,25 @@ class StepGraphs:
                 return None
         recording.graph.replay()
         return recording.loss_sum
+
+    def _outgrows(self, key: tuple[int, int, int]) -> bool:
+        """Whether a new shape computes more tokens than every recorded one.
+
+        Each recording keeps the addresses it used, and the graphs share one pool, which a smaller shape recorded
+        after a bigger one fits into, but a bigger one recorded later grows. Recorded in the order its shapes came,
+        the ~1.1B Llama's 24 GiB plan (21.6 GiB predicted) reserved 23.3 GiB by step 7 and ran out of memory at step
+        23; with the pool emptied at each new largest shape, 100 steps peaked at 22.2 GiB (H200, docs/benchmarks.md,
+        "Recorded steps with checkpointed layers"). So a new largest shape empties the pool and is recorded first;
+        the others are recorded again, into its blocks, when they come back.
+        """
+        tokens = key[0] * key[1]
+        return bool(self.recordings) and tokens > max(rows * length for rows, length, _ in self.recordings)
+
+    def _empty_pool(self) -> None:
+        torch.cuda.synchronize(self.device)  # the last replay may still be running in the pool
+        self.recordings.clear()
+        self.pool = torch.cuda.graph_pool_handle()
+        torch.cuda.empty_cache()
 
     def _warm_up(self, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """CUDA's rule for recording: run the work once on a side stream first, so libraries create their handles and
@@ -130,6 +159,8 @@ class StepGraphs:
     def _record(self, key: tuple[int, int, int], inputs: tuple[torch.Tensor, ...]) -> _Recording | None:
         """Record `backward` over `inputs` (nothing runs); None, with the recordings stopped, where it cannot be."""
         graph = torch.cuda.CUDAGraph()
+        if self.streams is not None:
+            self.streams.register(graph)
         try:
             with torch.cuda.graph(graph, pool=self.pool):
                 loss_sum = self.backward(*inputs, self.scale)
@@ -137,7 +168,7 @@ class StepGraphs:
             raise
         except Exception as error:  # whatever the model's code does that a recording cannot hold
             self.failure = first_line(error)[:300]
-            self.recordings.clear()
+            self.close()
             clear_failed_recording(self.device)
             warn(f"Cannot record the training step as a CUDA graph ({self.failure}); training eagerly: the same "
                  "training, slower.")
@@ -146,3 +177,15 @@ class StepGraphs:
             torch.cuda.empty_cache()  # the eager warm-up's activations: recorded steps use the graphs' pool instead
         self.recordings[key] = recording = _Recording(graph, inputs, loss_sum)
         return recording
+
+    def reseed(self, seed: int, step: int) -> None:
+        """The checkpointed layers' dropout masks for step `step` of a run seeded `seed`."""
+        if self.streams is not None:
+            self.streams.reseed(seed, step)
+
+    def close(self) -> None:
+        """Stop recording: the graphs go, and checkpointed layers keep their masks as in eager steps."""
+        self.recordings.clear()
+        if self.streams is not None:
+            self.streams.release()
+            self.streams = None

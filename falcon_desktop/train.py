@@ -198,6 +198,8 @@ def train_step(s: Session, indices: list[int]) -> StepResult:
     """One optimizer step over the examples `indices`."""
     pad_id = s.tokenizer.pad_token_id
     s.cluster.seed_step(s.config.seed, s.state.step)
+    if s.step_graphs is not None:
+        s.step_graphs.reseed(s.config.seed, s.state.step)
     batches = step_micro_batches(s.examples, s.cluster.shard(indices), s.lengths, s.state.token_budget, pad_id,
                                  s.pad_multiple)
     # A rank with fewer micro-batches (none: its share of a short last step is empty) still joins the collectives
@@ -239,6 +241,7 @@ def _recover_from_oom(s: Session) -> None:
 
 def _stop_recording(s: Session, why: str) -> None:
     """Train eagerly from here on: the same training; the graphs' memory is freed."""
+    s.step_graphs.close()
     s.step_graphs = None
     s.pad_multiple = PAD_MULTIPLE[s.card.train["compile_style"]]
     s.card.train["cuda_graphs"] = False
@@ -318,7 +321,9 @@ def finish(s: Session, status: str) -> RunCard:
     if not s.cluster.is_main:  # rank 0 evaluates, saves the adapter and records the run
         card.status, card.steps = status, s.state.step
         return card
-    s.step_graphs = None  # their memory goes back before evaluation
+    if s.step_graphs is not None:  # their memory goes back before evaluation
+        s.step_graphs.close()
+        s.step_graphs = None
     if status == "finished" and s.config.eval_examples:
         card.metrics["eval_after"] = evaluate(s, "after fine-tuning")
     if status in ("finished", "interrupted"):

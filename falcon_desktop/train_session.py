@@ -32,6 +32,7 @@ from falcon_desktop.model import (
     compile_style,
     compile_tip,
     compile_unavailable,
+    decoder_layers,
     load_base_model,
     set_checkpointing,
 )
@@ -42,6 +43,7 @@ from falcon_desktop.optim import (
     warmup_cosine_phases,
 )
 from falcon_desktop.plan import Plan
+from falcon_desktop.recorded_checkpoint import CheckpointStreams
 from falcon_desktop.runs import RunCard, RunDir
 from falcon_desktop.shapes import load_shape
 from falcon_desktop.step_graphs import PAD_MULTIPLE as GRAPHS_PAD_MULTIPLE
@@ -186,9 +188,11 @@ def _step_graphs(config: TrainConfig, plan: Plan, model, style: str, cluster: Cl
         return None
     make_graph_safe(model)  # Falcon's head split copies an index to the GPU at every call, which cannot be recorded
     trainable = [p for p in model.parameters() if p.requires_grad]
+    streams = CheckpointStreams(decoder_layers(model), device) if plan.checkpoint_layers else None
     info("Recording the training step as CUDA graphs, once per batch shape at its first step; lengths pad to "
          f"multiples of {GRAPHS_PAD_MULTIPLE}.")
-    return StepGraphs(micro_batch_backward(cluster.loss_function(model), compute_dtype, scaler, device), trainable)
+    return StepGraphs(micro_batch_backward(cluster.loss_function(model), compute_dtype, scaler, device), trainable,
+                      streams=streams)
 
 
 def _resume_state(run: RunDir, model, optimizer, scheduler, fresh: TrainerState, total_steps: int,

@@ -85,15 +85,17 @@ def test_graphs_run_only_where_a_recording_can_replay_the_step():
     assert "CUDA GPU" in graphs_unavailable("cpu", 0, "eager", False)
     assert "several GPUs" in graphs_unavailable("cuda", 0, "eager", True)
     assert "--compile" in graphs_unavailable("cuda", 0, "graphs", False)
-    assert "3 layers are checkpointed" in graphs_unavailable("cuda", 3, "eager", False)
+    assert graphs_unavailable("cuda", 3, "eager", False) is None  # checkpointed layers draw from their own streams
 
 
 # --------------------------------------------------------------------------------------------- on a CUDA GPU
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-def _steps(model, batches_per_step: list[list[dict]], graphs: bool, loss_of=None) -> tuple[list[float], object]:
-    """Train with optimizer_step, recorded or eager; the losses and the graphs used."""
+def _steps(model, batches_per_step: list[list[dict]], graphs: bool, loss_of=None,
+           streams=None) -> tuple[list[float], object]:
+    """Train with optimizer_step, recorded or eager; the losses and the graphs used. `streams`: the checkpointed
+    layers' random streams (recorded_checkpoint.py), reseeded per step as `train` does."""
     from falcon_desktop.distributed import Cluster
     from falcon_desktop.optim import micro_batch_backward, optimizer_step
     from falcon_desktop.step_graphs import StepGraphs
@@ -106,15 +108,21 @@ def _steps(model, batches_per_step: list[list[dict]], graphs: bool, loss_of=None
     step_graphs = None
     if graphs:
         loss_of = loss_of or cluster.loss_function(model)
-        step_graphs = StepGraphs(micro_batch_backward(loss_of, torch.bfloat16, scaler, trainable[0].device), trainable)
-    losses = [optimizer_step(model, batches, optimizer, scheduler, scaler, torch.bfloat16, 1.0, cluster,
-                             step_graphs).read()[0] for batches in batches_per_step]
+        step_graphs = StepGraphs(micro_batch_backward(loss_of, torch.bfloat16, scaler, trainable[0].device), trainable,
+                                 streams=streams)
+    losses = []
+    for step, batches in enumerate(batches_per_step):
+        if streams is not None:
+            streams.reseed(0, step)
+        losses.append(optimizer_step(model, batches, optimizer, scheduler, scaler, torch.bfloat16, 1.0, cluster,
+                                     step_graphs).read()[0])
     return losses, step_graphs
 
 
 def _schedule() -> list[list[dict]]:
-    """Three shapes, each met more than once, two micro-batches in some steps."""
-    shapes = [[(4, 64)], [(4, 64), (2, 128)], [(2, 128)], [(4, 64), (2, 128)], [(3, 192)], [(3, 192)]]
+    """Three shapes, each met more than once, two micro-batches in some steps; the largest comes last, which
+    empties the graphs' pool, and a smaller one is recorded again after it."""
+    shapes = [[(4, 64)], [(4, 64), (2, 128)], [(2, 128)], [(4, 64), (2, 128)], [(3, 192)], [(3, 192)], [(4, 64)]]
     return [[_batch(rows, length, 5, seed=10 * step + i) for i, (rows, length) in enumerate(step_shapes)]
             for step, step_shapes in enumerate(shapes)]
 
@@ -122,17 +130,101 @@ def _schedule() -> list[list[dict]]:
 @pytest.mark.gpu
 @needs_cuda
 def test_recorded_steps_train_as_eager_steps(tiny_model_dir: Path):
-    """Six steps on the 4-bit tiny Falcon, three shapes, some steps of two micro-batches: the same losses and the
+    """Seven steps on the 4-bit tiny Falcon, three shapes, some steps of two micro-batches: the same losses and the
     same adapter weights, recorded or eager (dropout 0: masks aside, only rounding may differ)."""
     eager_model = _tiny_lora(tiny_model_dir, "cuda", quantize=True)
     eager, _ = _steps(eager_model, _schedule(), graphs=False)
     recorded_model = _tiny_lora(tiny_model_dir, "cuda", quantize=True)
     recorded, graphs = _steps(recorded_model, _schedule(), graphs=True)
-    assert graphs.failure is None and len(graphs.recordings) == 3
+    assert graphs.failure is None and set(graphs.recordings) == {(3, 192, 64), (4, 64, 64)}
     assert recorded == pytest.approx(eager, rel=2e-3)
     for (name, a), b in zip(eager_model.named_parameters(), recorded_model.parameters()):
         if a.requires_grad:
             assert ((a - b).norm() / a.norm()).item() < 2e-3, name
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_recorded_checkpointed_layers_train_as_eager_ones(tiny_model_dir: Path):
+    """Every layer checkpointed, dropout 0.3: recorded steps draw the masks eager steps draw from the same streams,
+    so the losses and the adapters match; and without dropout they match eager steps with no checkpointing."""
+    from falcon_desktop.model import decoder_layers, set_checkpointing
+    from falcon_desktop.recorded_checkpoint import CheckpointStreams
+
+    def checkpointed(dropout: float):
+        model = _tiny_lora(tiny_model_dir, "cuda", quantize=True, dropout=dropout)
+        set_checkpointing(model, len(decoder_layers(model)))
+        return model, CheckpointStreams(decoder_layers(model), torch.device("cuda"))
+
+    for dropout in (0.3, 0.0):
+        eager_model, eager_streams = checkpointed(dropout)
+        eager, _ = _steps(eager_model, _schedule(), graphs=False, streams=eager_streams)
+        recorded_model, streams = checkpointed(dropout)
+        recorded, graphs = _steps(recorded_model, _schedule(), graphs=True, streams=streams)
+        assert graphs.failure is None and len(graphs.recordings) == 2 and len(streams.pairs) == 2
+        assert recorded == pytest.approx(eager, rel=2e-3), dropout
+        for (name, a), b in zip(eager_model.named_parameters(), recorded_model.parameters()):
+            if a.requires_grad:
+                assert ((a - b).norm() / a.norm()).item() < 2e-3, (dropout, name)
+    unchecked, _ = _steps(_tiny_lora(tiny_model_dir, "cuda", quantize=True), _schedule(), graphs=False)
+    assert recorded == pytest.approx(unchecked, rel=2e-3)
+
+
+class _DroppedScale(torch.nn.Module):
+    """A checkpointed layer computing weight x dropout(x): with weight 1, the summed output is the sum over the
+    forward's mask and the weight's gradient the sum over the recomputation's: equal only if the masks are."""
+
+    gradient_checkpointing = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        from functools import partial
+
+        from torch.utils.checkpoint import checkpoint
+
+        self.weight = torch.nn.Parameter(torch.ones((), device="cuda"))
+        self.dropout = torch.nn.Dropout(0.5)
+        self._gradient_checkpointing_func = partial(checkpoint, use_reentrant=False, preserve_rng_state=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._gradient_checkpointing_func(lambda inputs: self.dropout(inputs) * self.weight, x)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_a_recorded_recomputation_draws_the_forwards_masks():
+    from falcon_desktop.recorded_checkpoint import CheckpointStreams
+
+    def record(layer: _DroppedScale, streams, size: int):
+        x = torch.rand(size, device="cuda")
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up, as CUDA wants before a recording
+            torch.autograd.grad(layer(x).sum(), layer.weight)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        if streams is not None:
+            streams.register(graph)
+        with torch.cuda.graph(graph):
+            total = layer(x).sum()
+            (gradient,) = torch.autograd.grad(total, layer.weight)
+        return graph, total, gradient
+
+    layer = _DroppedScale()
+    streams = CheckpointStreams([layer], torch.device("cuda"))
+    recordings = [record(layer, streams, size) for size in (4096, 1000)]
+    totals = set()
+    for step in range(3):
+        streams.reseed(7, step)
+        for graph, total, gradient in recordings * 2:  # two shapes, each replayed twice per step
+            graph.replay()
+            assert gradient.item() == pytest.approx(total.item(), rel=1e-6)
+            totals.add(round(total.item(), 3))
+    assert len(totals) > 6  # new masks at every replay
+    streams.release()  # torch.utils.checkpoint alone, told not to keep the generator's state: the masks differ
+    graph, total, gradient = record(layer, None, 4096)
+    graph.replay()
+    assert gradient.item() != pytest.approx(total.item(), rel=1e-3)
 
 
 @pytest.mark.gpu
@@ -198,10 +290,12 @@ def _train(model: Path, output: Path, *flags: str) -> subprocess.CompletedProces
 
 @pytest.mark.gpu
 @needs_cuda
-def test_train_records_its_steps_on_a_gpu(tiny_model_dir: Path, tmp_path: Path):
-    """`train` on a GPU records its steps by default (lengths padded to 64) and learns what eager steps learn."""
-    recorded, eager = _train(tiny_model_dir, tmp_path / "recorded"), _train(tiny_model_dir, tmp_path / "eager",
-                                                                             "--no-cuda-graphs")
+@pytest.mark.parametrize("checkpointing", ["--no-checkpointing", "--checkpointing"])
+def test_train_records_its_steps_on_a_gpu(tiny_model_dir: Path, tmp_path: Path, checkpointing: str):
+    """`train` on a GPU records its steps by default (lengths padded to 64), checkpointed layers or not, and learns
+    what eager steps learn."""
+    recorded = _train(tiny_model_dir, tmp_path / "recorded", checkpointing)
+    eager = _train(tiny_model_dir, tmp_path / "eager", checkpointing, "--no-cuda-graphs")
     assert recorded.returncode == 0 and eager.returncode == 0, recorded.stderr[-3000:] + eager.stderr[-3000:]
     assert "Recording the training step as CUDA graphs" in recorded.stdout + recorded.stderr
 
@@ -213,3 +307,4 @@ def test_train_records_its_steps_on_a_gpu(tiny_model_dir: Path, tmp_path: Path):
     assert [row["loss"] for row in got] == pytest.approx([row["loss"] for row in expected], rel=5e-3)
     card = json.loads((tmp_path / "recorded" / "run.json").read_text(encoding="utf-8"))
     assert card["status"] == "finished" and card["train"]["cuda_graphs"] is True and not card.get("events")
+    assert (card["plan"]["checkpoint_layers"] > 0) == (checkpointing == "--checkpointing")
