@@ -25,7 +25,7 @@ from falcon_desktop.plan_parallel import (
     SCALING_EFFICIENCY, SHARDINGS, ShardedPricer, choose_sharding, per_gpu_request, speed_reason,
 )
 from falcon_desktop.plan_search import Choice, Pricer, choose_training, least_memory, longest_fitting_seq
-from falcon_desktop.plan_time import estimate_reason, estimate_time, prefer_recorded
+from falcon_desktop.plan_time import best_speed, estimate_reason
 from falcon_desktop.shapes import ALL_LINEAR, DEFAULT_LORA_TARGETS, ModelShape, valid_lora_targets
 
 if TYPE_CHECKING:
@@ -206,6 +206,7 @@ class Plan:
     learning_rate: float | None = None  # adapter learning rate train uses unless --learning-rate; None: inference
     gpus: int = 1                      # GPUs of the run: memory figures are per GPU, speed and hours for all
     sharding: str = "none"             # none (one GPU) | ddp | fsdp (plan_parallel.py)
+    records_steps: bool = False        # train records its steps as CUDA graphs (plan_time.choose_recording)
 
     def to_json(self) -> dict[str, Any]:
         """Every field, JSON-safe (tuples become lists)."""
@@ -231,6 +232,9 @@ class Plan:
             capability = gpu.get("compute_capability")
             values["gpu"] = GpuSpec(**{**gpu, "compute_capability": tuple(capability) if capability else None})
         values["alternatives"] = tuple(Alternative(**item) for item in values.get("alternatives", ()))
+        # Plans saved before the planner chose: train recorded the steps wherever no layer was checkpointed.
+        adapters = values["method"] in ("lora", "qlora")
+        values.setdefault("records_steps", adapters and values["checkpoint_layers"] == 0)
         return cls(**values)
 
 
@@ -327,16 +331,11 @@ def _decide(shape: ModelShape, gpu: GpuSpec | None, request: PlanRequest, c: Pla
     choice = choice or least_memory(pricer)
     trainable = (shape.total_params if request.method == "full" else
                  shape.lora_parameters(targets, request.lora_r) if targets else 0)
-    recorded_reason = None
-    if usable is not None:  # a choice that speed, not memory, decides (plan_time.py)
-        choice, recorded_reason = prefer_recorded(shape, gpu, request, choice, targets, trainable, usable, c)
     breakdown = pricer.breakdown(choice)
     peak = sum(breakdown.values())
     fits = usable is not None and peak <= usable
     if training:
         reasons.update(_reasons_for(choice, request, shape.num_layers, fits))
-        if recorded_reason:
-            reasons["micro_batch_size"] = recorded_reason
     if usable is None:
         reasons["micro_batch_size"] = "no GPU budget: the least memory these settings can use"
     elif not training:
@@ -344,7 +343,9 @@ def _decide(shape: ModelShape, gpu: GpuSpec | None, request: PlanRequest, c: Pla
         reasons["max_seq_len"] = "the prompt (context + question) the KV cache holds"
     dtype, reasons["compute_dtype"] = compute_dtype_for(gpu)
     reasons["fits"] = _fit_reason(peak, gpu, c, fits)
-    speed, hours = estimate_time(shape, gpu, request, choice, targets, trainable, c)
+    records, why_recorded, speed, hours = best_speed(shape, gpu, request, choice, targets, trainable, c)
+    if training:
+        reasons["records_steps"] = why_recorded
     reasons["estimated_tokens_per_second"] = estimate_reason(gpu, request, speed)
     tokens_per_second = speed.tokens_per_second * whole.gpus * SCALING_EFFICIENCY[sharding] if speed else None
     if speed and whole.gpus > 1:
@@ -370,6 +371,7 @@ def _decide(shape: ModelShape, gpu: GpuSpec | None, request: PlanRequest, c: Pla
         estimated_tokens_per_second=tokens_per_second, estimated_hours=hours,
         reasons=reasons, gpu=gpu,
         parameter_counts=shape.parameter_counts(), learning_rate=learning_rate, gpus=whole.gpus, sharding=sharding,
+        records_steps=training and records,
     )
 
 

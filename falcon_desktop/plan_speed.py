@@ -76,9 +76,10 @@ class SpeedCoefficients:
     # the loss's labelled positions, the gradient norm). Fitted to none since session 8: the per-micro-batch and
     # per-layer costs account for SmolLM2 at 32 rows vs 16 and the ~1B Llama at 512x32 vs 512x16.
     unhidden_share: float = 0.0
-    # --- Recorded steps (step_graphs.py: where no layer is checkpointed, `train` replays each micro-batch as a CUDA
-    # graph, its rows padded to RECORDED_PAD tokens; the host's launch work is gone, and a step's loss is read after
-    # the next is queued, so the host's work per step hides behind the GPU's). Fitted in session 9 on the four H200
+    # --- Recorded steps (step_graphs.py: where the plan chooses them, plan_time.choose_recording, `train` replays
+    # each micro-batch as a CUDA graph, its rows padded to RECORDED_PAD tokens; the host's launch work is gone, and a
+    # step's loss is read after the next is queued, so the host's work per step hides behind the GPU's). Fitted in
+    # session 9 on the four H200
     # runs of benchmarks/results/step-graphs-h200/long/ (train defaults, whole H200: SmolLM2-135M and ~1B Llama
     # shapes, Falcon-7B on all four targets and on query_key_value), recordings of new shapes included: a grid over
     # the two, least worst error (+0.4%, +6.9%, -6.9%, +4.7%; docs/planner.md). ---

@@ -182,6 +182,8 @@ def _step_graphs(config: TrainConfig, plan: Plan, model, style: str, cluster: Cl
     if not config.cuda_graphs:
         return None
     why_not = graphs_unavailable(device.type, plan.checkpoint_layers, style, cluster.distributed)
+    if why_not is None and not plan.records_steps:
+        why_not = f"the plan chose eager steps ({plan.reasons.get('records_steps', 'no reason saved')})"
     if why_not:
         if device.type == "cuda":
             info(f"Training steps run eagerly, not as CUDA graphs: {why_not}.")

@@ -152,6 +152,23 @@ def test_the_detected_gpu_budget_is_its_free_memory(capsys, gpus):
     assert data["estimated_hours"] is not None
 
 
+def test_vram_caps_the_detected_gpu_and_keeps_its_speed(capsys, gpus):
+    """`train --vram 24` on an H200 emulates a 24 GiB card: the H200's speed with 24 GiB, so the plan can price its
+    steps (and choose recorded ones); without a GPU, --vram alone stays a card of unknown speed."""
+    from falcon_desktop.probe import GpuInfo
+
+    _, anonymous = plan_json(capsys, "--vram", "24", "--model", "llama-3.2-1b", "--batch-size", "32")
+    gpus.append(GpuInfo(0, "NVIDIA H200", 141 * GIB, 140 * GIB, (9, 0), 700.0, ()))
+    code, data = plan_json(capsys, "--vram", "24", "--model", "llama-3.2-1b", "--batch-size", "32")
+    assert code == 0
+    assert data["gpu"]["name"] == "NVIDIA H200" and data["gpu"]["source"] == "--vram"
+    assert data["vram_budget_bytes"] == 24 * GIB and data["gpu"]["bf16_tflops"] == 989.0
+    assert data["checkpoint_layers"] and data["records_steps"] and data["estimated_tokens_per_second"]
+    assert anonymous["gpu"]["bf16_tflops"] is None and not anonymous["records_steps"]
+    assert (anonymous["micro_batch_size"], anonymous["checkpoint_layers"]) == (data["micro_batch_size"],
+                                                                             data["checkpoint_layers"])
+
+
 def test_a_detected_card_missing_from_the_table_plans_memory_without_time(capsys, gpus):
     from falcon_desktop.probe import GpuInfo
 

@@ -70,7 +70,8 @@ def add_plan_arguments(parser: argparse.ArgumentParser, training: bool = False) 
     data.add_argument("--epochs", type=float, default=default.epochs, help="passes over the data (fractions allowed)")
     gpu = parser.add_argument_group("GPU (default: the one NVML reports)")
     gpu.add_argument("--vram", type=float, metavar="GB",
-                     help="memory budget in GiB (the size printed on the card: 24 for an RTX 4090)")
+                     help="memory budget in GiB (the size printed on the card: 24 for an RTX 4090); with a GPU "
+                          "present, its speed with this much memory (--gpu NAME for another card)")
     gpu.add_argument("--gpu", metavar="NAME", help='a card from the table, e.g. "RTX 4090", A10G, "A100 80GB"')
     if not training:  # train's --gpus (N or all) starts the processes too; its plan gets their number
         gpu.add_argument("--gpus", type=int, default=default.gpus,
@@ -114,7 +115,8 @@ def request_from_args(args: argparse.Namespace):
 
 
 def gpu_from_args(args: argparse.Namespace):
-    """--gpu (the table; --vram overrides its memory), else --vram alone, else the first GPU NVML reports."""
+    """--gpu (the table; --vram overrides its memory), else the first GPU NVML reports (--vram overrides its memory,
+    and its speed stays known: `train --vram 24` caps this card), else --vram alone."""
     from falcon_desktop.errors import UserError
     from falcon_desktop.hardware import gpu_model
     from falcon_desktop.plan import GpuSpec, detected_gpu
@@ -124,9 +126,12 @@ def gpu_from_args(args: argparse.Namespace):
     vram = None if args.vram is None else int(args.vram * GIB)
     if args.gpu:
         return GpuSpec.from_table(gpu_model(args.gpu), "--gpu", vram)
-    if vram is not None:
-        return GpuSpec(f"{args.vram:g} GiB GPU", vram, None, None, None, "--vram")
-    return detected_gpu()
+    detected = detected_gpu()
+    if vram is None:
+        return detected
+    if detected is not None:
+        return dataclasses.replace(detected, vram_bytes=vram, source="--vram")
+    return GpuSpec(f"{args.vram:g} GiB GPU", vram, None, None, None, "--vram")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -235,7 +240,8 @@ def _choice_table(plan):
         rows[:0] = [("sharding", plan.sharding), ("gpus", plan.gpus)]
     if plan.method != "inference":
         rows += [("gradient_accumulation_steps", plan.gradient_accumulation_steps),
-                 ("checkpoint_layers", plan.checkpoint_layers), ("optimizer", plan.optimizer)]
+                 ("checkpoint_layers", plan.checkpoint_layers), ("optimizer", plan.optimizer),
+                 ("records_steps", "yes (CUDA graphs)" if plan.records_steps else "no (eager)")]
     if plan.learning_rate is not None:
         rows.append(("learning_rate", f"{plan.learning_rate:g}"))
     for name, value in rows:

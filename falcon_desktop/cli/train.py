@@ -55,9 +55,9 @@ def register(subparsers: argparse._SubParsersAction, formatter: type[argparse.He
                           "CPU; a resumed run compiles only if given it again")
     run.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=defaults.cuda_graphs,
                      help="record each training step's forward and backward as CUDA graphs, one per batch shape, and "
-                          "replay them (on a CUDA GPU when no layer is checkpointed and without --compile; no "
-                          "compiler needed): the same training with far fewer kernel launches, which small models "
-                          "wait on; --no-cuda-graphs runs every step eagerly")
+                          "replay them (on a CUDA GPU, without --compile, where the plan expects a gain: its "
+                          "records_steps; no compiler needed): the same training with far fewer kernel launches, "
+                          "which small models wait on; --no-cuda-graphs runs every step eagerly")
     run.add_argument("--strict", action="store_true", help="fail on any dropped data record")
     run.add_argument("--trust-remote-code", action="store_true", help="run the model repository's own Python code")
     run.add_argument("--force", action="store_true", help="train even when the plan says it does not fit")
