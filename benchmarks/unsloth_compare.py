@@ -104,9 +104,10 @@ def trainer_batches(card: dict, model_dir: str) -> list[list[dict]]:
     steps_per_epoch = math.ceil(len(examples) / batch)
     budget = plan["micro_batch_size"] * plan["max_seq_len"]
     # Cards written before compile_style was recorded padded compiled runs to 8 ("kernels"); recorded steps pad to 64
-    # (a run that stopped recording mid-way says cuda_graphs false: its first steps were padded all the same).
-    pad_multiple = GRAPHS_PAD_MULTIPLE if train.get("cuda_graphs") else \
-        PAD_MULTIPLE[train.get("compile_style", "kernels" if train.get("compile") else "eager")]
+    # (a run that stopped recording mid-way says cuda_graphs false, and when: its steps before that were recorded).
+    unrecorded_pad = PAD_MULTIPLE[train.get("compile_style", "kernels" if train.get("compile") else "eager")]
+    stops = [event["step"] for event in card.get("events", []) if event.get("event") == "cuda_graphs_off"]
+    recorded_until = card["total_steps"] if train.get("cuda_graphs") else min(stops, default=1) - 1
     schedules: dict[int, list[list[int]]] = {}
     steps = []
     for step in range(card["total_steps"]):
@@ -114,6 +115,7 @@ def trainer_batches(card: dict, model_dir: str) -> list[list[dict]]:
         if epoch not in schedules:
             schedules[epoch] = schedule_steps(lengths, batch, train["seed"], epoch)
         indices = schedules[epoch][index]
+        pad_multiple = GRAPHS_PAD_MULTIPLE if step < recorded_until else unrecorded_pad
         steps.append(step_micro_batches(examples, indices, lengths, budget, tokenizer.pad_token_id, pad_multiple))
     return steps
 

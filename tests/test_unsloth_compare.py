@@ -142,3 +142,15 @@ def test_a_compiled_side_feeds_unsloth_its_padded_batches(tiny_model_dir: Path,
     fed = torch.load(out / "batches.pt", weights_only=True)
     widths = [batch["input_ids"].shape[1] for step in fed for batch in step]
     assert widths and all(width % 8 == 0 for width in widths)
+
+
+def test_steps_recorded_before_recording_stopped_are_rebuilt_padded_to_64(benchmark_out: Path) -> None:
+    """A run whose recorded steps ran out of memory at step 2 trained step 1 padded to 64 (recorded) and the rest
+    eagerly, unpadded: the rebuilt batches follow the card's event."""
+    card = json.loads((benchmark_out / "ours-run" / "run.json").read_text(encoding="utf-8"))
+    card["train"]["cuda_graphs"] = False
+    card["events"] = [{"step": 2, "event": "cuda_graphs_off", "reason": "CUDA out of memory"}]
+    steps = _compare().trainer_batches(card, card["train"]["model"])
+    widths = [[batch["input_ids"].shape[1] for batch in step] for step in steps]
+    assert all(width % 64 == 0 for width in widths[0])
+    assert any(width % 64 for step in widths[1:] for width in step)
