@@ -30,6 +30,11 @@ How each model is measured, for speed on a lent GPU:
   Paged 8-bit AdamW's states live in CUDA managed memory, outside the allocator, and are not in it (a few MB of
   adapter states here).
 - An out-of-memory error ends the row and is recorded (the trainer would halve its micro-batch and go on).
+- `--recorded` plans as `train` does, recorded steps where the plan records them (plan_time.choose_recording), and
+  gives the trainer's step its CUDA graphs as `train` would (`train_session.make_step_graphs`). The timed steps run
+  once more in the warm-up, so their shapes are recorded before they are timed: the timed steps are the steady state
+  (the speed model carries the recordings of new shapes in its per-step constant). Such rows say `recorded`, and
+  `table` plans them again the same way; without it the plan is `--no-cuda-graphs` and the steps eager.
 
 `table` compares the committed measurements with the planner as it is now: each row is planned again from the
 model's config.json stored in the result, so a recalibration shows at once; a row whose plan has changed since it
@@ -88,6 +93,7 @@ class MatrixSettings:
     warmup_steps: int = WARMUP_STEPS
     steps: int = TIMED_STEPS
     deadline: float = float("inf")  # time.time() after which no new row starts
+    recorded: bool = False          # plan as `train` does and record the steps where the plan records them
 
 
 def lora_targets(shape: ModelShape, target_set: str) -> tuple[str, ...]:
@@ -97,12 +103,12 @@ def lora_targets(shape: ModelShape, target_set: str) -> tuple[str, ...]:
 
 
 def plan_for(shape: ModelShape, target_set: str, cap_gib: float, gpu: str, effective_batch: int,
-             examples: int) -> Plan:
-    """The plan `falcon-desktop plan --gpu GPU --vram CAP --examples N --lora-targets ...` prints."""
+             examples: int, recorded: bool = False) -> Plan:
+    """The plan `falcon-desktop plan --gpu GPU --vram CAP --examples N --lora-targets ...` prints; without
+    `recorded`, with `--no-cuda-graphs` (the rows measured before `--recorded` timed eager steps)."""
     card = GpuSpec.from_table(gpu_model(gpu), "--gpu", int(cap_gib * GIB))
     request = PlanRequest(method="qlora", lora_targets=lora_targets(shape, target_set),
-                          effective_batch_size=effective_batch, examples=examples,
-                          cuda_graphs=False)  # run_row times the trainer's eager steps (Session without step_graphs)
+                          effective_batch_size=effective_batch, examples=examples, cuda_graphs=recorded)
     return make_plan(shape, card, request)
 
 
@@ -205,14 +211,17 @@ def measure_row(loaded, shape: ModelShape, model_dir: Path, examples: Examples, 
     import torch
 
     from falcon_desktop.checkpoint import TrainerState
+    from falcon_desktop.distributed import Cluster
     from falcon_desktop.model import add_lora, set_checkpointing
     from falcon_desktop.optim import make_optimizer, warmup_cosine
+    from falcon_desktop.runs import RunCard
+    from falcon_desktop.step_graphs import PAD_MULTIPLE as GRAPHS_PAD_MULTIPLE
     from falcon_desktop.train import train_step
     from falcon_desktop.train_config import TrainConfig
-    from falcon_desktop.train_session import Session, fit_plan_to_device
+    from falcon_desktop.train_session import Session, fit_plan_to_device, make_step_graphs
 
     epoch = examples.at(PlanRequest.max_seq_len)
-    plan = plan_for(shape, target_set, cap_gib, settings.gpu, settings.effective_batch, len(epoch))
+    plan = plan_for(shape, target_set, cap_gib, settings.gpu, settings.effective_batch, len(epoch), settings.recorded)
     epoch = examples.at(plan.max_seq_len)
     lengths = [len(example.input_ids) for example in epoch]
     started = time.perf_counter()
@@ -220,6 +229,8 @@ def measure_row(loaded, shape: ModelShape, model_dir: Path, examples: Examples, 
                            "gpu": settings.gpu, "effective_batch": settings.effective_batch,
                            "epoch_examples": len(epoch), "epoch_tokens": sum(lengths), "plan": plan_summary(plan),
                            "predicted": predictions(plan)}
+    if settings.recorded:
+        row.update(recorded=True, records_steps=plan.records_steps)
     if not plan.fits:
         row["status"] = "plan does not fit"
         return row, loaded.model
@@ -233,17 +244,25 @@ def measure_row(loaded, shape: ModelShape, model_dir: Path, examples: Examples, 
     optimizer = make_optimizer(model, run_plan.optimizer, run_plan.learning_rate, loaded.device)
     steps_per_epoch = -(-len(epoch) // settings.effective_batch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps_per_epoch, config.warmup_fraction))
-    session = Session(  # what train_step reads; no run folder, card or evaluation
+    scaler = torch.amp.GradScaler(loaded.device.type, enabled=loaded.compute_dtype == torch.float16)
+    graphs = (make_step_graphs(config, run_plan, model, "eager", Cluster(), loaded.compute_dtype, scaler,
+                               loaded.device) if settings.recorded else None)
+    session = Session(  # what train_step reads; no run folder or evaluation, a card only for a recording's failure
         config=config, plan=run_plan, run=None, model=model, tokenizer=loaded.tokenizer, device=loaded.device,
         compute_dtype=loaded.compute_dtype, examples=epoch, lengths=lengths, eval_records=[],
         steps_per_epoch=steps_per_epoch, total_steps=steps_per_epoch, optimizer=optimizer, scheduler=scheduler,
-        scaler=torch.amp.GradScaler(loaded.device.type, enabled=loaded.compute_dtype == torch.float16),
-        state=TrainerState(token_budget=run_plan.micro_batch_size * run_plan.max_seq_len), card=None,
+        scaler=scaler, state=TrainerState(token_budget=run_plan.micro_batch_size * run_plan.max_seq_len),
+        card=RunCard(model=str(model_dir), status="running", train={"compile_style": "eager", "cuda_graphs": True}),
+        pad_multiple=GRAPHS_PAD_MULTIPLE if graphs else 1, step_graphs=graphs,
     )
+    steps = choose_steps(lengths, settings.effective_batch, config.seed, settings.warmup_steps, settings.steps)
+    warmup = settings.warmup_steps
+    if settings.recorded:  # the timed steps once more in the warm-up: their shapes are recorded before the timing
+        warmup += settings.steps
+        steps = steps[:settings.warmup_steps] + steps[settings.warmup_steps:] * 2
     log, oom = [], False
     try:
-        for number, indices in enumerate(choose_steps(lengths, settings.effective_batch, config.seed,
-                                                      settings.warmup_steps, settings.steps)):
+        for number, indices in enumerate(steps):
             session.state.step = number
             if cuda:
                 torch.cuda.synchronize()
@@ -255,7 +274,7 @@ def measure_row(loaded, shape: ModelShape, model_dir: Path, examples: Examples, 
                         "padded_tokens": result.padded_tokens, "loss": round(result.values.read()[0], 5)})
     except torch.cuda.OutOfMemoryError:
         oom = True
-    timed = log[settings.warmup_steps:]
+    timed = log[warmup:]
     seconds = sum(step["seconds"] for step in timed)
     speed = sum(step["real_tokens"] for step in timed) / seconds if timed and not oom else None
     row.update(status="oom" if oom else "ok", measured={
@@ -265,8 +284,12 @@ def measure_row(loaded, shape: ModelShape, model_dir: Path, examples: Examples, 
         "peak_allocated_bytes": torch.cuda.max_memory_allocated() if cuda else None,
         "outside_allocator_bytes": outside,
         "device": torch.cuda.get_device_name() if cuda else "cpu",
-        "warmup_steps": settings.warmup_steps, "steps": log, "row_seconds": round(time.perf_counter() - started, 1),
+        "warmup_steps": warmup, "steps": log, "row_seconds": round(time.perf_counter() - started, 1),
     })
+    if settings.recorded:  # whether the steps were recorded in the end (a GPU, no failure or OOM on the way)
+        row["measured"]["recorded_steps"] = session.step_graphs is not None
+        if session.step_graphs is not None:
+            session.step_graphs.close()
     optimizer.zero_grad(set_to_none=True)
     bare = model.unload()
     del session, model, optimizer, scheduler
@@ -358,7 +381,8 @@ def table_line(name: str, row: dict, plan: dict, predicted: dict) -> str:
 def replanned(document: dict, row: dict) -> tuple[dict, dict]:
     """The planner's plan and predictions for a measured row, as the planner decides today."""
     shape = shape_from_config(document["models"][row["model"]]["config"], row["model"], "directory")
-    plan = plan_for(shape, row["targets"], row["cap_gib"], row["gpu"], row["effective_batch"], row["epoch_examples"])
+    plan = plan_for(shape, row["targets"], row["cap_gib"], row["gpu"], row["effective_batch"], row["epoch_examples"],
+                    row.get("recorded", False))
     return plan_summary(plan), predictions(plan)
 
 
@@ -413,6 +437,8 @@ def run(args: argparse.Namespace) -> int:
               "--warmup-steps", str(args.warmup_steps), "--steps", str(args.steps), "--deadline", str(deadline)]
     if args.tokenizer:
         common += ["--tokenizer", args.tokenizer]
+    if args.recorded:
+        common.append("--recorded")
     try:
         for name in args.models.split(","):
             if time.time() > deadline:
@@ -439,7 +465,7 @@ def settings_from(args: argparse.Namespace) -> MatrixSettings:
                           target_sets=tuple(args.targets.split(",")),
                           caps_gib=tuple(float(cap) for cap in args.caps.split(",")),
                           effective_batch=args.effective_batch, warmup_steps=args.warmup_steps, steps=args.steps,
-                          deadline=args.deadline)
+                          deadline=args.deadline, recorded=args.recorded)
 
 
 def main() -> int:
@@ -460,6 +486,9 @@ def main() -> int:
         command.add_argument("--effective-batch", type=int, default=PlanRequest.effective_batch_size)
         command.add_argument("--warmup-steps", type=int, default=WARMUP_STEPS)
         command.add_argument("--steps", type=int, default=TIMED_STEPS, help="timed steps after the warm-up")
+        command.add_argument("--recorded", action="store_true",
+                             help="plan as `train` does and record the steps as CUDA graphs where the plan records "
+                                  "them; the timed steps run once in the warm-up, so their shapes are recorded")
     sub.choices["run"].add_argument("--models", default=",".join(MODELS), help="gpu_bench.SHAPES names")
     sub.choices["run"].add_argument("--budget-s", type=float, default=float("inf"),
                                     help="start no model or row after this many seconds")

@@ -147,7 +147,7 @@ def setup(config: TrainConfig, plan: Plan, card: RunCard | None, report, cluster
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     state = TrainerState(token_budget=plan.micro_batch_size * plan.max_seq_len)
     scaler = torch.amp.GradScaler(loaded.device.type, enabled=loaded.compute_dtype == torch.float16)
-    graphs = _step_graphs(config, plan, model, style, cluster, loaded.compute_dtype, scaler, loaded.device)
+    graphs = make_step_graphs(config, plan, model, style, cluster, loaded.compute_dtype, scaler, loaded.device)
 
     if card is not None:
         if card.data.get("fingerprint") not in (None, data_card["fingerprint"]):
@@ -176,8 +176,9 @@ def setup(config: TrainConfig, plan: Plan, card: RunCard | None, report, cluster
     )
 
 
-def _step_graphs(config: TrainConfig, plan: Plan, model, style: str, cluster: Cluster, compute_dtype: torch.dtype,
-                 scaler: torch.amp.GradScaler, device: torch.device) -> StepGraphs | None:
+def make_step_graphs(config: TrainConfig, plan: Plan, model, style: str, cluster: Cluster,
+                     compute_dtype: torch.dtype, scaler: torch.amp.GradScaler,
+                     device: torch.device) -> StepGraphs | None:
     """The run's recorded steps, where it can record them (step_graphs.py); says why not on a GPU that cannot."""
     if not config.cuda_graphs:
         return None

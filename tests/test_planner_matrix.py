@@ -105,3 +105,27 @@ def test_steps_are_the_longest_then_a_spread_of_lengths() -> None:
     lengths = list(range(1, 65))
     steps = _load("planner_matrix").choose_steps(lengths, effective_batch=1, seed=0, warmup=2, timed=4)
     assert [lengths[i] for [i] in steps] == [64, 33, 9, 25, 41, 57]
+
+
+def test_recorded_rows_plan_as_train_and_time_steps_recorded_in_the_warm_up(tiny_model_dir: Path,
+                                                                           tmp_path: Path) -> None:
+    """`--recorded`: the plan is train's own (recorded steps where it records them), the timed steps run once more in
+    the warm-up (their shapes recorded first), and `table` replans the row the same way. On the CPU nothing records."""
+    models = tmp_path / "models"
+    shutil.copytree(tiny_model_dir, models / "tiny-falcon")
+    result = tmp_path / "planner-matrix.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "planner_matrix.py"), "run", "--models", "tiny-falcon",
+         "--models-dir", str(models), "--data", str(DEMO_DATA), "--result", str(result), "--targets", "attention",
+         "--caps", "8", "--effective-batch", "4", "--warmup-steps", "1", "--steps", "2", "--recorded"],
+        capture_output=True, text=True, encoding="utf-8", timeout=300, check=False)
+    assert "| tiny-falcon | attention | 8 GiB |" in done.stdout, done.stderr[-2000:]
+    [row] = json.loads(result.read_text(encoding="utf-8"))["rows"]
+    assert row["recorded"] is True and row["records_steps"] is True and row["status"] == "ok"
+    steps = row["measured"]["steps"]
+    assert row["measured"]["warmup_steps"] == 3 and len(steps) == 5
+    assert [step["real_tokens"] for step in steps[1:3]] == [step["real_tokens"] for step in steps[3:]]
+    assert row["measured"]["recorded_steps"] is False  # no CUDA here: the trainer's eager steps
+    matrix = _load("planner_matrix")
+    plan, predicted = matrix.replanned(json.loads(result.read_text(encoding="utf-8")), row)
+    assert plan == row["plan"] and predicted == row["predicted"]
