@@ -12,7 +12,9 @@ power of two (ignored targets fill the rest), so a run meets a few dozen shapes.
 micro-batch is copied into the graph's input tensors. The LoRA gradients accumulate in place into `.grad` tensors
 recorded once for the whole run; `begin_step` puts them back and zeroes them, whatever the optimizer did with
 `.grad` in between. Dropout draws new masks at every replay (PyTorch advances its generator per replay). The graphs
-share one memory pool: one replays at a time, and its output (the summed loss) is read before the next.
+share one memory pool: one replays at a time, and its output (the summed loss) is read before the next. A shape
+with more tokens than every recorded one empties the pool first (`_outgrows`), so the pool stays the size of the
+largest shape's work instead of growing with the order shapes come in.
 
 Checkpointed layers draw their dropout masks from random streams of their own, registered with every recording,
 so that their recomputation inside backward draws the forward's masks (recorded_checkpoint.py).
