@@ -121,6 +121,7 @@ class StepGraphs:
                 self.warmed_up = True
                 loss_sum = self._warm_up(inputs)
                 self._record(key, inputs)
+                torch.cuda.empty_cache()  # the warm-up's activations: recorded steps use the graphs' pool instead
                 return loss_sum
             recording = self._record(key, inputs)
             if recording is None:
@@ -175,8 +176,6 @@ class StepGraphs:
             warn(f"Cannot record the training step as a CUDA graph ({self.failure}); training eagerly: the same "
                  "training, slower.")
             return None
-        if not self.recordings:
-            torch.cuda.empty_cache()  # the eager warm-up's activations: recorded steps use the graphs' pool instead
         self.recordings[key] = recording = _Recording(graph, inputs, loss_sum)
         return recording
 
