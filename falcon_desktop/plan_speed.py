@@ -79,10 +79,9 @@ class SpeedCoefficients:
     # --- Recorded steps (step_graphs.py: where the plan chooses them, plan_time.choose_recording, `train` replays
     # each micro-batch as a CUDA graph, its rows padded to RECORDED_PAD tokens; the host's launch work is gone, and a
     # step's loss is read after the next is queued, so the host's work per step hides behind the GPU's). Fitted in
-    # session 9 on the four H200
-    # runs of benchmarks/results/step-graphs-h200/long/ (train defaults, whole H200: SmolLM2-135M and ~1B Llama
-    # shapes, Falcon-7B on all four targets and on query_key_value), recordings of new shapes included: a grid over
-    # the two, least worst error (+0.4%, +6.9%, -6.9%, +4.7%; docs/planner.md). ---
+    # session 9 on the four H200 runs of benchmarks/results/step-graphs-h200/long/ (train defaults, whole H200:
+    # SmolLM2-135M and ~1B Llama shapes, Falcon-7B on all four targets and on query_key_value), recordings of new
+    # shapes included: a grid over the two, least worst error (+0.4%, +6.9%, -6.9%, +4.7%; docs/planner.md). ---
     # The GPU still runs the recorded kernels one after another, each with its fixed start-up: this share of the
     # eager launch work remains, as GPU time. SmolLM2: 9,091 kernels in 35.7 ms of kernel time a step.
     recorded_launch_share: float = 0.11

@@ -15,11 +15,7 @@ import torch
 from rich.markup import escape
 
 from falcon_desktop.attention import make_graph_safe
-from falcon_desktop.checkpoint import (
-    TrainerState,
-    list_checkpoints,
-    load_newest_checkpoint,
-)
+from falcon_desktop.checkpoint import TrainerState, list_checkpoints, load_newest_checkpoint
 from falcon_desktop.console import info, warn
 from falcon_desktop.data import fingerprint, split_by_article, tokenize_records
 from falcon_desktop.distributed import Cluster
@@ -36,12 +32,7 @@ from falcon_desktop.model import (
     load_base_model,
     set_checkpointing,
 )
-from falcon_desktop.optim import (
-    make_optimizer,
-    micro_batch_backward,
-    schedule_phases,
-    warmup_cosine_phases,
-)
+from falcon_desktop.optim import make_optimizer, micro_batch_backward, schedule_phases, warmup_cosine_phases
 from falcon_desktop.plan import Plan
 from falcon_desktop.recorded_checkpoint import CheckpointStreams
 from falcon_desktop.runs import RunCard, RunDir

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from falcon_desktop.loss import IGNORE_INDEX, answer_loss_sum, answer_targets
+from falcon_desktop.metrics import MetricsLog
 from falcon_desktop.step_graphs import answer_slots, graphs_unavailable
 from falcon_desktop.tiny import asset_path
 
@@ -298,11 +299,7 @@ def test_train_records_its_steps_on_a_gpu(tiny_model_dir: Path, tmp_path: Path, 
     eager = _train(tiny_model_dir, tmp_path / "eager", checkpointing, "--no-cuda-graphs")
     assert recorded.returncode == 0 and eager.returncode == 0, recorded.stderr[-3000:] + eager.stderr[-3000:]
     assert "Recording the training step as CUDA graphs" in recorded.stdout + recorded.stderr
-
-    def metrics(run: Path) -> list[dict]:
-        return [json.loads(line) for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
-
-    got, expected = metrics(tmp_path / "recorded"), metrics(tmp_path / "eager")
+    got, expected = (MetricsLog(tmp_path / run / "metrics.jsonl").read() for run in ("recorded", "eager"))
     assert all(row["padded_tokens"] % 64 == 0 for row in got)
     assert [row["loss"] for row in got] == pytest.approx([row["loss"] for row in expected], rel=5e-3)
     card = json.loads((tmp_path / "recorded" / "run.json").read_text(encoding="utf-8"))
