@@ -43,45 +43,74 @@ class StepTimer:
         self.tokens: list[int] = []
         self.profile: dict = {}
         self._open: tuple[float, int] | None = None  # (start, real tokens) of the last timed step
-        self._profiler = None
-        self._profile_start = 0.0
+        self._window: ProfileWindow | None = None
         self._profiled_batches = 0
 
     def __call__(self, model, batches, *args, **kwargs):
         self.calls += 1
         first_profiled = max(self.profile_at, self.warmup_steps + 1)
         if self.calls == first_profiled:
-            from torch.profiler import ProfilerActivity, profile
-
             self._open = None
-            torch.cuda.synchronize()  # the window starts with an idle GPU
-            self._profiler = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
-            self._profiler.__enter__()
-            self._profile_start = time.perf_counter()
+            self._window = ProfileWindow()
         now = time.perf_counter()
         if self._open is not None:
             self.walls.append(now - self._open[0])
             self.tokens.append(self._open[1])
-        profiling = self._profiler is not None
+        profiling = self._window is not None
         self._open = (now, sum(b["real_tokens"] for b in batches)) if self.calls > self.warmup_steps and \
             not profiling else None
         result = self.step_function(model, batches, *args, **kwargs)
         if profiling:
             self._profiled_batches += len(batches)
             if self.calls == first_profiled + PROFILED_STEPS - 1:
-                torch.cuda.synchronize()
-                wall = time.perf_counter() - self._profile_start
-                self._profiler.__exit__(None, None, None)
-                self.profile = summarize(self._profiler.key_averages(), wall, self._profiled_batches)
-                self._profiler = None
+                self.profile = self._window.close(self._profiled_batches)
+                self._window = None
         return result
 
 
+class ProfileWindow:
+    """torch.profiler over a run of steps, synchronised only at either end (the window starts with an idle GPU)."""
+
+    def __init__(self, steps: int = PROFILED_STEPS) -> None:
+        from torch.profiler import ProfilerActivity, profile
+
+        self.steps = steps
+        torch.cuda.synchronize()
+        self._profiler = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+        self._profiler.__enter__()
+        self._start = time.perf_counter()
+
+    def close(self, micro_batches: int) -> dict:
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - self._start
+        self._profiler.__exit__(None, None, None)
+        return summarize(self._profiler.key_averages(), wall, micro_batches, self.steps)
+
+
+# Kernel families by a piece of their name (first match wins): where a step's GPU time goes.
+KERNEL_FAMILIES = (("flash attention", ("flash", "fmha", "attention")), ("4-bit dequantize", ("dequantize",)),
+                   ("matmul", ("gemm", "cutlass", "xmma", "sm90_", "sm100_", "nvjet", "splitk")),
+                   ("triton (fused)", ("triton",)), ("optimizer", ("adam", "multi_tensor")),
+                   ("reduction / norm", ("reduce", "norm", "softmax")),
+                   ("elementwise / copy", ("elementwise", "vectorized", "copy", "fill", "cat", "index")))
+
+
+def kernel_family(name: str) -> str:
+    lowered = name.lower()
+    return next((family for family, pieces in KERNEL_FAMILIES if any(p in lowered for p in pieces)), "other")
+
+
 def summarize(events, wall: float, micro_batches: int, steps: int = PROFILED_STEPS) -> dict:
-    """Per step (the mean of the profiled ones): kernel launches, kernel time, wall time; GPU busy over them all."""
+    """Per step (the mean of the profiled ones): kernel launches, kernel time, wall time, GPU busy over them all,
+    kernel time by family and the costliest kernels."""
     kernels = [e for e in events if e.device_type.name == "CUDA"]
     kernel_seconds = sum(e.self_device_time_total for e in kernels) / 1e6
     top_cpu = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:8]
+    families: dict[str, float] = {}
+    for event in kernels:
+        family = kernel_family(event.key)
+        families[family] = families.get(family, 0.0) + event.self_device_time_total / 1e3 / steps
+    top_kernels = sorted(kernels, key=lambda e: e.self_device_time_total, reverse=True)[:20]
     return {
         "profiled_steps": steps,
         "kernel_launches": round(sum(e.count for e in kernels) / steps),
@@ -90,6 +119,9 @@ def summarize(events, wall: float, micro_batches: int, steps: int = PROFILED_STE
         "gpu_busy_fraction": round(kernel_seconds / wall, 4),
         "micro_batches": micro_batches,
         "top_cpu_ms": {e.key: round(e.self_cpu_time_total / 1e3 / steps, 2) for e in top_cpu},
+        "kernel_family_ms": {k: round(v, 2) for k, v in sorted(families.items(), key=lambda kv: -kv[1])},
+        "top_kernels": [{"name": e.key[:120], "ms": round(e.self_device_time_total / 1e3 / steps, 2),
+                         "calls": round(e.count / steps, 1)} for e in top_kernels],
     }
 
 

@@ -143,6 +143,12 @@ def run_ours(args: argparse.Namespace) -> dict:
 
     if torch.cuda.is_available():
         cap_memory(args.vram)
+    timer = None
+    if args.profile_step:  # train_step calls the name train.py imports from optim, so that is the one to wrap
+        import falcon_desktop.train as trainer
+        from step_profile import StepTimer
+
+        timer = trainer.optimizer_step = StepTimer(trainer.optimizer_step, WARMUP_STEPS, args.profile_step)
     started = time.perf_counter()
     status = falcon_desktop(["train", *args.train_args])
     if status != 0:
@@ -158,6 +164,7 @@ def run_ours(args: argparse.Namespace) -> dict:
         "checkpointing": f"{plan['checkpoint_layers']} of {layers} layers",
         "micro_batch_size": plan["micro_batch_size"],
         "oom_events": card.get("measured", {}).get("oom_events"),
+        **({"profile": timer.profile} if timer else {}),
     })
 
 
@@ -166,7 +173,8 @@ def unsloth_checkpointing(plan: dict) -> str | bool:
     return "unsloth" if plan["checkpoint_layers"] > 0 else False
 
 
-def train_on_batches(model: torch.nn.Module, steps: list[list[dict]], card: dict) -> list[dict]:
+def train_on_batches(model: torch.nn.Module, steps: list[list[dict]], card: dict, profile_at: int = 0,
+                     profile: dict | None = None) -> list[dict]:
     """Our optimizer step (optim.py `optimizer_step`) driven through `model(input_ids, labels)`'s own loss.
 
     `num_items_in_batch` makes that loss sum / the step's labelled tokens (Unsloth's fused cross-entropy and
@@ -184,7 +192,12 @@ def train_on_batches(model: torch.nn.Module, steps: list[list[dict]], card: dict
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine_phases(phases, train["warmup_fraction"]))
     model.train()
     records = []
+    window = None
     for number, batches in enumerate(steps, 1):
+        if number == profile_at:
+            from step_profile import ProfileWindow
+
+            window, profiled_batches = ProfileWindow(), 0
         synchronize()
         start = time.perf_counter()
         label_tokens = torch.tensor(sum(count_label_tokens(b["labels"]) for b in batches), device=device)
@@ -206,6 +219,11 @@ def train_on_batches(model: torch.nn.Module, steps: list[list[dict]], card: dict
                         "real_tokens": sum(b["real_tokens"] for b in batches),
                         "padded_tokens": sum(b["input_ids"].numel() for b in batches)})
         print(f"unsloth step {number}/{len(steps)}: loss {step_loss:.4f}, {seconds:.2f} s", flush=True)
+        if window is not None:
+            profiled_batches += len(batches)
+            if number == profile_at + window.steps - 1:
+                profile.update(window.close(profiled_batches))
+                window = None
     return records
 
 
@@ -232,7 +250,8 @@ def run_unsloth(args: argparse.Namespace) -> dict:
     )
     FastLanguageModel.for_training(model, use_gradient_checkpointing=checkpointing)
     loaded_seconds = time.perf_counter() - started
-    records = train_on_batches(model, steps, card)
+    profile: dict = {}
+    records = train_on_batches(model, steps, card, args.profile_step, profile)
     return summarise("unsloth", records, plan["total_params"], {
         "unsloth_version": getattr(unsloth, "__version__", "?"),
         "train_seconds": round(sum(r["seconds"] for r in records), 2),
@@ -240,6 +259,7 @@ def run_unsloth(args: argparse.Namespace) -> dict:
         "process_seconds": round(time.perf_counter() - started, 1),
         "checkpointing": checkpointing,
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        **({"profile": profile} if profile else {}),
     })
 
 
@@ -331,7 +351,8 @@ def run_compare(args: argparse.Namespace) -> dict:
     env = {**os.environ, **OFFLINE, "PYTHONPATH": os.pathsep.join(
         [p for p in (os.environ.get("PYTHONPATH"), str(ROOT)) if p])}
     print(f"[unsloth_compare] ours: falcon-desktop train on {args.examples} questions, {args.steps} steps", flush=True)
-    ours = _side(["ours", "--vram", str(args.vram), "--run-dir", str(run_dir), "--",
+    profiling = ["--profile-step", str(args.profile_step)]
+    ours = _side(["ours", "--vram", str(args.vram), "--run-dir", str(run_dir), *profiling, "--",
                   *train_arguments(args, data, run_dir)], out / "ours.json", out / "ours-stderr.log", env, out)
     result = {"model": str(args.model), "data": str(args.data), "examples": args.examples, "steps": args.steps,
               "warmup_steps_excluded": WARMUP_STEPS, "vram_cap_gib": args.vram, "ours": ours}
@@ -358,7 +379,7 @@ def run_compare(args: argparse.Namespace) -> dict:
         print(f"[unsloth_compare] unsloth: same {len(steps)} steps, same batches: {result['same_batches']}", flush=True)
         with tempfile.TemporaryDirectory() as scratch:  # Unsloth writes its compiled cache into the working folder
             result["unsloth"] = _side(["unsloth", "--model", str(Path(args.model).resolve()), "--vram", str(args.vram),
-                                       "--run-dir", str(run_dir), "--batches", str(out / "batches.pt")],
+                                       "--run-dir", str(run_dir), "--batches", str(out / "batches.pt"), *profiling],
                                       out / "unsloth.json", out / "unsloth-stderr.log", env, Path(scratch))
     result["comparison"] = comparison(ours, result["unsloth"])
     result["table"] = table([ours, result["unsloth"]], result["comparison"])
@@ -385,10 +406,14 @@ def main() -> int:
     run.add_argument("--compile", action="store_true",
                      help="our side with `train --compile` (Unsloth compiles its own; each pays it in the warm-up)")
     run.add_argument("--out", required=True, help="folder for the results")
+    run.add_argument("--profile-step", type=int, default=0,
+                     help="profile 3 steps from this one on each side (where the GPU time goes: each side's JSON, "
+                          "`profile`); those steps run slower")
     ours = sub.add_parser("ours", help="one side: our trainer (run starts it)")
     ours.add_argument("--vram", type=float, required=True)
     ours.add_argument("--run-dir", required=True)
     ours.add_argument("--result", required=True)
+    ours.add_argument("--profile-step", type=int, default=0)
     ours.add_argument("train_args", nargs=argparse.REMAINDER, help="after --: falcon-desktop train's flags")
     peer = sub.add_parser("unsloth", help="one side: Unsloth on our batches (run starts it)")
     peer.add_argument("--model", required=True)
@@ -396,6 +421,7 @@ def main() -> int:
     peer.add_argument("--run-dir", required=True)
     peer.add_argument("--batches", required=True)
     peer.add_argument("--result", required=True)
+    peer.add_argument("--profile-step", type=int, default=0)
     args = parser.parse_args()
     if args.command == "run":
         run_compare(args)
