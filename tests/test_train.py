@@ -125,3 +125,29 @@ def test_diverging_loss_stops_with_a_message_and_keeps_the_last_checkpoint(tiny_
     last = sorted((run / "checkpoints").iterdir())[-1]
     assert int(last.name.split("-")[1]) == card["steps"]
     assert all(torch.isfinite(t).all() for t in load_file(str(last / "adapter_model.safetensors")).values())
+
+
+def test_training_pauses_the_garbage_collector_and_restores_it(tiny_model_dir: Path, tmp_path: Path,
+                                                               monkeypatch) -> None:
+    """Collections run between steps only (every COLLECT_EVERY_STEPS), not mid-step; after the run the collector is
+    as it was, nothing left frozen."""
+    import gc
+
+    import falcon_desktop.train as train
+
+    seen = []
+    step = train.train_step
+
+    def watched(s, indices):
+        seen.append((gc.isenabled(), gc.get_freeze_count() > 0))
+        return step(s, indices)
+
+    monkeypatch.setattr(train, "train_step", watched)
+    monkeypatch.setattr(train, "COLLECT_EVERY_STEPS", 2)
+    collections = []
+    monkeypatch.setattr(train.gc, "collect", lambda generation=2: collections.append(generation))
+    assert gc.isenabled()
+    assert _train(tiny_model_dir, tmp_path / "run", "--max-steps", "5", "--eval-examples", "0") == 0
+    assert seen == [(False, True)] * 5
+    assert collections == [2, 1, 1]  # before training, then after steps 2 and 4
+    assert gc.isenabled() and gc.get_freeze_count() == 0
