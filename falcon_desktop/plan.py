@@ -69,6 +69,8 @@ class PlanRequest:
     gpus: int = 1                             # GPUs of one run; effective_batch_size is the global batch
     sharding: str = "auto"                    # auto | ddp | fsdp (auto: ddp when the model fits one GPU)
     cuda_graphs: bool = True                  # train records its steps where it can (train --no-cuda-graphs: off)
+    fused_kernels: bool = True                # train's fused_lora.py kernels (False: peft's and transformers' own
+                                              # modules, as the runs measured before session 11 had)
 
     def __post_init__(self) -> None:
         if self.lora_targets is not None and not isinstance(self.lora_targets, tuple):

@@ -38,6 +38,7 @@ class PlannerCoefficients:
     dropout_mask_bytes: float = 1.0      # torch's native dropout keeps a bool mask per element (LoRA dropout > 0)
     layer_norm_input_bytes: float = 4.0  # CUDA autocast runs layer_norm in fp32: it keeps an fp32 copy of its input
     rms_norm_input_bytes: float = 4.0    # transformers' RMSNorm upcasts to fp32 and keeps that copy
+    fused_rms_norm_input_bytes: float = 2.0  # F.rms_norm (fused_lora.py, what the trainer runs) keeps its 16-bit input
     layer_norm_stats_bytes: float = 8.0  # per token per LayerNorm: fp32 mean and rstd
     rms_norm_stats_bytes: float = 4.0    # per token per RMSNorm: fp32 rstd
     flash_lse_bytes: float = 4.0         # flash / efficient SDPA keep an fp32 log-sum-exp per head per token
@@ -85,6 +86,10 @@ class Setup:
     lora_r: int = 16
     lora_dropout: float = 0.05
     inference_dtype: str = "nf4"
+    # The trainer's fused kernels (fused_lora.py): 4-bit LoRA layers as one function (not under FSDP), RMSNorms as
+    # F.rms_norm in LoRA and QLoRA. Off: peft's and transformers' own modules (runs measured before them).
+    fused_lora: bool = True
+    fused_rms_norm: bool = True
 
     @property
     def weight_format(self) -> str:
@@ -182,6 +187,8 @@ def _norm_bytes_per_token(shape: ModelShape, setup: Setup, c: PlannerCoefficient
     h = shape.hidden_size
     if shape.norm_kind == "layernorm":
         return h * _layer_norm_input_bytes(setup, c) + c.layer_norm_stats_bytes
+    if setup.fused_rms_norm and _is_lora(setup):
+        return h * c.fused_rms_norm_input_bytes + c.rms_norm_stats_bytes
     kept = h * c.rms_norm_input_bytes + c.rms_norm_stats_bytes
     if setup.method == "full":  # `weight * x` keeps the fp32 normalised x for the weight's gradient
         kept += 4 * h
@@ -245,15 +252,19 @@ def layer_activation_bytes_per_token(shape: ModelShape, setup: Setup, c: Planner
 def _lora_input_bytes(shape: ModelShape, setup: Setup, c: PlannerCoefficients) -> float:
     """Inputs kept by the LoRA A matrices (and their dropout masks), one layer, per token.
 
-    Each adapter keeps its own copy of its input in the compute dtype: with dropout because it draws its own mask;
-    without, because peft's 16-bit layer casts the input to the fp32 adapter dtype (autocast casts it back, a new
-    tensor each time). QLoRA adapters without dropout use their input itself (a norm's output is in the compute
-    dtype: `model.cast_norm_outputs`), so adapters on one input share it (and o_proj's is a view of the attention
-    output that SDPA keeps anyway).
+    peft's adapters keep their own copy of their input in the compute dtype: with dropout because each draws its own
+    mask; without, because peft's 16-bit layer casts the input to the fp32 adapter dtype (autocast casts it back, a
+    new tensor each time). QLoRA adapters without dropout, and fused ones (fused_lora.QuantizedLoraLinear, which
+    keeps the input and each adapter's bool mask), use their input itself (a norm's output is in the compute dtype:
+    `model.cast_norm_outputs`), so adapters on one input share it (and o_proj's is a view of the attention output
+    that SDPA keeps anyway).
     """
     modules, inputs = shape.linear_modules(), shape.linear_inputs()
-    if setup.lora_dropout > 0:
-        return sum((c.lora_input_bytes + c.dropout_mask_bytes) * modules[name][0] for name in setup.lora_targets)
+    fused = setup.method == "qlora" and setup.fused_lora
+    masks = c.dropout_mask_bytes * sum(modules[name][0] for name in setup.lora_targets) if setup.lora_dropout > 0 \
+        else 0.0
+    if setup.lora_dropout > 0 and not fused:
+        return masks + sum(c.lora_input_bytes * modules[name][0] for name in setup.lora_targets)
     copies: dict[str, str] = {}
     for name in setup.lora_targets:
         source = inputs[name]
@@ -262,7 +273,7 @@ def _lora_input_bytes(shape: ModelShape, setup: Setup, c: PlannerCoefficients) -
         elif source != "attention_output":
             copies[source] = name  # the input itself, shared by the adapters that read it
         # else: a view of SDPA's output, which the attention already keeps
-    return sum(c.lora_input_bytes * modules[name][0] for name in copies.values())
+    return masks + sum(c.lora_input_bytes * modules[name][0] for name in copies.values())
 
 
 def kept_activation_bytes(shape: ModelShape, setup: Setup, c: PlannerCoefficients = COEFFICIENTS) -> float:

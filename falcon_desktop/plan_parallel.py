@@ -12,10 +12,11 @@ milliseconds, hence 0.9; FSDP also gathers every layer's weights in the forward 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from falcon_desktop.hardware import GIB
-from falcon_desktop.plan_memory import PlannerCoefficients
+from falcon_desktop.plan_memory import PlannerCoefficients, Setup
 from falcon_desktop.plan_search import Choice, Pricer, least_memory
 
 if TYPE_CHECKING:
@@ -44,14 +45,16 @@ class ShardedPricer(Pricer):
         super().__init__(pricer.shape, pricer.request, pricer.targets, pricer.c)
         self.gpus = gpus
 
+    def setup(self, choice: Choice, method: str | None = None, inference_dtype: str | None = None) -> Setup:
+        """Under FSDP the trainer keeps peft's LoRA layers (fused_lora.py does not run on sharded weights)."""
+        return replace(super().setup(choice, method, inference_dtype), fused_lora=False)
+
     def breakdown(self, choice: Choice) -> dict[str, int]:
         return fsdp_breakdown(super().breakdown(choice), self.gpus, self.shape.num_layers, self.c)
 
 
 def per_gpu_request(request: PlanRequest) -> PlanRequest:
     """What one GPU trains of each step: its share of the global batch (the last GPUs may get one example fewer)."""
-    from dataclasses import replace
-
     return replace(request, effective_batch_size=math.ceil(request.effective_batch_size / request.gpus))
 
 

@@ -87,6 +87,18 @@ class SpeedCoefficients:
     recorded_launch_share: float = 0.11
     # Per optimizer step that the queueing does not hide (the recordings of new shapes, amortised; graph launch).
     recorded_step_seconds: float = 0.006
+    # --- Fused kernels (fused_lora.py: what `train` runs since session 11; the rows above were measured on peft's
+    # layers and transformers' RMSNorm, and keep their terms). These three were fitted alone, every other figure
+    # held (`fit_speed.py --only fused_lora_element_seconds,fused_lora_module_seconds,fused_rms_norm_saved_seconds`),
+    # on the H200 planner matrix re-measured with the fused kernels (18 rows, one a known miss) and the two Unsloth
+    # side by sides of session 11 (Llama-3-8B eager, the ~1.1B Llama recorded; speed-measured.json): every row
+    # within 24%. ---
+    # GPU: the adapter's element-wise work left (dropout, its mask again in backward; the add is inside the matmul).
+    fused_lora_element_seconds: float = 8.2e-12
+    # CPU: one autograd function per adapted layer, forward and backward, instead of peft's six modules.
+    fused_lora_module_seconds: float = 0.42e-3
+    # CPU saved per RMSNorm (Llama family) run as F.rms_norm's one kernel instead of transformers' seven.
+    fused_rms_norm_saved_seconds: float = 0.66e-3
 
 
 SPEED = SpeedCoefficients()
@@ -118,6 +130,7 @@ class Workload:
     labelled_fraction: float        # share of tokens the LM head and loss see
     length_spread: tuple[float, ...] = SQUAD_LENGTH_SPREAD   # step lengths / mean length, equally likely
     recorded: bool = False          # steps replayed as CUDA graphs (step_graphs.py), not launched eagerly
+    fused_lora: bool = False        # 4-bit LoRA layers as fused_lora.py's one function (train on one GPU), not peft's
 
 
 @dataclass(frozen=True)
@@ -172,16 +185,20 @@ def _micro_batch(shape: ModelShape, workload: Workload, tokens: float, context: 
     flops = training_flops_per_token(shape, workload.method, checkpointed, context, workload.trainable_params,
                                      workload.labelled_fraction)
     gpu = tokens * flops / (c.compute_efficiency * tflops * 1e12)
+    fused = workload.fused_lora and workload.method == "qlora"
     lora_elements = sum(sum(shape.linear_modules()[name]) for name in workload.lora_targets) * layers
-    gpu += tokens * lora_elements * c.lora_element_seconds * (1 + c.forward_share * checkpointed) * \
-        REFERENCE_TFLOPS / tflops
+    element_seconds = c.fused_lora_element_seconds if fused else c.lora_element_seconds
+    gpu += tokens * lora_elements * element_seconds * (1 + c.forward_share * checkpointed) * REFERENCE_TFLOPS / tflops
     dequantize = 0.0
     if workload.method == "qlora":
         dequantize = (2 + checkpointed) * shape.linear_weight_params * c.nf4_dequantize_seconds_per_weight * \
             REFERENCE_TFLOPS / tflops
-    per_layer = c.layer_seconds + len(workload.lora_targets) * c.lora_module_seconds
+    per_layer = c.layer_seconds + len(workload.lora_targets) * (c.fused_lora_module_seconds if fused
+                                                                else c.lora_module_seconds)
     if workload.method == "qlora":
         per_layer += len(shape.linear_modules()) * c.nf4_linear_seconds
+    if workload.fused_lora and shape.norm_kind == "rmsnorm":
+        per_layer -= shape.norms_per_layer * c.fused_rms_norm_saved_seconds
     cpu = layers * per_layer * (1 + c.forward_share * checkpointed) + c.micro_batch_seconds
     return _MicroBatch(gpu + dequantize, cpu, dequantize)
 

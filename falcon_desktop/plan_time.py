@@ -34,7 +34,8 @@ def estimate_time(shape: ModelShape, gpu: GpuSpec | None, request: PlanRequest, 
         return None, None
     workload = Workload(request.method, targets, trainable, request.effective_batch_size,
                         choice.micro_batch_size * choice.seq_len, min(request.mean_tokens_per_example, choice.seq_len),
-                        choice.checkpoint_layers, c.labelled_token_fraction, recorded=recorded)
+                        choice.checkpoint_layers, c.labelled_token_fraction, recorded=recorded,
+                        fused_lora=request.fused_kernels and request.sharding != "fsdp")  # as train installs them
     speed = estimate_speed(shape, workload, gpu.bf16_tflops)
     tokens = request.dataset_tokens
     return speed, None if tokens is None else tokens * request.epochs / speed.tokens_per_second / 3600

@@ -20,6 +20,7 @@ from falcon_desktop.console import info, warn
 from falcon_desktop.data import fingerprint, split_by_article, tokenize_records
 from falcon_desktop.distributed import Cluster
 from falcon_desktop.errors import UserError
+from falcon_desktop.fused_lora import install_fused_lora, install_fused_rms_norm
 from falcon_desktop.model import (
     PAD_MULTIPLE,
     ModelSettings,
@@ -96,6 +97,17 @@ def check_compile(cluster: Cluster, device: torch.device, model: str) -> None:
         raise UserError(f"--compile cannot run here: {reason}.", "Train without --compile.")
 
 
+def adapted_for_training(base: torch.nn.Module, plan: Plan):
+    """The base model as the plan trains it: LoRA adapters, the fused kernels the memory model prices (fused_lora.py;
+    peft's own layers under FSDP, as plan_parallel.ShardedPricer prices them) and the plan's checkpointed layers."""
+    model = add_lora(base, plan.lora_targets, plan.lora_r, plan.lora_alpha, plan.lora_dropout)
+    install_fused_rms_norm(model)
+    if plan.sharding != "fsdp":
+        install_fused_lora(model)
+    set_checkpointing(model, plan.checkpoint_layers)
+    return model
+
+
 def setup(config: TrainConfig, plan: Plan, card: RunCard | None, report, cluster: Cluster | None = None) -> Session:
     """Build the session; `card` is the run being resumed, None for a fresh run."""
     run = RunDir(Path(config.output))
@@ -108,8 +120,7 @@ def setup(config: TrainConfig, plan: Plan, card: RunCard | None, report, cluster
     _keep_4bit_weights_trainable(loaded.model)
     plan = fit_plan_to_device(plan, loaded.device)
     examples, eval_records, data_card = _prepare_data(config, plan, loaded.tokenizer, report)
-    model = add_lora(loaded.model, plan.lora_targets, plan.lora_r, plan.lora_alpha, plan.lora_dropout)
-    set_checkpointing(model, plan.checkpoint_layers)
+    model = adapted_for_training(loaded.model, plan)
     style = compile_style(config.compile, loaded.device.type, plan.checkpoint_layers)
     if style == "graphs":
         info(f"Compiling {compile_layers(model, style)} decoder layers as CUDA graphs (torch.compile) at the first "

@@ -45,7 +45,9 @@ TINY = {
 }
 # On the CPU, autocast leaves layer_norm in bf16 (CUDA runs it in fp32) and dropout keeps its noise tensor in the
 # input's dtype, fp32 after peft's cast (CUDA keeps a bool mask). Everything else is what CUDA stores.
-CPU = dataclasses.replace(COEFFICIENTS, layer_norm_input_bytes=2.0, layer_norm_stats_bytes=4.0, dropout_mask_bytes=4.0)
+# F.rms_norm's CPU path is composite: it keeps an fp32 copy of its input (CUDA's fused kernel keeps the 16-bit input).
+CPU = dataclasses.replace(COEFFICIENTS, layer_norm_input_bytes=2.0, layer_norm_stats_bytes=4.0, dropout_mask_bytes=4.0,
+                          fused_rms_norm_input_bytes=4.0)
 
 
 def gpu(name: str, vram_gib: float | None = None) -> GpuSpec:
@@ -116,8 +118,10 @@ def test_activation_model_equals_what_autograd_keeps(name, method, dropout):
     assert predicted == pytest.approx(measured, rel=0.0 if method == "lora" else 0.07)
 
 
-def _qlora_model(config: dict, targets: tuple[str, ...], directory, monkeypatch):
-    """A real 4-bit bitsandbytes model of `config` with LoRA adapters (dropout 0), built as the trainer builds it."""
+def _qlora_model(config: dict, targets: tuple[str, ...], directory, monkeypatch, dropout: float = 0.0,
+                 fused: bool = False):
+    """A real 4-bit bitsandbytes model of `config` with LoRA adapters, built as the trainer builds it (`fused`: with
+    fused_lora.py's kernels, as the trainer runs one GPU)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from test_shapes import native_config
@@ -136,20 +140,28 @@ def _qlora_model(config: dict, targets: tuple[str, ...], directory, monkeypatch)
                                                  device_map={"": "cpu"}, attn_implementation="sdpa")
     model.requires_grad_(False)
     cast_norm_outputs(model, torch.bfloat16)
-    return get_peft_model(model, LoraConfig(r=8, lora_dropout=0.0, target_modules=list(targets)))
+    model = get_peft_model(model, LoraConfig(r=8, lora_dropout=dropout, target_modules=list(targets)))
+    if fused:
+        from falcon_desktop.fused_lora import install_fused_lora, install_fused_rms_norm
+
+        assert install_fused_lora(model) == len(targets) * config["num_hidden_layers"]
+        install_fused_rms_norm(model)
+    return model
 
 
 @pytest.mark.parametrize("name", ["falcon-mqa", "falcon-mha-sequential-bias", "llama", "falcon-new-arch"])
-def test_qlora_activations_under_cuda_autocast_rules(name, tmp_path, monkeypatch):
+@pytest.mark.parametrize(("dropout", "fused"), [(0.0, False), (0.05, True), (0.0, True)])
+def test_qlora_activations_under_cuda_autocast_rules(name, dropout, fused, tmp_path, monkeypatch):
     """The CUDA figures (default coefficients), with CUDA's autocast rules emulated on the CPU: layer_norm in fp32,
-    and peft's 4-bit layer seeing autocast on. On an H100 these rows measured the same bytes (plan_memory.py)."""
+    and peft's 4-bit layer seeing autocast on. On an H100 the peft rows measured the same bytes (plan_memory.py);
+    fused_lora.py's layers keep their input once and a bool mask per adapter (on CUDA too)."""
     import torch
     import torch.nn.functional as F
 
     config = TINY[name]
     shape = shape_from_config(config, name)
     targets = DEFAULT_LORA_TARGETS[shape.model_type]
-    model = _qlora_model(config, targets, tmp_path, monkeypatch)
+    model = _qlora_model(config, targets, tmp_path, monkeypatch, dropout, fused)
     monkeypatch.setattr(torch.nn.LayerNorm, "forward", lambda self, x: F.layer_norm(
         x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps))
     was_enabled = torch.is_autocast_enabled("cpu")
@@ -164,7 +176,9 @@ def test_qlora_activations_under_cuda_autocast_rules(name, tmp_path, monkeypatch
         torch.set_autocast_enabled("cpu", was_enabled)
 
     def kept(rows: int) -> float:
-        return kept_activation_bytes(shape, Setup("qlora", 48, rows, lora_targets=targets, lora_r=8, lora_dropout=0))
+        setup = Setup("qlora", 48, rows, lora_targets=targets, lora_r=8, lora_dropout=dropout, fused_lora=fused,
+                      fused_rms_norm=fused)
+        return kept_activation_bytes(shape, setup, dataclasses.replace(COEFFICIENTS, fused_rms_norm_input_bytes=4.0))
 
     assert kept(3) - kept(2) == measured
 

@@ -32,8 +32,8 @@ def gpu(name: str) -> GpuSpec:
 
 BENCHMARK = _benchmark()
 ROWS = BENCHMARK.speed_rows()
-MEASURED_ROWS = 46  # 13 H200 Falcon-7B + 9 H100 ~1B Llama matrix steps + 24 H200 runs (results/speed-measured.json,
-#                    4 of them with recorded steps)
+MEASURED_ROWS = 48  # 13 H200 Falcon-7B + 9 H100 ~1B Llama matrix steps + 26 H200 runs (results/speed-measured.json,
+#                    5 of them with recorded steps)
 
 
 def test_every_measured_row_is_compared():

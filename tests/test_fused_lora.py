@@ -1,0 +1,155 @@
+"""fused_lora.py: the fused 4-bit LoRA layer computes what peft's layers compute, draws the same dropout masks,
+falls back to peft wherever it would not, and the fused RMSNorm equals transformers' (CPU here; CUDA where present).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from torch import nn
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig, FalconConfig, LlamaConfig
+
+from falcon_desktop.fused_lora import install_fused_lora, install_fused_rms_norm
+
+LLAMA = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2)
+FALCON = FalconConfig(vocab_size=256, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, multi_query=True,
+                      parallel_attn=True, bias=False)
+TARGETS = {"llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+           "falcon": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]}
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(scope="module")
+def saved_models(tmp_path_factory):
+    from transformers.models.falcon import modeling_falcon
+
+    folders = {}
+    for name, config in (("llama", LLAMA), ("falcon", FALCON)):
+        folder = tmp_path_factory.mktemp(name)
+        torch.manual_seed(0)
+        AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+        folders[name] = folder
+    assert modeling_falcon.FalconLinear is not nn.Linear
+    return folders
+
+
+def _lora_model(folder, name: str, dropout: float, fused: bool, device: str = "cpu",
+                dtype: torch.dtype = torch.float32, monkeypatch=None):
+    """The tiny model in 4-bit with LoRA on every linear kind, lora_B non-zero so the adapters count."""
+    from transformers.models.falcon import modeling_falcon
+
+    if name == "falcon":  # as the trainer loads Falcon (model._falcon_linear_as_nn_linear)
+        monkeypatch.setattr(modeling_falcon, "FalconLinear", nn.Linear)
+    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                      bnb_4bit_compute_dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(folder, quantization_config=quantization, dtype=dtype,
+                                                 device_map={"": device})
+    model.requires_grad_(False)
+    torch.manual_seed(1)
+    model = get_peft_model(model, LoraConfig(r=8, lora_dropout=dropout, target_modules=TARGETS[name]))
+    for parameter_name, parameter in model.named_parameters():
+        if "lora_B" in parameter_name:
+            nn.init.normal_(parameter, std=0.05)
+    if fused:
+        assert install_fused_lora(model) == len(TARGETS[name]) * 2
+        assert install_fused_lora(model) == 0  # installed once
+    return model.train()
+
+
+def _loss_and_gradients(model, seed: int = 5, autocast: torch.dtype | None = None):
+    device = next(model.parameters()).device
+    ids = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(3)).to(device)
+    torch.manual_seed(seed)
+    with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+        loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    gradients = {n: p.grad.float().clone() for n, p in model.named_parameters() if p.grad is not None}
+    return loss.item(), gradients
+
+
+def _largest_relative_difference(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys() and a
+    return max(((a[k] - b[k]).abs().max() / b[k].abs().max()).item() for k in a)
+
+
+@pytest.mark.parametrize("name", ["llama", "falcon"])
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_fused_layers_compute_what_peft_computes(saved_models, name, dropout, monkeypatch):
+    """Same loss (the dropout draws the same masks from the same generator) and gradients within fp32 rounding."""
+    peft_loss, peft_gradients = _loss_and_gradients(_lora_model(saved_models[name], name, dropout, False,
+                                                                monkeypatch=monkeypatch))
+    fused_loss, fused_gradients = _loss_and_gradients(_lora_model(saved_models[name], name, dropout, True,
+                                                                  monkeypatch=monkeypatch))
+    assert fused_loss == pytest.approx(peft_loss, rel=1e-6)
+    assert _largest_relative_difference(fused_gradients, peft_gradients) < 1e-5
+    if dropout:  # and the masks matter: another seed draws others
+        other_loss, _ = _loss_and_gradients(_lora_model(saved_models[name], name, dropout, True,
+                                                        monkeypatch=monkeypatch), seed=6)
+        assert other_loss != pytest.approx(fused_loss, rel=1e-6)
+
+
+def test_fused_layers_fall_back_to_peft_where_they_would_differ(saved_models, monkeypatch):
+    """Without gradients (generation), with adapters disabled or merged, peft's own forward runs."""
+    from falcon_desktop import fused_lora
+
+    model = _lora_model(saved_models["llama"], "llama", 0.3, True)
+    calls = []
+    original = fused_lora.QuantizedLoraLinear.apply
+    monkeypatch.setattr(fused_lora.QuantizedLoraLinear, "apply", lambda *a: calls.append(1) or original(*a))
+    ids = torch.randint(0, 256, (1, 6))
+    with torch.no_grad():
+        model(input_ids=ids)
+    with model.disable_adapter():
+        model(input_ids=ids).logits.sum()
+    assert calls == []
+    model(input_ids=ids).logits.sum().backward()
+    assert len(calls) == 14
+
+
+def test_fused_rms_norm_equals_transformers(saved_models):
+    model = AutoModelForCausalLM.from_pretrained(saved_models["llama"], dtype=torch.float32)
+    norm = model.model.layers[0].input_layernorm
+    nn.init.normal_(norm.weight)
+    x = torch.randn(2, 5, 64, requires_grad=True)
+    expected = norm(x)
+    (expected_grad,) = torch.autograd.grad(expected.square().sum(), x)
+    assert install_fused_rms_norm(model) == 2 * 2 + 1
+    got = norm(x)
+    (got_grad,) = torch.autograd.grad(got.square().sum(), x)
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(got_grad, expected_grad, rtol=1e-4, atol=1e-5)
+
+
+@needs_cuda
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_fused_layers_on_cuda_under_bf16_autocast(saved_models, dropout):
+    """As the trainer runs them: bf16 compute under autocast. The fused layer adds the adapter in the matmul's fp32
+    epilogue (peft rounds its product, the scaling and the sum), so gradients agree to bf16 rounding."""
+    peft_loss, peft_gradients = _loss_and_gradients(
+        _lora_model(saved_models["llama"], "llama", dropout, False, "cuda", torch.bfloat16), autocast=torch.bfloat16)
+    fused_loss, fused_gradients = _loss_and_gradients(
+        _lora_model(saved_models["llama"], "llama", dropout, True, "cuda", torch.bfloat16), autocast=torch.bfloat16)
+    assert fused_loss == pytest.approx(peft_loss, rel=2e-3)
+    assert _largest_relative_difference(fused_gradients, peft_gradients) < 0.05
+
+
+@needs_cuda
+def test_fused_rms_norm_on_cuda_keeps_its_16_bit_input_and_a_statistic_per_row(saved_models):
+    """What plan_memory's fused_rms_norm_input_bytes (2) and rms_norm_stats_bytes (4) say, byte for byte."""
+    model = AutoModelForCausalLM.from_pretrained(saved_models["llama"], dtype=torch.bfloat16).cuda()
+    install_fused_rms_norm(model)
+    norm = model.model.layers[0].input_layernorm
+    x = torch.randn(3, 40, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    kept: dict[int, int] = {}
+
+    def pack(tensor):
+        if tensor.untyped_storage().data_ptr() != norm.weight.untyped_storage().data_ptr():
+            kept[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autocast("cuda", dtype=torch.bfloat16), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        output = norm(x)
+    assert output.dtype == torch.bfloat16
+    assert sum(kept.values()) == 3 * 40 * (64 * 2 + 4)
