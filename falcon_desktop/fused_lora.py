@@ -4,7 +4,7 @@ Llama-family RMSNorms in PyTorch's fused kernel.
 peft runs a 4-bit LoRA layer as six autograd nodes: bitsandbytes' matmul, a defensive copy of its output, dropout,
 lora_A, lora_B, the scaling and the add. Each writes a tensor of the layer's full width, and lora_A keeps its own
 dropped-out copy of the input for backward. Profiled on the H200 (Llama-3-8B shape, 24 GiB plan, 30 of 32 layers
-checkpointed; benchmarks/results/fused-lora-h200/), elementwise kernels took 268 of a step's 822 ms of kernel time
+checkpointed; benchmarks/results/unsloth-fused-h200/peft-8b-profiled/), elementwise kernels took 268 of a step's 822 ms of kernel time
 and the step launched 13,824 kernels; Unsloth's fused layers on the same batches spent ~105 ms there.
 `QuantizedLoraLinear` computes the same function with fewer, larger kernels: the adapter's product is added to the
 base output inside the matmul (`addmm_`, scaling as its alpha), no copy, and for backward it keeps the input it

@@ -51,9 +51,9 @@ def choose_recording(shape: ModelShape, gpu: GpuSpec | None, request: PlanReques
     the GPU's work weighs more, and in a 7B-8B step with most layers checkpointed the padding costs more than the
     launches save. Beside Unsloth on the same work (H200, 24 GiB cap, docs/benchmarks.md), Llama-3-8B (30 of 32
     layers checkpointed) ran at 0.70x Unsloth's speed recorded and 0.97x eager, while the ~1.1B Llama (12 of 22)
-    went from 0.95x eager to 1.14x recorded in steady state; the speed model says the same (8B: ~6,400 tokens/s
-    recorded against ~7,500 eager; ~1.1B: ~31,600 against ~19,200). So checkpointed steps are recorded where the
-    speed model expects them faster, and not on a card whose speed is unknown.
+    went from 0.95x eager to 1.14x recorded in steady state; the speed model says the same (with session 11's fused
+    kernels, 8B: ~7,000 tokens/s recorded against ~8,300 eager; ~1.1B: ~40,700 against ~28,400). So checkpointed
+    steps are recorded where the speed model expects them faster, and not on a card whose speed is unknown.
     """
     if not records_steps(request):
         return False, "recorded steps need one GPU, LoRA or QLoRA, --cuda-graphs and no --compile"
