@@ -1,11 +1,12 @@
 """Training kernels for the adapted layers: each LoRA-adapted 4-bit linear in one autograd function, and
 Llama-family RMSNorms in PyTorch's fused kernel.
 
-peft runs a 4-bit LoRA layer as six autograd nodes: bitsandbytes' matmul, a defensive copy of its output, dropout,
-lora_A, lora_B, the scaling and the add. Each writes a tensor of the layer's full width, and lora_A keeps its own
-dropped-out copy of the input for backward. Profiled on the H200 (Llama-3-8B shape, 24 GiB plan, 30 of 32 layers
-checkpointed; benchmarks/results/unsloth-fused-h200/peft-8b-profiled/), elementwise kernels took 268 of a step's 822 ms of kernel time
-and the step launched 13,824 kernels; Unsloth's fused layers on the same batches spent ~105 ms there.
+peft runs a 4-bit LoRA layer as seven autograd nodes: bitsandbytes' matmul, a defensive copy of its output,
+dropout, lora_A, lora_B, the scaling and the add. Each writes a tensor, most of the layer's full width, and lora_A
+keeps its own dropped-out copy of the input for backward. Profiled on the H200 (Llama-3-8B shape, 24 GiB plan, 30
+of 32 layers checkpointed; benchmarks/results/unsloth-fused-h200/peft-8b-profiled/), elementwise kernels took 268
+of a step's 822 ms of kernel time and the step launched 13,824 kernels; Unsloth's fused layers on the same batches
+spent ~105 ms there.
 `QuantizedLoraLinear` computes the same function with fewer, larger kernels: the adapter's product is added to the
 base output inside the matmul (`addmm_`, scaling as its alpha), no copy, and for backward it keeps the input it
 was given (shared by the adapters that read it, q/k/v or gate/up) and the dropout's bool mask, re-applying the mask
@@ -55,8 +56,8 @@ class QuantizedLoraLinear(torch.autograd.Function):
     def backward(ctx, grad_output):
         import bitsandbytes.functional as bnb_functional
 
-        # Input-wide temporaries are freed as soon as used: a layer's backward holds at most two at once (its input's
-        # gradient and the adapter's share of it), as peft's nodes do.
+        # Input-wide temporaries are freed as soon as used: at most two at once (the input's gradient and the
+        # adapter's share of it), beside the dequantized weight.
         rows, mask, projected, lora_a, lora_b = ctx.saved_tensors
         grad = grad_output.reshape(-1, grad_output.shape[-1])
         a, b = lora_a.to(grad.dtype), lora_b.to(grad.dtype)
@@ -77,7 +78,7 @@ class QuantizedLoraLinear(torch.autograd.Function):
         return grad_x, None, None, None, grad_a.to(lora_a.dtype), grad_b.to(lora_b.dtype), None, None
 
 
-def _fusable_adapter(layer: nn.Module, x: torch.Tensor, args: tuple, kwargs: dict) -> str | None:
+def _fusable_adapter(layer: nn.Module, args: tuple, kwargs: dict) -> str | None:
     """The adapter name where QuantizedLoraLinear computes exactly what peft's forward would, else None."""
     if args or kwargs or not torch.is_grad_enabled() or torch.compiler.is_compiling():
         return None
@@ -86,7 +87,10 @@ def _fusable_adapter(layer: nn.Module, x: torch.Tensor, args: tuple, kwargs: dic
     adapter = layer.active_adapters[0]
     if adapter not in layer.lora_A or adapter in getattr(layer, "lora_variant", {}):
         return None
-    if layer.lora_B[adapter].bias is not None or getattr(layer.base_layer.weight, "quant_state", None) is None:
+    base = layer.base_layer
+    if layer.lora_B[adapter].bias is not None or getattr(base.weight, "quant_state", None) is None:
+        return None
+    if base.bias is not None and base.bias.requires_grad:  # the function returns no gradient for it
         return None
     dropout = layer.lora_dropout[adapter]
     if not isinstance(dropout, nn.Identity) and (type(dropout) is not nn.Dropout or dropout.inplace):
@@ -95,7 +99,7 @@ def _fusable_adapter(layer: nn.Module, x: torch.Tensor, args: tuple, kwargs: dic
 
 
 def _fused_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-    adapter = _fusable_adapter(self, x, args, kwargs)
+    adapter = _fusable_adapter(self, args, kwargs)
     if adapter is None:
         return type(self).forward(self, x, *args, **kwargs)
     base = self.base_layer
@@ -111,7 +115,10 @@ def _fused_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
 
 def install_fused_lora(model: nn.Module) -> int:
     """Route every peft 4-bit LoRA layer's training forward through QuantizedLoraLinear; returns how many."""
-    from peft.tuners.lora.bnb import Linear4bit
+    try:
+        from peft.tuners.lora.bnb import Linear4bit
+    except ImportError:  # peft defines it only where bitsandbytes imports: then no layer is 4-bit (--no-quantize)
+        return 0
 
     installed = 0
     for module in model.modules():

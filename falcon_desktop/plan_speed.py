@@ -91,11 +91,11 @@ class SpeedCoefficients:
     # layers and transformers' RMSNorm, and keep their terms). These three were fitted alone, every other figure
     # held (`fit_speed.py --only fused_lora_element_seconds,fused_lora_module_seconds,fused_rms_norm_saved_seconds`),
     # on the H200 planner matrix re-measured with the fused kernels (18 rows, one a known miss) and the two Unsloth
-    # side by sides of session 11 (Llama-3-8B eager, the ~1.1B Llama recorded; speed-measured.json): every row
-    # within 24%. ---
+    # side by sides of session 11 (Llama-3-8B eager, the ~1.1B Llama recorded; speed-measured.json): every fitted
+    # row within 25% (worst: Falcon-7B and SmolLM2 attention-only matrix rows, hours +24.6%). ---
     # GPU: the adapter's element-wise work left (dropout, its mask again in backward; the add is inside the matmul).
     fused_lora_element_seconds: float = 8.2e-12
-    # CPU: one autograd function per adapted layer, forward and backward, instead of peft's six modules.
+    # CPU: one autograd function per adapted layer, forward and backward, instead of peft's modules and nodes.
     fused_lora_module_seconds: float = 0.42e-3
     # CPU saved per RMSNorm (Llama family) run as F.rms_norm's one kernel instead of transformers' seven.
     fused_rms_norm_saved_seconds: float = 0.66e-3
