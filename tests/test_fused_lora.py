@@ -108,6 +108,14 @@ def test_fused_layers_fall_back_to_peft_where_they_would_differ(saved_models, mo
     assert len(calls) == 14
 
 
+def test_without_bitsandbytes_nothing_is_fused(monkeypatch):
+    """Where bitsandbytes is missing peft defines no 4-bit layer (a --no-quantize run): nothing to fuse, no error."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "peft.tuners.lora.bnb", None)  # what an absent bitsandbytes leaves: no import
+    assert install_fused_lora(nn.Sequential(nn.Linear(4, 4))) == 0
+
+
 def test_fused_rms_norm_equals_transformers(saved_models):
     model = AutoModelForCausalLM.from_pretrained(saved_models["llama"], dtype=torch.float32)
     norm = model.model.layers[0].input_layernorm
