@@ -62,7 +62,7 @@ def _priced(shape: ModelShape, gpu: str, method: str, targets: tuple[str, ...], 
             fused_kernels: bool = False) -> tuple[float, str]:
     workload = Workload(method, targets, shape.lora_parameters(targets, lora_r), effective_batch, micro * seq_len,
                         tokens_per_example, checkpoint_layers, labelled_fraction, length_spread,
-                        fused_lora=fused_kernels)
+                        fused_lora=fused_kernels, fused_rms_norm=fused_kernels)
     estimate = estimate_speed(shape, workload, gpu_model(gpu).bf16_tflops)
     return estimate.tokens_per_second, estimate.bound
 

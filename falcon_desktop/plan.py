@@ -345,7 +345,8 @@ def _decide(shape: ModelShape, gpu: GpuSpec | None, request: PlanRequest, c: Pla
         reasons["max_seq_len"] = "the prompt (context + question) the KV cache holds"
     dtype, reasons["compute_dtype"] = compute_dtype_for(gpu)
     reasons["fits"] = _fit_reason(peak, gpu, c, fits)
-    records, why_recorded, speed, hours = best_speed(shape, gpu, request, choice, targets, trainable, c)
+    records, why_recorded, speed, hours = best_speed(shape, gpu, request, choice, targets, trainable, c,
+                                                     pricer.setup(choice))
     if training:
         reasons["records_steps"] = why_recorded
     reasons["estimated_tokens_per_second"] = estimate_reason(gpu, request, speed)

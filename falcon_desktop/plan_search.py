@@ -51,7 +51,7 @@ class Pricer:
                      lora_targets=(self.targets or DEFAULT_LORA_TARGETS[self.shape.model_type]) if lora else (),
                      lora_r=self.request.lora_r, lora_dropout=self.request.lora_dropout,
                      inference_dtype=inference_dtype or self.request.inference_dtype,
-                     fused_lora=self.request.fused_kernels, fused_rms_norm=self.request.fused_kernels)
+                     fused_lora=self.request.fused_kernels, fused_rms_norm=self.request.fused_kernels and lora)
 
     def breakdown(self, choice: Choice) -> dict[str, int]:
         return memory_breakdown(self.shape, self.setup(choice), self.c)

@@ -131,6 +131,7 @@ class Workload:
     length_spread: tuple[float, ...] = SQUAD_LENGTH_SPREAD   # step lengths / mean length, equally likely
     recorded: bool = False          # steps replayed as CUDA graphs (step_graphs.py), not launched eagerly
     fused_lora: bool = False        # 4-bit LoRA layers as fused_lora.py's one function (train on one GPU), not peft's
+    fused_rms_norm: bool = False    # RMSNorms as F.rms_norm (fused_lora.py), not transformers' own
 
 
 @dataclass(frozen=True)
@@ -197,7 +198,7 @@ def _micro_batch(shape: ModelShape, workload: Workload, tokens: float, context: 
                                                                 else c.lora_module_seconds)
     if workload.method == "qlora":
         per_layer += len(shape.linear_modules()) * c.nf4_linear_seconds
-    if workload.fused_lora and shape.norm_kind == "rmsnorm":
+    if workload.fused_rms_norm and shape.norm_kind == "rmsnorm":
         per_layer -= shape.norms_per_layer * c.fused_rms_norm_saved_seconds
     cpu = layers * per_layer * (1 + c.forward_share * checkpointed) + c.micro_batch_seconds
     return _MicroBatch(gpu + dequantize, cpu, dequantize)

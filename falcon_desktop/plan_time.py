@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from falcon_desktop.plan_memory import PlannerCoefficients
+from falcon_desktop.plan_memory import PlannerCoefficients, Setup
 from falcon_desktop.plan_search import Choice
 from falcon_desktop.plan_speed import SpeedEstimate, Workload, estimate_speed
 from falcon_desktop.shapes import ModelShape
@@ -26,23 +26,25 @@ def records_steps(request: PlanRequest) -> bool:
 
 
 def estimate_time(shape: ModelShape, gpu: GpuSpec | None, request: PlanRequest, choice: Choice,
-                  targets: tuple[str, ...], trainable: int, c: PlannerCoefficients,
+                  targets: tuple[str, ...], trainable: int, c: PlannerCoefficients, kernels: Setup,
                   recorded: bool = False) -> tuple[SpeedEstimate | None, float | None]:
     """The speed model's estimate for this choice, its steps recorded or eager, and the hours for the dataset when
-    its size is known."""
+    its size is known. `kernels`: the memory model's Setup of this choice, whose fused_lora and fused_rms_norm say
+    which of fused_lora.py's kernels train runs (peft's LoRA layers under FSDP), so both models price the same."""
     if request.method == "inference" or gpu is None or gpu.bf16_tflops is None:
         return None, None
     workload = Workload(request.method, targets, trainable, request.effective_batch_size,
                         choice.micro_batch_size * choice.seq_len, min(request.mean_tokens_per_example, choice.seq_len),
                         choice.checkpoint_layers, c.labelled_token_fraction, recorded=recorded,
-                        fused_lora=request.fused_kernels and request.sharding != "fsdp")  # as train installs them
+                        fused_lora=kernels.fused_lora, fused_rms_norm=kernels.fused_rms_norm)
     speed = estimate_speed(shape, workload, gpu.bf16_tflops)
     tokens = request.dataset_tokens
     return speed, None if tokens is None else tokens * request.epochs / speed.tokens_per_second / 3600
 
 
 def choose_recording(shape: ModelShape, gpu: GpuSpec | None, request: PlanRequest, choice: Choice,
-                     targets: tuple[str, ...], trainable: int, c: PlannerCoefficients) -> tuple[bool, str]:
+                     targets: tuple[str, ...], trainable: int, c: PlannerCoefficients,
+                     kernels: Setup) -> tuple[bool, str]:
     """Whether `train` records this choice's steps as CUDA graphs, and why.
 
     A recorded step launches no kernels from the host, but pads every row to a multiple of 64 tokens and records
@@ -59,8 +61,8 @@ def choose_recording(shape: ModelShape, gpu: GpuSpec | None, request: PlanReques
         return False, "recorded steps need one GPU, LoRA or QLoRA, --cuda-graphs and no --compile"
     if not choice.checkpoint_layers:
         return True, "no layer is checkpointed: recorded steps were faster or even at every size measured"
-    eager, _ = estimate_time(shape, gpu, request, choice, targets, trainable, c)
-    recorded, _ = estimate_time(shape, gpu, request, choice, targets, trainable, c, recorded=True)
+    eager, _ = estimate_time(shape, gpu, request, choice, targets, trainable, c, kernels)
+    recorded, _ = estimate_time(shape, gpu, request, choice, targets, trainable, c, kernels, recorded=True)
     if eager is None or recorded is None:
         return False, ("with checkpointed layers, recorded steps pay only where the speed model says so, and this "
                        "card's speed is unknown (pass --gpu NAME)")
@@ -73,11 +75,11 @@ def choose_recording(shape: ModelShape, gpu: GpuSpec | None, request: PlanReques
 
 
 def best_speed(shape: ModelShape, gpu: GpuSpec | None, request: PlanRequest, choice: Choice,
-               targets: tuple[str, ...], trainable: int,
-               c: PlannerCoefficients) -> tuple[bool, str, SpeedEstimate | None, float | None]:
+               targets: tuple[str, ...], trainable: int, c: PlannerCoefficients,
+               kernels: Setup) -> tuple[bool, str, SpeedEstimate | None, float | None]:
     """`choose_recording`'s answer for this choice, with the estimate and hours of the steps it chose."""
-    recorded, why = choose_recording(shape, gpu, request, choice, targets, trainable, c)
-    return (recorded, why, *estimate_time(shape, gpu, request, choice, targets, trainable, c, recorded))
+    recorded, why = choose_recording(shape, gpu, request, choice, targets, trainable, c, kernels)
+    return (recorded, why, *estimate_time(shape, gpu, request, choice, targets, trainable, c, kernels, recorded))
 
 
 def estimate_reason(gpu: GpuSpec | None, request: PlanRequest, speed: SpeedEstimate | None) -> str:

@@ -182,3 +182,14 @@ def test_the_plan_records_steps_where_the_speed_model_expects_them_faster():
     assert Plan.from_json(saved).records_steps is False
     saved = {key: value for key, value in unchecked.to_json().items() if key != "records_steps"}
     assert Plan.from_json(saved).records_steps is True
+
+def test_an_fsdp_plan_is_priced_with_the_layers_it_trains_however_fsdp_was_chosen():
+    """Under FSDP train keeps peft's LoRA layers (train_session.adapted_for_training); the speed model prices the
+    layers the memory model priced, whether the request said --sharding fsdp or auto chose it."""
+    card = GpuSpec.from_table(gpu_model("H200"), vram_bytes=24 * 2**30)
+    auto, explicit = (make_plan(load_shape("llama-3-70b"), card, PlanRequest(gpus=4, sharding=sharding))
+                      for sharding in ("auto", "fsdp"))
+    assert auto.sharding == explicit.sharding == "fsdp"
+    assert auto.estimated_tokens_per_second == explicit.estimated_tokens_per_second
+    unfused = make_plan(load_shape("llama-3-70b"), card, PlanRequest(gpus=4, sharding="fsdp", fused_kernels=False))
+    assert explicit.estimated_tokens_per_second != unfused.estimated_tokens_per_second  # its norms are still fused
