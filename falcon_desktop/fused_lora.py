@@ -1,5 +1,5 @@
-"""Training kernels for the adapted layers: each LoRA-adapted 4-bit linear in one autograd function, and
-Llama-family RMSNorms in PyTorch's fused kernel.
+"""Training kernels for the adapted layers: LoRA-adapted 4-bit linears in autograd functions of their own, siblings
+that read one input in one, and Llama-family RMSNorms in PyTorch's fused kernel.
 
 peft runs a 4-bit LoRA layer as seven autograd nodes: bitsandbytes' matmul, a defensive copy of its output,
 dropout, lora_A, lora_B, the scaling and the add. Each writes a tensor, most of the layer's full width, and lora_A
@@ -7,12 +7,15 @@ keeps its own dropped-out copy of the input for backward. Profiled on the H200 (
 of 32 layers checkpointed; benchmarks/results/unsloth-fused-h200/peft-8b-profiled/), elementwise kernels took 268
 of a step's 822 ms of kernel time and the step launched 13,824 kernels; Unsloth's fused layers on the same batches
 spent ~105 ms there.
-`QuantizedLoraLinear` computes the same function with fewer, larger kernels: the adapter's product is added to the
-base output inside the matmul (`addmm_`, scaling as its alpha), no copy, and for backward it keeps the input it
-was given (shared by the adapters that read it, q/k/v or gate/up) and the dropout's bool mask, re-applying the mask
-in backward instead of keeping a dropped-out copy per adapter. The dropout draws exactly what peft's `nn.Dropout`
-draws (the same native dropout from the same generator), so checkpointing's replayed random state, and recorded
-steps' random streams, give the same masks.
+`QuantizedLoraGroup` computes the same function with fewer, larger kernels and fewer host operations: the adapter's
+product is added to the base output inside the matmul (`addmm_`, scaling as its alpha), no copy; siblings that one
+module calls in a row on the same input (q/k/v, gate/up: `SIBLINGS`) run as one function whose backward accumulates
+the input's gradient in its matmuls; for backward it keeps the input once, each adapter's bool dropout mask
+(re-applied in backward instead of a dropped-out copy per adapter) and the adapters' compute-dtype copies made in
+forward. The dropout draws exactly what peft's `nn.Dropout` draws (the same native dropout from the same generator,
+the siblings in the order the module calls them), so checkpointing's replayed random state, and recorded steps'
+random streams, give the same masks. After session 11's fused layers the 8B step's kernels took 694 ms against
+Unsloth's 712; the host launching them was the gap, which the grouping narrows (docs/benchmarks.md).
 
 It runs only where it computes what peft would: training with gradients, one active unmerged plain LoRA adapter
 without a bias, over a bitsandbytes 4-bit base, outside torch.compile (compiled layers keep peft's modules, which
@@ -27,59 +30,151 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-_FUSED_FORWARD = "_falcon_desktop_fused_forward"
+_SIBLINGS = "_falcon_desktop_siblings"
 # transformers' RMSNorms that compute weight * x / rms(x) in fp32, as F.rms_norm does (Gemma's 1 + weight does not).
 RMS_NORMS = ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm")
 
 
-class QuantizedLoraLinear(torch.autograd.Function):
-    """y = x W^T + bias + scaling * dropout(x) A^T B^T, W in bitsandbytes 4-bit; gradients for x, A and B."""
+def _dequantized(weight, dtype: torch.dtype) -> torch.Tensor:
+    import bitsandbytes.functional as bnb_functional
+
+    return bnb_functional.dequantize_4bit(weight, weight.quant_state).to(dtype)
+
+
+class Members:
+    """What QuantizedLoraGroup needs of its members besides their adapters: each one's (4-bit weight, bias), scaling
+    and dropout probability. One object, not nested tuples: autograd.Function.apply walks its arguments as a pytree,
+    and an opaque object is one leaf (nested tuples cost ~0.2 ms a call on the CPU)."""
+
+    __slots__ = ("bases", "scalings", "dropouts")
+
+    def __init__(self, bases: list[tuple], scalings: list[float], dropouts: list[float]) -> None:
+        self.bases, self.scalings, self.dropouts = bases, scalings, dropouts
+
+
+class QuantizedLoraGroup(torch.autograd.Function):
+    """For adapted 4-bit linears reading one input x (one layer, or siblings such as q/k/v):
+    output_i = x W_i^T + bias_i + scaling_i * dropout_i(x) A_i^T B_i^T, W_i in bitsandbytes 4-bit; gradients for x and
+    every A_i, B_i. `adapters` is A_0, B_0, A_1, B_1, ..."""
 
     @staticmethod
-    def forward(ctx, x, weight, quant_state, bias, lora_a, lora_b, scaling: float, dropout: float):
-        import bitsandbytes as bnb
-
+    def forward(ctx, x, members: Members, *adapters):
         rows = x.reshape(-1, x.shape[-1])
-        # No grad here: bitsandbytes' one fused op. The output is returned whole, not as a view of it (Falcon adds
-        # into its MLP output in place, which autograd forbids on a view made inside a custom function).
-        output = bnb.matmul_4bit(x, weight, quant_state=quant_state, bias=bias)
-        a, b = lora_a.to(rows.dtype), lora_b.to(rows.dtype)
-        dropped, mask = torch.native_dropout(rows, dropout, True) if dropout > 0 else (rows, None)
-        projected = dropped @ a.t()
-        output.view(-1, output.shape[-1]).addmm_(projected, b.t(), alpha=scaling)
-        ctx.save_for_backward(rows, mask, projected, lora_a, lora_b)
-        ctx.weight, ctx.quant_state, ctx.scaling, ctx.dropout = weight, quant_state, scaling, dropout
-        ctx.input_shape = x.shape
+        outputs, saved, casts = [], [rows], []
+        for (weight, bias), scaling, p, lora_a, lora_b in zip(
+                members.bases, members.scalings, members.dropouts, adapters[0::2], adapters[1::2]):
+            # Whole outputs, not views made here: Falcon adds into its MLP output in place, which autograd forbids on
+            # a view made inside a custom function.
+            output = F.linear(x, _dequantized(weight, x.dtype), bias)
+            dropped, mask = torch.native_dropout(rows, p, True) if p > 0 else (rows, None)
+            a, b = lora_a.to(rows.dtype), lora_b.to(rows.dtype)
+            projected = dropped @ a.t()
+            del dropped
+            output.view(-1, output.shape[-1]).addmm_(projected, b.t(), alpha=scaling)
+            outputs.append(output)
+            saved += [mask, projected]
+            casts.append((a, b))
+        ctx.save_for_backward(*saved)
+        # The adapters in the compute dtype stay for backward (2 bytes a LoRA weight, all layers: what autocast's
+        # copies cost the memory model): casting them again there cost two kernels a layer (~450 launches a step on
+        # Llama-3-8B). Weights change only between a forward and the next (the optimizer), never before its backward.
+        ctx.members, ctx.casts, ctx.input_shape = members, casts, x.shape
+        ctx.adapter_dtypes = [adapter.dtype for adapter in adapters]
+        ctx.set_materialize_grads(False)  # a member whose output went unused gets no gradient work
+        return tuple(outputs)
+
+    @staticmethod
+    def backward(ctx, *grad_outputs):
+        rows, *kept = ctx.saved_tensors
+        members = ctx.members
+        masks, projections = kept[0::2], kept[1::2]
+        grad_x, adapter_grads = None, []
+        # Input-wide temporaries are freed as soon as used: the input's gradient (one, accumulated in the matmuls)
+        # and at most two more, beside one member's dequantized weight.
+        for member, grad_output in enumerate(grad_outputs):
+            if grad_output is None:
+                adapter_grads += [None, None]
+                continue
+            weight = members.bases[member][0]
+            scaling, mask = members.scalings[member], masks[member]
+            keep = 1.0 / (1.0 - members.dropouts[member])
+            grad = grad_output.reshape(-1, grad_output.shape[-1])
+            a, b = (cast.to(grad.dtype) for cast in ctx.casts[member])
+            through_b = grad @ b  # [tokens, r]: the gradient reaching A's output, before scaling
+            grad_b = (grad.t() @ projections[member]).mul_(scaling)
+            dropped = rows if mask is None else torch.ops.aten.native_dropout_backward(rows, mask, keep)
+            grad_a = (through_b.t() @ dropped).mul_(scaling)
+            del dropped
+            a_dtype, b_dtype = ctx.adapter_dtypes[2 * member:2 * member + 2]
+            adapter_grads += [grad_a.to(a_dtype), grad_b.to(b_dtype)]
+            if not ctx.needs_input_grad[0]:
+                continue
+            dequantized = _dequantized(weight, grad.dtype)
+            grad_x = grad @ dequantized if grad_x is None else grad_x.addmm_(grad, dequantized)
+            del dequantized
+            if mask is None:
+                grad_x.addmm_(through_b, a, alpha=scaling)
+            else:  # the mask re-applied and scaled in one vectorised kernel
+                grad_x.add_(torch.ops.aten.native_dropout_backward(through_b @ a, mask, keep * scaling))
+        return (None if grad_x is None else grad_x.view(ctx.input_shape)), None, *adapter_grads
+
+
+# Adapted layers that one module calls in a row on the same input: the first called computes them all.
+SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+
+
+class SharedInput:
+    """Siblings reading one input. The first one called computes every fusable sibling's output in one
+    QuantizedLoraGroup (one dequantize-and-accumulate chain for the input's gradient, one node in the graph); the
+    others, called next on the same tensor, take theirs. The members draw their dropout masks in the order the
+    module calls them (q, k, v; gate, up), which is the order peft's own layers draw them in."""
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        self.members = members
+        self._input: torch.Tensor | None = None
+        self._pending: dict[int, torch.Tensor] = {}
+
+    def take(self, member: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+        if self._input is not x or id(member) not in self._pending:
+            return None
+        output = self._pending.pop(id(member))
+        if not self._pending:
+            self._input = None
         return output
 
-    @staticmethod
-    def backward(ctx, grad_output):
-        import bitsandbytes.functional as bnb_functional
+    def compute(self, leader: nn.Module, adapter: str, x: torch.Tensor) -> torch.Tensor:
+        group = [(leader, adapter)]
+        for member in self.members:
+            if member is not leader:
+                sibling_adapter = _fusable_adapter(member, (), {})
+                if sibling_adapter is not None and _compute_dtype(member, x) == _compute_dtype(leader, x):
+                    group.append((member, sibling_adapter))
+        outputs = _apply_group(group, x)
+        self._pending = {id(member): output for (member, _), output in zip(group[1:], outputs[1:])}
+        self._input = x if self._pending else None
+        return outputs[0]
 
-        # Input-wide temporaries are freed as soon as used: at most two at once (the input's gradient and the
-        # adapter's share of it), beside the dequantized weight.
-        rows, mask, projected, lora_a, lora_b = ctx.saved_tensors
-        grad = grad_output.reshape(-1, grad_output.shape[-1])
-        a, b = lora_a.to(grad.dtype), lora_b.to(grad.dtype)
-        keep = 1.0 / (1.0 - ctx.dropout)
-        through_b = grad @ b  # [tokens, r]: the gradient reaching A's output, before scaling
-        grad_b = (grad.t() @ projected).mul_(ctx.scaling)
-        dropped = rows if mask is None else torch.ops.aten.native_dropout_backward(rows, mask, keep)
-        grad_a = (through_b.t() @ dropped).mul_(ctx.scaling)
-        del dropped
-        grad_x = None
-        if ctx.needs_input_grad[0]:
-            grad_x = grad @ bnb_functional.dequantize_4bit(ctx.weight, ctx.quant_state).to(grad.dtype)
-            if mask is None:
-                grad_x.addmm_(through_b, a, alpha=ctx.scaling)
-            else:
-                grad_x.add_((through_b @ a).mul_(mask), alpha=keep * ctx.scaling)
-            grad_x = grad_x.view(ctx.input_shape)
-        return grad_x, None, None, None, grad_a.to(lora_a.dtype), grad_b.to(lora_b.dtype), None, None
+
+def _compute_dtype(layer: nn.Module, x: torch.Tensor) -> torch.dtype:
+    return layer.base_layer.compute_dtype or x.dtype
+
+
+def _apply_group(group: list[tuple[nn.Module, str]], x: torch.Tensor) -> list[torch.Tensor]:
+    compute = _compute_dtype(group[0][0], x)
+    bases, scalings, dropouts, adapters = [], [], [], []
+    for layer, adapter in group:
+        base = layer.base_layer
+        dropout = layer.lora_dropout[adapter]
+        bases.append((base.weight, None if base.bias is None else base.bias.to(compute)))
+        scalings.append(float(layer.scaling[adapter]))
+        dropouts.append(float(dropout.p) if isinstance(dropout, nn.Dropout) and dropout.training else 0.0)
+        adapters += [layer.lora_A[adapter].weight, layer.lora_B[adapter].weight]
+    outputs = QuantizedLoraGroup.apply(x.to(compute), Members(bases, scalings, dropouts), *adapters)
+    return [output.to(x.dtype) for output in outputs]
 
 
 def _fusable_adapter(layer: nn.Module, args: tuple, kwargs: dict) -> str | None:
-    """The adapter name where QuantizedLoraLinear computes exactly what peft's forward would, else None."""
+    """The adapter name where QuantizedLoraGroup computes exactly what peft's forward would, else None."""
     if args or kwargs or not torch.is_grad_enabled() or torch.compiler.is_compiling():
         return None
     if layer.disable_adapters or layer.merged or len(layer.active_adapters) != 1:
@@ -99,33 +194,37 @@ def _fusable_adapter(layer: nn.Module, args: tuple, kwargs: dict) -> str | None:
 
 
 def _fused_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    siblings: SharedInput = getattr(self, _SIBLINGS)
+    taken = None if args or kwargs else siblings.take(self, x)  # computed by its sibling a moment ago
+    if taken is not None:
+        return taken
     adapter = _fusable_adapter(self, args, kwargs)
     if adapter is None:
         return type(self).forward(self, x, *args, **kwargs)
-    base = self.base_layer
-    dropout = self.lora_dropout[adapter]
-    p = dropout.p if isinstance(dropout, nn.Dropout) and dropout.training else 0.0
-    compute = base.compute_dtype or x.dtype
-    bias = None if base.bias is None else base.bias.to(compute)
-    output = QuantizedLoraLinear.apply(x.to(compute), base.weight, base.weight.quant_state, bias,
-                                       self.lora_A[adapter].weight, self.lora_B[adapter].weight,
-                                       float(self.scaling[adapter]), float(p))
-    return output.to(x.dtype)
+    return siblings.compute(self, adapter, x)
 
 
 def install_fused_lora(model: nn.Module) -> int:
-    """Route every peft 4-bit LoRA layer's training forward through QuantizedLoraLinear; returns how many."""
+    """Route every peft 4-bit LoRA layer's training forward through QuantizedLoraGroup, siblings (SIBLINGS) sharing
+    one; returns how many layers."""
     try:
         from peft.tuners.lora.bnb import Linear4bit
     except ImportError:  # peft defines it only where bitsandbytes imports: then no layer is 4-bit (--no-quantize)
         return 0
 
     installed = 0
-    for module in model.modules():
-        if type(module) is Linear4bit and not hasattr(module, _FUSED_FORWARD):
-            module.forward = MethodType(_fused_forward, module)
-            setattr(module, _FUSED_FORWARD, True)
-            installed += 1
+    for parent in model.modules():
+        children = {name: child for name, child in parent.named_children()
+                    if type(child) is Linear4bit and not hasattr(child, _SIBLINGS)}
+        groups = [[children[name] for name in names if name in children] for names in SIBLINGS]
+        grouped = {id(member) for group in groups for member in group}
+        groups += [[child] for child in children.values() if id(child) not in grouped]
+        for group in filter(None, groups):
+            siblings = SharedInput(group)
+            for member in group:
+                member.forward = MethodType(_fused_forward, member)
+                setattr(member, _SIBLINGS, siblings)
+                installed += 1
     return installed
 
 

@@ -254,7 +254,7 @@ def _lora_input_bytes(shape: ModelShape, setup: Setup, c: PlannerCoefficients) -
 
     peft's adapters keep their own copy of their input in the compute dtype: with dropout because each draws its own
     mask; without, because peft's 16-bit layer casts the input to the fp32 adapter dtype (autocast casts it back, a
-    new tensor each time). QLoRA adapters without dropout, and fused ones (fused_lora.QuantizedLoraLinear, which
+    new tensor each time). QLoRA adapters without dropout, and fused ones (fused_lora.QuantizedLoraGroup, which
     keeps the input and each adapter's bool mask), use their input itself (a norm's output is in the compute dtype:
     `model.cast_norm_outputs`), so adapters on one input share it (and o_proj's is a view of the attention output
     that SDPA keeps anyway).

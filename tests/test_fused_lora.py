@@ -36,7 +36,7 @@ def saved_models(tmp_path_factory):
 
 
 def _lora_model(folder, name: str, dropout: float, fused: bool, device: str = "cpu",
-                dtype: torch.dtype = torch.float32, monkeypatch=None):
+                dtype: torch.dtype = torch.float32, monkeypatch=None, targets: list[str] | None = None):
     """The tiny model in 4-bit with LoRA on every linear kind, lora_B non-zero so the adapters count."""
     from transformers.models.falcon import modeling_falcon
 
@@ -48,12 +48,13 @@ def _lora_model(folder, name: str, dropout: float, fused: bool, device: str = "c
                                                  device_map={"": device})
     model.requires_grad_(False)
     torch.manual_seed(1)
-    model = get_peft_model(model, LoraConfig(r=8, lora_dropout=dropout, target_modules=TARGETS[name]))
+    targets = targets or TARGETS[name]
+    model = get_peft_model(model, LoraConfig(r=8, lora_dropout=dropout, target_modules=targets))
     for parameter_name, parameter in model.named_parameters():
         if "lora_B" in parameter_name:
             nn.init.normal_(parameter, std=0.05)
     if fused:
-        assert install_fused_lora(model) == len(TARGETS[name]) * 2
+        assert install_fused_lora(model) == len(targets) * 2
         assert install_fused_lora(model) == 0  # installed once
     return model.train()
 
@@ -90,14 +91,39 @@ def test_fused_layers_compute_what_peft_computes(saved_models, name, dropout, mo
         assert other_loss != pytest.approx(fused_loss, rel=1e-6)
 
 
+def test_siblings_adapted_in_part_draw_what_peft_draws(saved_models):
+    """LoRA on q and v but not k (peft's default for Llama), and on up but not gate: q's call computes v's output too,
+    with v's dropout mask drawn right after q's, as peft draws them around the unadapted k."""
+    targets = ["q_proj", "v_proj", "up_proj"]
+    peft_loss, peft_gradients = _loss_and_gradients(_lora_model(saved_models["llama"], "llama", 0.3, False,
+                                                                targets=targets))
+    fused_loss, fused_gradients = _loss_and_gradients(_lora_model(saved_models["llama"], "llama", 0.3, True,
+                                                                  targets=targets))
+    assert fused_loss == pytest.approx(peft_loss, rel=1e-6)
+    assert _largest_relative_difference(fused_gradients, peft_gradients) < 1e-5
+
+
+def test_a_sibling_called_on_another_input_computes_its_own(saved_models):
+    """The outputs a sibling computed for the others are taken only for the very input they were computed on."""
+    peft_model = _lora_model(saved_models["llama"], "llama", 0.0, False)
+    fused_model = _lora_model(saved_models["llama"], "llama", 0.0, True)
+    x, y = torch.randn(2, 3, 64), torch.randn(2, 3, 64)
+    outputs = {}
+    for name, model in (("peft", peft_model), ("fused", fused_model)):
+        attention = model.base_model.model.model.layers[0].self_attn
+        outputs[name] = (attention.q_proj(x), attention.k_proj(y), attention.k_proj(x), attention.v_proj(x))
+    for peft_output, fused_output in zip(outputs["peft"], outputs["fused"]):
+        assert torch.allclose(fused_output, peft_output, rtol=1e-5, atol=1e-6)
+
+
 def test_fused_layers_fall_back_to_peft_where_they_would_differ(saved_models, monkeypatch):
     """Without gradients (generation), with adapters disabled or merged, peft's own forward runs."""
     from falcon_desktop import fused_lora
 
     model = _lora_model(saved_models["llama"], "llama", 0.3, True)
     calls = []
-    original = fused_lora.QuantizedLoraLinear.apply
-    monkeypatch.setattr(fused_lora.QuantizedLoraLinear, "apply", lambda *a: calls.append(1) or original(*a))
+    original = fused_lora.QuantizedLoraGroup.apply
+    monkeypatch.setattr(fused_lora.QuantizedLoraGroup, "apply", lambda *a: calls.append(1) or original(*a))
     ids = torch.randint(0, 256, (1, 6))
     with torch.no_grad():
         model(input_ids=ids)
@@ -105,7 +131,22 @@ def test_fused_layers_fall_back_to_peft_where_they_would_differ(saved_models, mo
         model(input_ids=ids).logits.sum()
     assert calls == []
     model(input_ids=ids).logits.sum().backward()
-    assert len(calls) == 14
+    assert len(calls) == 2 * 4  # per layer: q/k/v together, o, gate/up together, down
+
+
+def test_adapter_weights_changed_between_forwards_are_used(saved_models):
+    """The adapters' compute-dtype copies last from a forward to its backward only: weights an 8-bit optimizer
+    rewrites without a version bump (here through .data) are used by the next forward, as peft uses them."""
+    losses = {}
+    for fused in (False, True):
+        model = _lora_model(saved_models["llama"], "llama", 0.0, fused, dtype=torch.bfloat16)
+        first, _ = _loss_and_gradients(model, autocast=torch.bfloat16)
+        for name, parameter in model.named_parameters():
+            if "lora_" in name:
+                parameter.data.mul_(-3.0)
+        losses[fused] = first, _loss_and_gradients(model, autocast=torch.bfloat16)[0]
+    assert losses[True][1] != pytest.approx(losses[True][0], rel=1e-3)  # the change matters
+    assert losses[True] == pytest.approx(losses[False], rel=1e-2)  # bf16 rounding apart
 
 
 def test_without_bitsandbytes_nothing_is_fused(monkeypatch):
