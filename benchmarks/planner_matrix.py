@@ -71,9 +71,8 @@ CAPS_GIB = (8.0, 24.0, 12.0)   # the extremes first
 SPEED_TOLERANCE = 0.25
 MEMORY_OVER = (0.0, 0.10)      # predicted allocator peak / measured - 1 must lie in this range
 # Rows the calibrated speed model misses by more than SPEED_TOLERANCE (docs/planner.md, "Estimate vs measured across
-# sizes and caps"), left out of benchmarks/fit_speed.py's fit: SmolLM2 attention-only at 12 GiB ran 22,006 tokens/s,
-# 8% faster than the identical plan at 24 GiB and 14% faster than at 8 GiB, in the same call (noise between rows).
-KNOWN_MISSES = {("smollm2-135m", "attention", 12.0)}
+# sizes and caps"), left out of benchmarks/fit_speed.py's fit. None since session 12's matrix.
+KNOWN_MISSES: set[tuple[str, str, float]] = set()
 WARMUP_STEPS = 3
 TIMED_STEPS = 5
 

@@ -105,12 +105,12 @@ def summarize(events, wall: float, micro_batches: int, steps: int = PROFILED_STE
     kernel time by family and the costliest kernels."""
     kernels = [e for e in events if e.device_type.name == "CUDA"]
     kernel_seconds = sum(e.self_device_time_total for e in kernels) / 1e6
-    top_cpu = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:8]
+    top_cpu = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:16]
     families: dict[str, float] = {}
     for event in kernels:
         family = kernel_family(event.key)
         families[family] = families.get(family, 0.0) + event.self_device_time_total / 1e3 / steps
-    top_kernels = sorted(kernels, key=lambda e: e.self_device_time_total, reverse=True)[:20]
+    top_kernels = sorted(kernels, key=lambda e: e.self_device_time_total, reverse=True)[:40]
     return {
         "profiled_steps": steps,
         "kernel_launches": round(sum(e.count for e in kernels) / steps),

@@ -90,15 +90,16 @@ class SpeedCoefficients:
     # --- Fused kernels (fused_lora.py: what `train` runs since session 11; the rows above were measured on peft's
     # layers and transformers' RMSNorm, and keep their terms). These three were fitted alone, every other figure
     # held (`fit_speed.py --only fused_lora_element_seconds,fused_lora_module_seconds,fused_rms_norm_saved_seconds`),
-    # on the H200 planner matrix re-measured with the fused kernels (18 rows, one a known miss) and the two Unsloth
-    # side by sides of session 11 (Llama-3-8B eager, the ~1.1B Llama recorded; speed-measured.json): every fitted
-    # row within 25% (worst: Falcon-7B and SmolLM2 attention-only matrix rows, hours +24.6%). ---
+    # on the H200 planner matrix (24 rows: Falcon-7B's six of session 11, the others re-measured in session 12 with
+    # siblings grouped and adapter casts kept) and the Unsloth side by sides of session 11 (speed-measured.json):
+    # every fitted row within 25% (worst: Llama-3-8B at 24 GiB from session 8's peft matrix, +23.2%). ---
     # GPU: the adapter's element-wise work left (dropout, its mask again in backward; the add is inside the matmul).
-    fused_lora_element_seconds: float = 8.2e-12
-    # CPU: one autograd function per adapted layer, forward and backward, instead of peft's modules and nodes.
-    fused_lora_module_seconds: float = 0.42e-3
+    fused_lora_element_seconds: float = 7.9e-12
+    # CPU: per adapted layer, its share of the autograd function its siblings share, forward and backward, instead
+    # of peft's modules and nodes.
+    fused_lora_module_seconds: float = 0.38e-3
     # CPU saved per RMSNorm (Llama family) run as F.rms_norm's one kernel instead of transformers' seven.
-    fused_rms_norm_saved_seconds: float = 0.66e-3
+    fused_rms_norm_saved_seconds: float = 0.17e-3
 
 
 SPEED = SpeedCoefficients()
