@@ -124,9 +124,10 @@ def _restore_moved_aside(target: Path, old: Path) -> None:
         os.replace(old, target)
 
 
-def append_line(path: Path, line: str) -> None:
-    """Append one line durably. A torn last line (a crash mid-append) is cut off first, so it cannot glue onto this
-    one; `read_lines` skips it in the meantime."""
+def append_line(path: Path, line: str, sync: bool = True) -> None:
+    """Append one line, durably unless `sync` is False (then it survives the process, not a power cut, until
+    `sync_file`). A torn last line (a crash mid-append) is cut off first, so it cannot glue onto this one;
+    `read_json_lines` skips it in the meantime."""
     path = Path(path)
     with open(path, "a+b") as handle:
         size = handle.seek(0, os.SEEK_END)
@@ -137,7 +138,16 @@ def append_line(path: Path, line: str) -> None:
                 handle.seek(0, os.SEEK_END)
         handle.write(line.rstrip("\n").encode("utf-8") + b"\n")
         handle.flush()
-        os.fsync(handle.fileno())
+        if sync:
+            os.fsync(handle.fileno())
+
+
+def sync_file(path: Path) -> None:
+    """Make what was written to `path` durable (an existing file's lines appended with sync=False)."""
+    path = Path(path)
+    if path.exists():
+        with open(path, "r+b") as handle:  # writable: Windows' fsync fails on a read-only handle
+            os.fsync(handle.fileno())
 
 
 def _last_newline_end(handle, size: int) -> int:

@@ -8,7 +8,7 @@ import json
 import time
 from pathlib import Path
 
-from falcon_desktop.atomic import append_line, read_json_lines, write_bytes, write_text
+from falcon_desktop.atomic import append_line, read_json_lines, sync_file, write_bytes, write_text
 
 
 def vram_now() -> tuple[int, int]:
@@ -21,14 +21,24 @@ def vram_now() -> tuple[int, int]:
 
 
 class MetricsLog:
-    """Append-only metrics.jsonl: one object per optimizer step, fsynced, so a crash loses at most the torn last line
-    (which reading skips and the next append cuts off)."""
+    """Append-only metrics.jsonl: one object per optimizer step. A crashed process loses at most the torn last line
+    (which reading skips and the next append cuts off); a power cut, the lines since the last `sync`, which the
+    trainer calls with each checkpoint: lines past the last checkpoint are dropped on resume anyway.
+
+    A line is not fsynced as it is written: an fsync waits for the disk, behind whatever else is being written back
+    (a model written a minute before; on Windows, FlushFileBuffers), while the training loop writes a line between
+    queueing a step and reading its loss. Beside Unsloth, whose loop writes nothing, 3-6 consecutive steps of each of
+    our three 8B runs took 1.2-1.8x their size's time and none of Unsloth's did
+    (benchmarks/results/unsloth-grouped-h200/); whether these fsyncs were the cause is not yet measured."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
 
     def append(self, record: dict) -> None:
-        append_line(self.path, json.dumps(record, sort_keys=True))
+        append_line(self.path, json.dumps(record, sort_keys=True), sync=False)
+
+    def sync(self) -> None:
+        sync_file(self.path)
 
     def read(self) -> list[dict]:
         return read_json_lines(self.path)

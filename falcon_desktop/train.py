@@ -306,6 +306,7 @@ def _guard_write(s: Session, write, *args) -> None:
 def _checkpoint(s: Session) -> None:
     # Every rank takes part (under FSDP these gather the shards to rank 0); rank 0 alone writes.
     adapter, optimizer_state = s.cluster.adapter_state(s.model), s.cluster.optimizer_state(s.optimizer)
+    _guard_write(s, s.run.metrics.sync)  # the lines up to this step, as durable as the checkpoint
     _guard_write(s, save_checkpoint, s.run.checkpoints, adapter, optimizer_state, s.scheduler, s.state,
                  s.config.keep_checkpoints)
     s.card.last_checkpoint_step = s.state.step  # only once the checkpoint is complete on disk

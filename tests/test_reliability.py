@@ -186,6 +186,28 @@ def test_a_failing_disk_at_every_write_site_is_one_error_and_stays_resumable(tin
 _FAULT_COUNTS: dict[str, int] = {}
 
 
+def test_metrics_lines_reach_the_disk_with_each_checkpoint_not_each_step(tiny_model_dir: Path, tmp_path: Path,
+                                                                         monkeypatch) -> None:
+    """The loop does not wait on an fsync per step (metrics.MetricsLog); the lines up to a checkpoint are synced
+    with it, before it is written."""
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(Path(os.readlink(f"/proc/self/fd/{fd}")).name if Path("/proc/self/fd").is_dir() else "?")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    run = tmp_path / "run"
+    assert main(_train_args(tiny_model_dir, run, "--max-steps", "5", "--save-every", "2", "--eval-examples", "0")) == 0
+    if "?" in synced:
+        pytest.skip("no /proc/self/fd to name a synced file")
+    assert synced.count("metrics.jsonl") == 3  # checkpoints at steps 2, 4 and 5
+    first_checkpoint_file = next(i for i, name in enumerate(synced) if name.endswith(".safetensors"))
+    assert synced.index("metrics.jsonl") < first_checkpoint_file
+    assert [r["step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())] == [1, 2, 3, 4, 5]
+
+
 # ------------------------------------------------------------------------------------ torn and truncated files
 @pytest.fixture(scope="module")
 def finished_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
