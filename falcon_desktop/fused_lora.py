@@ -126,8 +126,9 @@ SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 class SharedInput:
     """Siblings reading one input. The first one called computes every fusable sibling's output in one
     QuantizedLoraGroup (one dequantize-and-accumulate chain for the input's gradient, one node in the graph); the
-    others, called next on the same tensor, take theirs. The members draw their dropout masks in the order the
-    module calls them (q, k, v; gate, up), which is the order peft's own layers draw them in."""
+    others, called next on the same tensor, take theirs. The dropout masks are drawn for the first called, then the
+    others in SIBLINGS order: where the module calls them in that order (transformers' Llama, Mistral and Qwen
+    attention and MLP), the order in which peft's own layers draw them."""
 
     def __init__(self, members: list[nn.Module]) -> None:
         self.members = members
