@@ -128,6 +128,8 @@ def summarise(name: str, steps: list[dict], params: int, extra: dict) -> dict:
         "peak_allocated_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0,
         "peak_reserved_bytes": torch.cuda.max_memory_reserved() if torch.cuda.is_available() else 0,
         "losses": [round(s["loss"], 5) for s in steps],
+        "step_seconds": [round(s["seconds"], 4) for s in steps],
+        "step_padded_tokens": [s["padded_tokens"] for s in steps],
         **extra,
     }
 

@@ -32,6 +32,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -318,7 +319,27 @@ def comparison(ours: dict, peer: dict) -> dict:
         "loss_abs_difference_max": round(max(differences), 5),
         "loss_abs_difference_mean": round(sum(differences) / len(differences), 5),
         "first_step_loss_difference": round(differences[0], 5),
+        **step_by_step(ours, peer),
     }
+
+
+def step_by_step(ours: dict, peer: dict) -> dict:
+    """Our step's seconds over the peer's on the same batch, after the warm-up: the median over the timed steps, and
+    over the smaller and the larger half of them by padded tokens (where a host-bound and a GPU-bound gap show
+    apart). Empty where a side did not record its steps."""
+    if not (ours.get("step_seconds") and peer.get("step_seconds")):
+        return {}
+    ratios = sorted((tokens, mine / theirs) for tokens, mine, theirs in zip(
+        ours["step_padded_tokens"][WARMUP_STEPS:], ours["step_seconds"][WARMUP_STEPS:],
+        peer["step_seconds"][WARMUP_STEPS:]))
+    half = len(ratios) // 2
+    return {"step_time_ratio_median": _median([r for _, r in ratios]),
+            "step_time_ratio_median_smaller_half": _median([r for _, r in ratios[:half]]),
+            "step_time_ratio_median_larger_half": _median([r for _, r in ratios[half:]])}
+
+
+def _median(values: list[float]) -> float | None:
+    return round(statistics.median(values), 3) if values else None
 
 
 def table(sides: list[dict], compared: dict) -> str:
@@ -338,6 +359,11 @@ def table(sides: list[dict], compared: dict) -> str:
         rows.append(f"Unsloth / ours speed: {compared['unsloth_over_ours_speed']:.2f}x; loss curves differ by at most "
                     f"{compared['loss_abs_difference_max']:.4f} (mean {compared['loss_abs_difference_mean']:.4f}, "
                     f"first step {compared['first_step_loss_difference']:.4f}).")
+        if compared.get("step_time_ratio_median") is not None:
+            rows.append(f"Step by step, our seconds over Unsloth's on the same batch (median): "
+                        f"{compared['step_time_ratio_median']:.2f}x; the smaller half of the steps "
+                        f"{compared['step_time_ratio_median_smaller_half']:.2f}x, the larger "
+                        f"{compared['step_time_ratio_median_larger_half']:.2f}x.")
     return "\n".join(rows)
 
 

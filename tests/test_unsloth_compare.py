@@ -83,6 +83,21 @@ def test_the_steady_ratio_leaves_out_each_sides_compiling_steps() -> None:
     assert "| falcon-desktop | 926 | 10,000 |" in module.table([ours, peer], compared)
 
 
+def test_step_by_step_ratios_split_small_and_large_steps() -> None:
+    """Per step on the same batches: ours 1.2x Unsloth's on the small steps, 1.0x on the large ones."""
+    module = _compare()
+    tokens = [1000, 1000, 1000, 2000, 8000, 2000, 8000, 2000, 8000]  # 3 warm-up steps first
+    ours_steps = [{"seconds": 0.12 * t / 1000 if t < 5000 else 0.1 * t / 1000, "real_tokens": t, "padded_tokens": t,
+                   "samples": 4, "loss": 1.0} for t in tokens]
+    peer_steps = [{**step, "seconds": 0.1 * step["padded_tokens"] / 1000} for step in ours_steps]
+    extra = {"train_seconds": 1, "wall_seconds": 1, "checkpointing": "no"}
+    compared = module.comparison(module.summarise("falcon-desktop", ours_steps, 1, extra),
+                                 module.summarise("unsloth", peer_steps, 1, extra))
+    assert compared["step_time_ratio_median_smaller_half"] == 1.2
+    assert compared["step_time_ratio_median_larger_half"] == 1.0
+    assert compared["step_time_ratio_median"] == 1.1  # 3 of the 6 timed steps at 1.2, 3 at 1.0
+
+
 def _trainer_session(benchmark_out: Path, tmp_path: Path):
     """Our trainer's own session for the benchmark's run (its data, its model with the same adapter init)."""
     from falcon_desktop.data import load_records
