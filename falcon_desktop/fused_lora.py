@@ -75,9 +75,10 @@ class QuantizedLoraGroup(torch.autograd.Function):
             saved += [mask, projected]
             casts.append((a, b))
         ctx.save_for_backward(*saved)
-        # The adapters in the compute dtype stay for backward (2 bytes a LoRA weight, all layers: what autocast's
-        # copies cost the memory model): casting them again there cost two kernels a layer (~450 launches a step on
-        # Llama-3-8B). Weights change only between a forward and the next (the optimizer), never before its backward.
+        # The adapters in the compute dtype stay for backward (2 bytes a LoRA weight, checkpointed layers too: what
+        # the memory model counts for autocast's copies): casting them again there cost two kernels an adapted layer
+        # (~450 launches a step on Llama-3-8B). Weights change between a forward and the next (the optimizer), never
+        # between a forward and its backward.
         ctx.members, ctx.casts, ctx.input_shape = members, casts, x.shape
         ctx.adapter_dtypes = [adapter.dtype for adapter in adapters]
         ctx.set_materialize_grads(False)  # a member whose output went unused gets no gradient work
