@@ -25,7 +25,7 @@ from falcon_desktop.plan_parallel import (
     SCALING_EFFICIENCY, SHARDINGS, ShardedPricer, choose_sharding, per_gpu_request, speed_reason,
 )
 from falcon_desktop.plan_search import Choice, Pricer, choose_training, least_memory, longest_fitting_seq
-from falcon_desktop.plan_time import best_speed, estimate_reason
+from falcon_desktop.plan_time import choose_recording, estimate_reason
 from falcon_desktop.shapes import ALL_LINEAR, DEFAULT_LORA_TARGETS, ModelShape, valid_lora_targets
 
 if TYPE_CHECKING:
@@ -345,8 +345,8 @@ def _decide(shape: ModelShape, gpu: GpuSpec | None, request: PlanRequest, c: Pla
         reasons["max_seq_len"] = "the prompt (context + question) the KV cache holds"
     dtype, reasons["compute_dtype"] = compute_dtype_for(gpu)
     reasons["fits"] = _fit_reason(peak, gpu, c, fits)
-    records, why_recorded, speed, hours = best_speed(shape, gpu, request, choice, targets, trainable, c,
-                                                     pricer.setup(choice))
+    records, why_recorded, speed, hours = choose_recording(shape, gpu, request, choice, targets, trainable, c,
+                                                           pricer.setup(choice))
     if training:
         reasons["records_steps"] = why_recorded
     reasons["estimated_tokens_per_second"] = estimate_reason(gpu, request, speed)

@@ -44,8 +44,9 @@ def estimate_time(shape: ModelShape, gpu: GpuSpec | None, request: PlanRequest, 
 
 def choose_recording(shape: ModelShape, gpu: GpuSpec | None, request: PlanRequest, choice: Choice,
                      targets: tuple[str, ...], trainable: int, c: PlannerCoefficients,
-                     kernels: Setup) -> tuple[bool, str]:
-    """Whether `train` records this choice's steps as CUDA graphs, and why.
+                     kernels: Setup) -> tuple[bool, str, SpeedEstimate | None, float | None]:
+    """Whether `train` records this choice's steps as CUDA graphs, why, and the speed estimate and hours of the steps
+    it chose.
 
     A recorded step launches no kernels from the host, but pads every row to a multiple of 64 tokens and records
     each new shape once (about an eager step). Without checkpointed layers that paid or broke even at every size
@@ -57,29 +58,23 @@ def choose_recording(shape: ModelShape, gpu: GpuSpec | None, request: PlanReques
     kernels, 8B: ~7,000 tokens/s recorded against ~8,300 eager; ~1.1B: ~40,700 against ~28,400). So checkpointed
     steps are recorded where the speed model expects them faster, and not on a card whose speed is unknown.
     """
+    def priced(recorded: bool) -> tuple[SpeedEstimate | None, float | None]:
+        return estimate_time(shape, gpu, request, choice, targets, trainable, c, kernels, recorded)
+
     if not records_steps(request):
-        return False, "recorded steps need one GPU, LoRA or QLoRA, --cuda-graphs and no --compile"
+        return False, "recorded steps need one GPU, LoRA or QLoRA, --cuda-graphs and no --compile", *priced(False)
+    recorded = priced(True)
     if not choice.checkpoint_layers:
-        return True, "no layer is checkpointed: recorded steps were faster or even at every size measured"
-    eager, _ = estimate_time(shape, gpu, request, choice, targets, trainable, c, kernels)
-    recorded, _ = estimate_time(shape, gpu, request, choice, targets, trainable, c, kernels, recorded=True)
-    if eager is None or recorded is None:
+        return True, "no layer is checkpointed: recorded steps were faster or even at every size measured", *recorded
+    eager = priced(False)
+    if eager[0] is None or recorded[0] is None:
         return False, ("with checkpointed layers, recorded steps pay only where the speed model says so, and this "
-                       "card's speed is unknown (pass --gpu NAME)")
-    if recorded.tokens_per_second > eager.tokens_per_second:
-        return True, (f"~{recorded.tokens_per_second:,.0f} tokens/s estimated recorded against "
-                      f"~{eager.tokens_per_second:,.0f} eager")
-    return False, (f"~{eager.tokens_per_second:,.0f} tokens/s estimated eager against "
-                   f"~{recorded.tokens_per_second:,.0f} recorded: padding rows to 64 tokens costs this GPU-bound "
-                   "step more than the kernel launches it saves")
-
-
-def best_speed(shape: ModelShape, gpu: GpuSpec | None, request: PlanRequest, choice: Choice,
-               targets: tuple[str, ...], trainable: int, c: PlannerCoefficients,
-               kernels: Setup) -> tuple[bool, str, SpeedEstimate | None, float | None]:
-    """`choose_recording`'s answer for this choice, with the estimate and hours of the steps it chose."""
-    recorded, why = choose_recording(shape, gpu, request, choice, targets, trainable, c, kernels)
-    return (recorded, why, *estimate_time(shape, gpu, request, choice, targets, trainable, c, kernels, recorded))
+                       "card's speed is unknown (pass --gpu NAME)"), *eager
+    eager_speed, recorded_speed = eager[0].tokens_per_second, recorded[0].tokens_per_second
+    if recorded_speed > eager_speed:
+        return True, f"~{recorded_speed:,.0f} tokens/s estimated recorded against ~{eager_speed:,.0f} eager", *recorded
+    return False, (f"~{eager_speed:,.0f} tokens/s estimated eager against ~{recorded_speed:,.0f} recorded: padding "
+                   "rows to 64 tokens costs this GPU-bound step more than the kernel launches it saves"), *eager
 
 
 def estimate_reason(gpu: GpuSpec | None, request: PlanRequest, speed: SpeedEstimate | None) -> str:
