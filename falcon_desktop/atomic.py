@@ -4,7 +4,8 @@ never a half-written one.
 Every file the tool writes goes through here: a file is written under a temporary name in the same folder, flushed,
 fsynced, and renamed over the target (a rename within one folder is atomic on POSIX and on NTFS); the folder is
 fsynced too, so the rename itself survives a power cut. A directory (a checkpoint, an adapter) is written the same
-way as a whole. An append-only log is appended one fsynced line at a time and read back tolerating a torn last line.
+way as a whole. An append-only log is appended a line at a time, each fsynced or all at once when its owner says
+(metrics.jsonl: with each checkpoint), and read back tolerating a torn last line.
 A failed write removes its temporary and raises; `errors.explain` turns the OSError into one "Error:" line.
 """
 
@@ -32,6 +33,13 @@ def fsync_directory(directory: Path) -> None:
         os.close(handle)
 
 
+def sync_file(path: Path) -> None:
+    """Make what was written to `path` durable."""
+    # Opened for writing: Windows' fsync (FlushFileBuffers) fails with EBADF on a read-only handle.
+    with open(path, "r+b") as handle:
+        os.fsync(handle.fileno())
+
+
 def write_file(path: Path, write: Callable[[Path], None]) -> None:
     """Run `write(tmp)` to write the file under a temporary name, fsync it, then rename it over `path`; on failure
     remove the temporary. For writers that need a path of their own (a GGUF writer); `write_bytes` otherwise."""
@@ -39,8 +47,7 @@ def write_file(path: Path, write: Callable[[Path], None]) -> None:
     tmp = _temporary_name(path)
     try:
         write(tmp)
-        with open(tmp, "r+b") as handle:  # writable: Windows' fsync fails on a read-only handle
-            os.fsync(handle.fileno())
+        sync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -63,9 +70,7 @@ def write_json(path: Path, payload: dict) -> None:
 
 def _fsync_tree(directory: Path) -> None:
     for file in sorted(p for p in directory.rglob("*") if p.is_file()):
-        # Opened for writing: Windows' fsync (FlushFileBuffers) fails with EBADF on a read-only handle.
-        with open(file, "r+b") as handle:
-            os.fsync(handle.fileno())
+        sync_file(file)
     fsync_directory(directory)
 
 
@@ -142,12 +147,6 @@ def append_line(path: Path, line: str, sync: bool = True) -> None:
             os.fsync(handle.fileno())
 
 
-def sync_file(path: Path) -> None:
-    """Make what was written to `path` durable (an existing file's lines appended with sync=False)."""
-    path = Path(path)
-    if path.exists():
-        with open(path, "r+b") as handle:  # writable: Windows' fsync fails on a read-only handle
-            os.fsync(handle.fileno())
 
 
 def _last_newline_end(handle, size: int) -> int:

@@ -38,7 +38,8 @@ class MetricsLog:
         append_line(self.path, json.dumps(record, sort_keys=True), sync=False)
 
     def sync(self) -> None:
-        sync_file(self.path)
+        if self.path.exists():  # none before the first step
+            sync_file(self.path)
 
     def read(self) -> list[dict]:
         return read_json_lines(self.path)
