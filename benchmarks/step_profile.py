@@ -44,7 +44,6 @@ class StepTimer:
         self.profile: dict = {}
         self._open: tuple[float, int] | None = None  # (start, real tokens) of the last timed step
         self._window: ProfileWindow | None = None
-        self._profiled_batches = 0
 
     def __call__(self, model, batches, *args, **kwargs):
         self.calls += 1
@@ -60,11 +59,8 @@ class StepTimer:
         self._open = (now, sum(b["real_tokens"] for b in batches)) if self.calls > self.warmup_steps and \
             not profiling else None
         result = self.step_function(model, batches, *args, **kwargs)
-        if profiling:
-            self._profiled_batches += len(batches)
-            if self.calls == first_profiled + PROFILED_STEPS - 1:
-                self.profile = self._window.close(self._profiled_batches)
-                self._window = None
+        if profiling and (summary := self._window.after_step(len(batches))) is not None:
+            self.profile, self._window = summary, None
         return result
 
 
@@ -74,17 +70,22 @@ class ProfileWindow:
     def __init__(self, steps: int = PROFILED_STEPS) -> None:
         from torch.profiler import ProfilerActivity, profile
 
-        self.steps = steps
+        self.steps, self._steps_run, self._micro_batches = steps, 0, 0
         torch.cuda.synchronize()
         self._profiler = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
         self._profiler.__enter__()
         self._start = time.perf_counter()
 
-    def close(self, micro_batches: int) -> dict:
+    def after_step(self, micro_batches: int) -> dict | None:
+        """Count a profiled step of `micro_batches`; after the last, stop and return the summary (else None)."""
+        self._steps_run += 1
+        self._micro_batches += micro_batches
+        if self._steps_run < self.steps:
+            return None
         torch.cuda.synchronize()
         wall = time.perf_counter() - self._start
         self._profiler.__exit__(None, None, None)
-        return summarize(self._profiler.key_averages(), wall, micro_batches, self.steps)
+        return summarize(self._profiler.key_averages(), wall, self._micro_batches, self.steps)
 
 
 # Kernel families by a piece of their name (first match wins): where a step's GPU time goes.

@@ -198,7 +198,7 @@ def train_on_batches(model: torch.nn.Module, steps: list[list[dict]], card: dict
         if number == profile_at:
             from step_profile import ProfileWindow
 
-            window, profiled_batches = ProfileWindow(), 0
+            window = ProfileWindow()
         synchronize()
         start = time.perf_counter()
         label_tokens = torch.tensor(sum(count_label_tokens(b["labels"]) for b in batches), device=device)
@@ -220,11 +220,9 @@ def train_on_batches(model: torch.nn.Module, steps: list[list[dict]], card: dict
                         "real_tokens": sum(b["real_tokens"] for b in batches),
                         "padded_tokens": sum(b["input_ids"].numel() for b in batches)})
         print(f"unsloth step {number}/{len(steps)}: loss {step_loss:.4f}, {seconds:.2f} s", flush=True)
-        if window is not None:
-            profiled_batches += len(batches)
-            if number == profile_at + window.steps - 1:
-                profile.update(window.close(profiled_batches))
-                window = None
+        if window is not None and (summary := window.after_step(len(batches))) is not None:
+            profile.update(summary)
+            window = None
     return records
 
 
