@@ -17,7 +17,8 @@ the siblings in the order the module calls them), so checkpointing's replayed ra
 random streams, give the same masks. After session 11's fused layers the 8B step's kernels took 694 ms against
 Unsloth's 712; the host launching them was the gap, which the grouping narrows (docs/benchmarks.md).
 
-It runs only where it computes what peft would: training with gradients, one active unmerged plain LoRA adapter
+It runs only where it computes what peft would: a module in training mode (with gradients, or in a checkpointed
+layer's first forward, which runs without: model.GraphlessCheckpoint), one active unmerged plain LoRA adapter
 without a bias, over a bitsandbytes 4-bit base, outside torch.compile (compiled layers keep peft's modules, which
 Inductor fuses itself). Everything else - generation, evaluation, merging, DoRA - takes peft's own forward.
 """
@@ -177,7 +178,7 @@ def _apply_group(group: list[tuple[nn.Module, str]], x: torch.Tensor) -> list[to
 
 def _fusable_adapter(layer: nn.Module, args: tuple, kwargs: dict) -> str | None:
     """The adapter name where QuantizedLoraGroup computes exactly what peft's forward would, else None."""
-    if args or kwargs or not torch.is_grad_enabled() or torch.compiler.is_compiling():
+    if args or kwargs or not (torch.is_grad_enabled() or layer.training) or torch.compiler.is_compiling():
         return None
     if layer.disable_adapters or layer.merged or len(layer.active_adapters) != 1:
         return None

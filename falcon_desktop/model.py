@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from falcon_desktop.attention import install_fast_attention
 from falcon_desktop.errors import UserError
@@ -294,11 +295,12 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     return best
 
 
-def set_checkpointing(model: nn.Module, checkpoint_layers: int) -> None:
+def set_checkpointing(model: nn.Module, checkpoint_layers: int, graphless_forward: bool = False) -> None:
     """Recompute the first `checkpoint_layers` decoder layers in backward; keep the others' activations.
 
     Checkpointing costs one extra forward of each checkpointed layer (+50% of its compute), so we checkpoint only as
-    many layers as the memory plan needs.
+    many layers as the memory plan needs. With `graphless_forward` (eager steps on one device: `GraphlessCheckpoint`)
+    their first forward builds no autograd graph.
     """
     layers = decoder_layers(model)
     # transformers renamed gradient_* to activation_checkpointing_* after 5.17; support both.
@@ -310,8 +312,40 @@ def set_checkpointing(model: nn.Module, checkpoint_layers: int) -> None:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
+    graphless = GraphlessCheckpoint() if graphless_forward else None
     for index, layer in enumerate(layers):
         layer.gradient_checkpointing = index < checkpoint_layers
+        if graphless is not None and layer.gradient_checkpointing:
+            layer._gradient_checkpointing_func = graphless
+
+
+class GraphlessCheckpoint:
+    """A checkpointed layer whose forward runs without autograd and is recomputed with it in backward (PyTorch's
+    reentrant checkpoint).
+
+    torch.utils.checkpoint's default (non-reentrant) form builds the layer's whole graph in forward and drops what
+    it saves through a Python hook per saved tensor, then hooks every tensor of the recomputation again: host work an
+    eager step of a big model, whose layers are mostly checkpointed, pays. `benchmarks/checkpoint_host_cost.py` (the
+    host's side of a 32-layer 4-bit Llama micro-batch, 30 layers checkpointed, on the 2-core CPU box): 158 ms
+    non-reentrant, 137 ms graphless, 95 ms with nothing checkpointed. On an H200 the difference was inside the run
+    to run spread (docs/benchmarks.md, session 13). torch.compile, FSDP/DDP and recorded steps keep the
+    non-reentrant form, which they need.
+
+    The reentrant form runs backward only for outputs of an input that requires grad, which the first layer's input
+    (frozen embeddings) does not; an `anchor` that requires grad, unused by the layer, stands in for it
+    (`enable_input_require_grads` would make backward compute the embeddings' gradient as well). The random state is
+    saved and restored around the recomputation, so LoRA dropout draws the forward's masks.
+    """
+
+    def __init__(self) -> None:
+        self.anchor = torch.ones((), requires_grad=True)
+
+    def __call__(self, function: Callable, *args):
+        return checkpoint(_without_anchor, function, self.anchor, *args, use_reentrant=True)
+
+
+def _without_anchor(function: Callable, anchor: torch.Tensor, *args):
+    return function(*args)
 
 
 # How `train --compile` runs the decoder layers, and the multiple every micro-batch's length is padded to for it.

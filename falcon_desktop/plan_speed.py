@@ -66,6 +66,8 @@ class SpeedCoefficients:
     # A checkpointed layer runs its forward again in backward (plus the checkpoint's own hooks): this share of the
     # layer's launches and LoRA traffic again. The ~1B Llama matrix, 512x16: 0.233 s without, 0.333 s with all 22
     # layers checkpointed; the planner matrix's ~1B Llama at 0, 10 and 15 checkpointed layers (attention-only).
+    # Fitted on torch's non-reentrant checkpoint; eager steps now run model.GraphlessCheckpoint, a third less host
+    # work for checkpointing on the CPU box but inside the H200's run-to-run spread (docs/benchmarks.md): not refitted.
     forward_share: float = 0.90
     # Per micro-batch outside the layers: embedding, the head on the labelled positions, loss, the copy to the GPU.
     # Small beside each micro-batch's per-layer launches, which the fit now carries most of a micro-batch's cost in.

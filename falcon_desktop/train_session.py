@@ -97,14 +97,16 @@ def check_compile(cluster: Cluster, device: torch.device, model: str) -> None:
         raise UserError(f"--compile cannot run here: {reason}.", "Train without --compile.")
 
 
-def adapted_for_training(base: torch.nn.Module, plan: Plan):
+def adapted_for_training(base: torch.nn.Module, plan: Plan, eager_one_device: bool = True):
     """The base model as the plan trains it: LoRA adapters, the fused kernels the memory model prices (fused_lora.py;
-    peft's own layers under FSDP, as plan_parallel.ShardedPricer prices them) and the plan's checkpointed layers."""
+    peft's own layers under FSDP, as plan_parallel.ShardedPricer prices them) and the plan's checkpointed layers,
+    whose first forward builds no autograd graph where the steps run eagerly on one device (`eager_one_device`: not
+    compiled, not distributed; model.GraphlessCheckpoint)."""
     model = add_lora(base, plan.lora_targets, plan.lora_r, plan.lora_alpha, plan.lora_dropout)
     install_fused_rms_norm(model)
     if plan.sharding != "fsdp":
         install_fused_lora(model)
-    set_checkpointing(model, plan.checkpoint_layers)
+    set_checkpointing(model, plan.checkpoint_layers, graphless_forward=eager_one_device)
     return model
 
 
@@ -120,8 +122,8 @@ def setup(config: TrainConfig, plan: Plan, card: RunCard | None, report, cluster
     _keep_4bit_weights_trainable(loaded.model)
     plan = fit_plan_to_device(plan, loaded.device)
     examples, eval_records, data_card = _prepare_data(config, plan, loaded.tokenizer, report)
-    model = adapted_for_training(loaded.model, plan)
     style = compile_style(config.compile, loaded.device.type, plan.checkpoint_layers)
+    model = adapted_for_training(loaded.model, plan, eager_one_device=style == "eager" and not cluster.distributed)
     if style == "graphs":
         info(f"Compiling {compile_layers(model, style)} decoder layers as CUDA graphs (torch.compile) at the first "
              "steps and at each new batch shape.")

@@ -117,21 +117,50 @@ def test_a_sibling_called_on_another_input_computes_its_own(saved_models):
 
 
 def test_fused_layers_fall_back_to_peft_where_they_would_differ(saved_models, monkeypatch):
-    """Without gradients (generation), with adapters disabled or merged, peft's own forward runs."""
-    from falcon_desktop import fused_lora
+    """In evaluation without gradients (generation), with adapters disabled or merged, peft's own forward runs."""
+    from falcon_desktop.fused_lora import _fusable_adapter
 
     model = _lora_model(saved_models["llama"], "llama", 0.3, True)
-    calls = []
-    original = fused_lora.QuantizedLoraGroup.apply
-    monkeypatch.setattr(fused_lora.QuantizedLoraGroup, "apply", lambda *a: calls.append(1) or original(*a))
+    calls = _count_group_calls(monkeypatch)
     ids = torch.randint(0, 256, (1, 6))
-    with torch.no_grad():
-        model(input_ids=ids)
+    q_proj = model.base_model.model.model.layers[0].self_attn.q_proj
+    with torch.no_grad():  # asked, not run: bitsandbytes' CPU kernels for evaluation want other shapes than these
+        assert _fusable_adapter(q_proj.eval(), (), {}) is None
+        assert _fusable_adapter(q_proj.train(), (), {}) == "default"  # a checkpointed layer's graphless forward
     with model.disable_adapter():
         model(input_ids=ids).logits.sum()
     assert calls == []
     model(input_ids=ids).logits.sum().backward()
     assert len(calls) == 2 * 4  # per layer: q/k/v together, o, gate/up together, down
+
+
+def _count_group_calls(monkeypatch) -> list[int]:
+    from falcon_desktop import fused_lora
+
+    calls: list[int] = []
+    original = fused_lora.QuantizedLoraGroup.apply
+    monkeypatch.setattr(fused_lora.QuantizedLoraGroup, "apply", lambda *a: calls.append(1) or original(*a))
+    return calls
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
+@pytest.mark.parametrize("name", ["llama", "falcon"])
+def test_graphless_checkpoints_train_what_uncheckpointed_layers_train(saved_models, name, device, monkeypatch):
+    """Checkpointed layers whose first forward builds no graph (model.GraphlessCheckpoint, what eager steps run):
+    the same loss and gradients as without checkpointing, dropout included (the recomputation draws the forward's
+    masks), the first layer's adapters included (its input, the frozen embeddings, needs no gradient), and both
+    forwards through the fused function."""
+    from falcon_desktop.model import GraphlessCheckpoint, decoder_layers, set_checkpointing
+
+    plain = _loss_and_gradients(_lora_model(saved_models[name], name, 0.3, True, device, monkeypatch=monkeypatch))
+    model = _lora_model(saved_models[name], name, 0.3, True, device, monkeypatch=monkeypatch)
+    set_checkpointing(model, 2, graphless_forward=True)
+    assert all(isinstance(layer._gradient_checkpointing_func, GraphlessCheckpoint) for layer in decoder_layers(model))
+    calls = _count_group_calls(monkeypatch)
+    loss, gradients = _loss_and_gradients(model)
+    assert loss == pytest.approx(plain[0], rel=1e-6)
+    assert _largest_relative_difference(gradients, plain[1]) < 1e-5
+    assert len(calls) == 2 * 2 * 4  # two layers, forward and recomputation, 4 functions a layer in both families
 
 
 def test_adapter_weights_changed_between_forwards_are_used(saved_models):
