@@ -62,6 +62,22 @@ def _adapter_weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run / "adapter" / "adapter_model.safetensors"))
 
 
+def test_evaluating_before_training_changes_nothing_it_trains(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """`train` answers held-out questions before fine-tuning. On a CPU with AVX512-BF16 (this test can only fail on
+    one), bitsandbytes repacks 4-bit weights in place for its inference kernels at that evaluation, and training
+    after it got wrong gradients through them; the trainer stops the repacking. The adapter trained after an
+    evaluation is the one trained without."""
+    evaluated, not_evaluated = tmp_path / "evaluated", tmp_path / "not-evaluated"
+    assert _train(tiny_model_dir, evaluated, "--max-steps", "3", "--eval-examples", "2") == 0
+    assert _train(tiny_model_dir, not_evaluated, "--max-steps", "3", "--eval-examples", "0") == 0
+    assert "eval_before" in json.loads((evaluated / "run.json").read_text(encoding="utf-8"))["metrics"]
+    expected = _adapter_weights(not_evaluated)
+    got = _adapter_weights(evaluated)
+    assert got.keys() == expected.keys()
+    for name, tensor in expected.items():
+        torch.testing.assert_close(got[name], tensor, rtol=0, atol=0)
+
+
 def _train_command(model: Path, output: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "falcon_desktop", "train", "--model", str(model), "--data", DEMO,
             "--output", str(output), "--batch-size", "8", "--learning-rate", "3e-3", *extra]
