@@ -51,11 +51,13 @@ def test_lora_on_exactly_the_requested_layers(tiny_model_dir: Path) -> None:
     assert "dense_4h_to_h" in raised.value.hint
 
 
-@pytest.mark.parametrize("checkpoint_layers", [0, 1, 2])
-def test_fast_attention_path_matches_transformers(tiny_model_dir: Path, checkpoint_layers: int) -> None:
+@pytest.mark.parametrize(("checkpoint_layers", "graphless"), [(0, False), (1, False), (2, False), (2, True)])
+def test_fast_attention_path_matches_transformers(tiny_model_dir: Path, checkpoint_layers: int,
+                                                  graphless: bool) -> None:
+    """Also where checkpointed layers recompute inside backward (graphless: their first forward without autograd)."""
     loaded = load_base_model(ModelSettings(str(tiny_model_dir), quantize=False, device="cpu"))
     model = add_lora(loaded.model, ["query_key_value"], r=4, alpha=8, dropout=0.0)
-    set_checkpointing(model, checkpoint_layers)
+    set_checkpointing(model, checkpoint_layers, graphless_forward=graphless)
     backbone, _ = backbone_and_head(model)
     input_ids = torch.randint(0, 1000, (3, 24), generator=torch.Generator().manual_seed(0))
     model.train()
