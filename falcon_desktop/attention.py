@@ -1,10 +1,18 @@
-"""Falcon's attention made fast for training (flash SDPA) and recordable for decoding (CUDA graphs).
+"""Attention made fast for training (Falcon: flash SDPA; the Llama family: one rotary function) and Falcon's
+recordable for decoding (CUDA graphs).
 
 transformers' Falcon always materialises the causal mask (to add ALiBi onto it) and hands SDPA a single key/value
 head for Falcon-7B's 71 query heads. Either one keeps SDPA off its flash kernel; together they make the math
 kernel store fp32 scores of shape [batch, 71, T, T] per layer (measured on an H100: ~270 KB per token per layer,
 docs/benchmarks.md). During our training forward the rows are right-padded and the mask is purely causal, so we
 can drop it, broadcast the key/value head to every query head, and call SDPA with `is_causal=True`.
+
+Llama, Mistral and Qwen2 attention rotate q and k with transformers' `apply_rotary_pos_emb`: per tensor a
+multiply, `rotate_half`'s negation and concatenation, another multiply and an add, on the heads-first transposed
+view (strided, unvectorised kernels), and more than as many again in backward. Profiled on the H200, that was the
+largest share of a Llama-3-8B step's element-wise kernel time after LoRA's dropout (docs/benchmarks.md, session 13).
+`RotaryEmbedding` computes the same rotation as one autograd node of three kernels per tensor each way, on the
+projections' own contiguous layout, before they are transposed for SDPA.
 
 The fast path is on only inside `causal_fast_path(model)` (the trainer's forward and backward, where recomputed
 layers run again); generation, which needs the padding mask and the KV cache, takes transformers' own code.
@@ -60,16 +68,74 @@ def _fast_forward(self, hidden_states, alibi, attention_mask, position_ids=None,
     return self.dense(output), None
 
 
+class RotaryEmbedding(torch.autograd.Function):
+    """transformers' rotary embedding of q and k (`x * cos + rotate_half(x) * sin`) in one node, on
+    [batch, tokens, heads, head_dim]: `rotate_half(x) * sin` is `roll(x, head_dim / 2) * sin` with the first half of
+    sin negated, so forward is a multiply, a roll and an `addcmul` per tensor, and backward the same (the roll by half
+    the width is its own transpose). Keeps only cos and the signed sin for backward, as transformers' keeps cos and
+    sin."""
+
+    @staticmethod
+    def forward(ctx, query: torch.Tensor, key: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        half = cos.shape[-1] // 2
+        cos, sin = cos.unsqueeze(2).to(query.dtype), sin.unsqueeze(2).to(query.dtype)  # broadcast over the heads
+        signed = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+        ctx.save_for_backward(cos, signed)
+        return tuple(torch.addcmul(x * cos, x.roll(half, -1), signed) for x in (query, key))
+
+    @staticmethod
+    def backward(ctx, grad_query: torch.Tensor | None, grad_key: torch.Tensor | None):
+        cos, signed = ctx.saved_tensors
+        half = cos.shape[-1] // 2
+        return (*(None if grad is None else torch.addcmul((grad * signed).roll(half, -1), grad, cos)
+                  for grad in (grad_query, grad_key)), None, None)
+
+
+# Attention classes whose training forward `_rotary_fast_forward` computes: the same projections, rotary embedding
+# and causal SDPA (Mistral and Qwen2 add a sliding window, which the fast path leaves to transformers where it binds).
+ROTARY_ATTENTIONS = ("LlamaAttention", "MistralAttention", "Qwen2Attention")
+
+
+def _rotary_fast_path_applies(self, length: int, position_embeddings, args: tuple, kwargs: dict) -> bool:
+    """Inside causal_fast_path, for a causal forward without a cache, attention dropout or a binding sliding window.
+    Compiled layers keep transformers' code, whose element-wise rotation Inductor fuses itself."""
+    window = self.sliding_window if hasattr(self, "sliding_window") else getattr(self.config, "sliding_window", None)
+    return (getattr(self, _FLAG, False) and not torch.compiler.is_compiling() and position_embeddings is not None
+            and not args and not kwargs.get("output_attentions") and kwargs.get("cache") is None
+            and kwargs.get("past_key_values") is None and not (self.training and self.attention_dropout)
+            and (window is None or length <= window))
+
+
+def _rotary_fast_forward(self, hidden_states, position_embeddings=None, attention_mask=None, *args, **kwargs):
+    if not _rotary_fast_path_applies(self, hidden_states.shape[-2], position_embeddings, args, kwargs):
+        return type(self).forward(self, hidden_states, position_embeddings, attention_mask, *args, **kwargs)
+    shape = (*hidden_states.shape[:-1], -1, self.head_dim)
+    query, key = RotaryEmbedding.apply(self.q_proj(hidden_states).view(shape), self.k_proj(hidden_states).view(shape),
+                                       *position_embeddings)
+    value = self.v_proj(hidden_states).view(shape)
+    query, key, value = (x.transpose(1, 2) for x in (query, key, value))  # [batch, heads, T, head_dim]
+    # The mask is purely causal here (module docstring); key/value heads shared by query heads as transformers' SDPA
+    # path shares them without a mask.
+    output = F.scaled_dot_product_attention(query, key, value, is_causal=hidden_states.shape[-2] > 1,
+                                            scale=self.scaling, enable_gqa=self.num_key_value_groups > 1)
+    return self.o_proj(output.transpose(1, 2).reshape(*hidden_states.shape[:-1], -1)), None
+
+
 def install_fast_attention(model: nn.Module) -> int:
-    """Give every Falcon (non-ALiBi) attention module the fast path, switched off; returns how many."""
+    """Give every Falcon (non-ALiBi) and Llama-family (ROTARY_ATTENTIONS) attention module its training fast path,
+    switched off; returns how many."""
     from transformers.models.falcon.modeling_falcon import FalconAttention
 
     patched = 0
     for module in model.modules():
         if type(module) is FalconAttention and not module.config.alibi:
             module.forward = MethodType(_fast_forward, module)
-            setattr(module, _FLAG, False)
-            patched += 1
+        elif type(module).__name__ in ROTARY_ATTENTIONS:
+            module.forward = MethodType(_rotary_fast_forward, module)
+        else:
+            continue
+        setattr(module, _FLAG, False)
+        patched += 1
     return patched
 
 

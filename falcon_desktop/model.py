@@ -215,8 +215,7 @@ def load_base_model(settings: ModelSettings) -> LoadedModel:
         model = load_causal_lm(settings.model, dtype, device, settings.trust_remote_code, config,
                                attn_implementation="sdpa", **options)
     model.config.use_cache = False
-    if is_falcon:
-        install_fast_attention(model)
+    install_fast_attention(model)
     if dtype != torch.float32:
         cast_norm_outputs(model, dtype)
     report = verify_quantization(model) if settings.quantize else None

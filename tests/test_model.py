@@ -130,3 +130,94 @@ def test_real_falcon_7b_legacy_config_has_the_published_parameter_count(shared_d
     with torch.device("meta"):
         model = FalconForCausalLM(load_config(str(tmp_path)))
     assert sum(p.numel() for p in model.parameters()) == 6_921_720_704
+
+
+LLAMA_FAMILY = ["llama-gqa", "llama-biases-tied-head-dim", "mistral", "qwen2", "qwen2-tied"]
+
+
+def _rotary_calls(monkeypatch) -> list[int]:
+    from falcon_desktop import attention
+
+    calls: list[int] = []
+    original = attention.RotaryEmbedding.apply
+    monkeypatch.setattr(attention.RotaryEmbedding, "apply", lambda *a: calls.append(1) or original(*a))
+    return calls
+
+
+def _hidden_and_gradients(model, ids: torch.Tensor, fast: bool):
+    backbone, _ = backbone_and_head(model)
+    model.zero_grad()
+    with causal_fast_path(model) if fast else torch.enable_grad():
+        hidden = backbone(input_ids=ids, use_cache=False).last_hidden_state
+        hidden.square().sum().backward()
+    return hidden.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+
+@pytest.mark.parametrize("checkpointed", [False, True])
+@pytest.mark.parametrize("name", LLAMA_FAMILY)
+def test_llama_family_fast_path_matches_transformers(name: str, checkpointed: bool, monkeypatch) -> None:
+    """Llama, Mistral and Qwen2 attention inside the trainer's fast path (one rotary function, causal SDPA; GQA,
+    biases, a head_dim of its own, tied heads): the same hidden states and LoRA gradients as transformers' forward,
+    also with every layer checkpointed (graphless: recomputed inside backward)."""
+    from transformers import AutoModelForCausalLM
+
+    from falcon_desktop.attention import install_fast_attention
+    from test_shapes import TINY_CONFIGS, native_config
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_config(native_config(TINY_CONFIGS[name]), attn_implementation="sdpa")
+    model = add_lora(base, ["q_proj", "k_proj", "v_proj", "o_proj"], r=4, alpha=8, dropout=0.0)
+    for parameter_name, parameter in model.named_parameters():
+        if "lora_B" in parameter_name:
+            torch.nn.init.normal_(parameter, std=0.05)
+    assert install_fast_attention(model) == 2
+    set_checkpointing(model, 2 if checkpointed else 0, graphless_forward=checkpointed)
+    model.train()
+    ids = torch.randint(0, 96, (3, 10), generator=torch.Generator().manual_seed(0))
+    reference, reference_grads = _hidden_and_gradients(model, ids, fast=False)
+    calls = _rotary_calls(monkeypatch)
+    fast, fast_grads = _hidden_and_gradients(model, ids, fast=True)
+    assert len(calls) == 2 * (2 if checkpointed else 1)  # each layer, again in its recomputation
+    torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-5)
+    for got, expected in zip(fast_grads, reference_grads, strict=True):  # to fp32 rounding (other kernels' sums)
+        assert (got - expected).abs().max() <= 1e-4 * expected.abs().max()
+
+
+def test_a_sliding_window_shorter_than_the_rows_takes_transformers_attention(monkeypatch) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from falcon_desktop.attention import install_fast_attention
+    from test_shapes import TINY_CONFIGS, native_config
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(native_config({**TINY_CONFIGS["mistral"], "sliding_window": 4}),
+                                             attn_implementation="sdpa")
+    install_fast_attention(model)
+    model.train()
+    ids = torch.randint(0, 96, (2, 10), generator=torch.Generator().manual_seed(0))
+    reference, _ = _hidden_and_gradients(model, ids, fast=False)
+    calls = _rotary_calls(monkeypatch)
+    windowed, _ = _hidden_and_gradients(model, ids, fast=True)
+    assert calls == []
+    torch.testing.assert_close(windowed, reference)
+
+
+def test_rotary_function_equals_transformers_rotation_in_bf16() -> None:
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    from falcon_desktop.attention import RotaryEmbedding
+
+    generator = torch.Generator().manual_seed(0)
+    query = torch.randn(2, 7, 4, 16, generator=generator, dtype=torch.bfloat16, requires_grad=True)
+    key = torch.randn(2, 7, 2, 16, generator=generator, dtype=torch.bfloat16, requires_grad=True)
+    angles = torch.randn(2, 7, 8, generator=generator)
+    cos, sin = (f(torch.cat((angles, angles), -1)).to(torch.bfloat16) for f in (torch.cos, torch.sin))
+    grads = [torch.randn(2, 7, heads, 16, generator=generator, dtype=torch.bfloat16) for heads in (4, 2)]
+    ours = RotaryEmbedding.apply(query, key, cos, sin)
+    theirs = [x.transpose(1, 2) for x in apply_rotary_pos_emb(query.transpose(1, 2), key.transpose(1, 2), cos, sin)]
+    for got, expected in zip(ours, theirs):
+        torch.testing.assert_close(got, expected, rtol=0.02, atol=0.02)  # one bf16 rounding fewer in ours
+    ours_grads = torch.autograd.grad(ours, (query, key), grads)
+    theirs_grads = torch.autograd.grad(theirs, (query, key), grads)
+    for got, expected in zip(ours_grads, theirs_grads):
+        torch.testing.assert_close(got, expected, rtol=0.02, atol=0.02)
