@@ -153,9 +153,11 @@ def _hidden_and_gradients(model, ids: torch.Tensor, fast: bool):
     return hidden.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU"))])
 @pytest.mark.parametrize("checkpointed", [False, True])
 @pytest.mark.parametrize("name", LLAMA_FAMILY)
-def test_llama_family_fast_path_matches_transformers(name: str, checkpointed: bool, monkeypatch) -> None:
+def test_llama_family_fast_path_matches_transformers(name: str, checkpointed: bool, device: str, monkeypatch) -> None:
     """Llama, Mistral and Qwen2 attention inside the trainer's fast path (one rotary function, causal SDPA; GQA,
     biases, a head_dim of its own, tied heads): the same hidden states and LoRA gradients as transformers' forward,
     also with every layer checkpointed (graphless: recomputed inside backward)."""
@@ -166,14 +168,14 @@ def test_llama_family_fast_path_matches_transformers(name: str, checkpointed: bo
 
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_config(native_config(TINY_CONFIGS[name]), attn_implementation="sdpa")
-    model = add_lora(base, ["q_proj", "k_proj", "v_proj", "o_proj"], r=4, alpha=8, dropout=0.0)
+    model = add_lora(base.to(device), ["q_proj", "k_proj", "v_proj", "o_proj"], r=4, alpha=8, dropout=0.0)
     for parameter_name, parameter in model.named_parameters():
         if "lora_B" in parameter_name:
             torch.nn.init.normal_(parameter, std=0.05)
     assert install_fast_attention(model) == 2
     set_checkpointing(model, 2 if checkpointed else 0, graphless_forward=checkpointed)
     model.train()
-    ids = torch.randint(0, 96, (3, 10), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(0, 96, (3, 10), generator=torch.Generator().manual_seed(0)).to(device)
     reference, reference_grads = _hidden_and_gradients(model, ids, fast=False)
     calls = _rotary_calls(monkeypatch)
     fast, fast_grads = _hidden_and_gradients(model, ids, fast=True)
