@@ -8,9 +8,10 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from torch import nn
+from autograd_calls import count_applies
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig, FalconConfig, LlamaConfig
 
-from falcon_desktop.fused_lora import install_fused_lora, install_fused_rms_norm
+from falcon_desktop.fused_lora import QuantizedLoraGroup, install_fused_lora, install_fused_rms_norm
 
 LLAMA = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
                     num_key_value_heads=2)
@@ -121,7 +122,7 @@ def test_fused_layers_fall_back_to_peft_where_they_would_differ(saved_models, mo
     from falcon_desktop.fused_lora import _fusable_adapter
 
     model = _lora_model(saved_models["llama"], "llama", 0.3, True)
-    calls = _count_group_calls(monkeypatch)
+    calls = count_applies(monkeypatch, QuantizedLoraGroup)
     ids = torch.randint(0, 256, (1, 6))
     q_proj = model.base_model.model.model.layers[0].self_attn.q_proj
     with torch.no_grad():  # asked, not run: bitsandbytes' CPU kernels for evaluation want other shapes than these
@@ -132,15 +133,6 @@ def test_fused_layers_fall_back_to_peft_where_they_would_differ(saved_models, mo
     assert calls == []
     model(input_ids=ids).logits.sum().backward()
     assert len(calls) == 2 * 4  # per layer: q/k/v together, o, gate/up together, down
-
-
-def _count_group_calls(monkeypatch) -> list[int]:
-    from falcon_desktop import fused_lora
-
-    calls: list[int] = []
-    original = fused_lora.QuantizedLoraGroup.apply
-    monkeypatch.setattr(fused_lora.QuantizedLoraGroup, "apply", lambda *a: calls.append(1) or original(*a))
-    return calls
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
@@ -156,7 +148,7 @@ def test_graphless_checkpoints_train_what_uncheckpointed_layers_train(saved_mode
     model = _lora_model(saved_models[name], name, 0.3, True, device, monkeypatch=monkeypatch)
     set_checkpointing(model, 2, graphless_forward=True)
     assert all(isinstance(layer._gradient_checkpointing_func, GraphlessCheckpoint) for layer in decoder_layers(model))
-    calls = _count_group_calls(monkeypatch)
+    calls = count_applies(monkeypatch, QuantizedLoraGroup)
     loss, gradients = _loss_and_gradients(model)
     assert loss == pytest.approx(plain[0], rel=1e-6)
     assert _largest_relative_difference(gradients, plain[1]) < 1e-5

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from autograd_calls import count_applies
 from legacy_falcon import legacy_config, legacy_falcon_copy
 
-from falcon_desktop.attention import causal_fast_path
+from falcon_desktop.attention import RotaryEmbedding, causal_fast_path
 from falcon_desktop.errors import UserError
 from falcon_desktop.model import (
     ModelSettings,
@@ -135,15 +136,6 @@ def test_real_falcon_7b_legacy_config_has_the_published_parameter_count(shared_d
 LLAMA_FAMILY = ["llama-gqa", "llama-biases-tied-head-dim", "mistral", "qwen2", "qwen2-tied"]
 
 
-def _rotary_calls(monkeypatch) -> list[int]:
-    from falcon_desktop import attention
-
-    calls: list[int] = []
-    original = attention.RotaryEmbedding.apply
-    monkeypatch.setattr(attention.RotaryEmbedding, "apply", lambda *a: calls.append(1) or original(*a))
-    return calls
-
-
 def _hidden_and_gradients(model, ids: torch.Tensor, fast: bool):
     backbone, _ = backbone_and_head(model)
     model.zero_grad()
@@ -177,7 +169,7 @@ def test_llama_family_fast_path_matches_transformers(name: str, checkpointed: bo
     model.train()
     ids = torch.randint(0, 96, (3, 10), generator=torch.Generator().manual_seed(0)).to(device)
     reference, reference_grads = _hidden_and_gradients(model, ids, fast=False)
-    calls = _rotary_calls(monkeypatch)
+    calls = count_applies(monkeypatch, RotaryEmbedding)
     fast, fast_grads = _hidden_and_gradients(model, ids, fast=True)
     assert len(calls) == 2 * (2 if checkpointed else 1)  # each layer, again in its recomputation
     torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-5)
@@ -198,7 +190,7 @@ def test_a_sliding_window_shorter_than_the_rows_takes_transformers_attention(mon
     model.train()
     ids = torch.randint(0, 96, (2, 10), generator=torch.Generator().manual_seed(0))
     reference, _ = _hidden_and_gradients(model, ids, fast=False)
-    calls = _rotary_calls(monkeypatch)
+    calls = count_applies(monkeypatch, RotaryEmbedding)
     windowed, _ = _hidden_and_gradients(model, ids, fast=True)
     assert calls == []
     torch.testing.assert_close(windowed, reference)
@@ -206,8 +198,6 @@ def test_a_sliding_window_shorter_than_the_rows_takes_transformers_attention(mon
 
 def test_rotary_function_equals_transformers_rotation_in_bf16() -> None:
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
-
-    from falcon_desktop.attention import RotaryEmbedding
 
     generator = torch.Generator().manual_seed(0)
     query = torch.randn(2, 7, 4, 16, generator=generator, dtype=torch.bfloat16, requires_grad=True)
