@@ -147,8 +147,6 @@ def append_line(path: Path, line: str, sync: bool = True) -> None:
             os.fsync(handle.fileno())
 
 
-
-
 def _last_newline_end(handle, size: int) -> int:
     handle.seek(0)
     data = handle.read(size)

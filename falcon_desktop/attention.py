@@ -107,18 +107,19 @@ def _rotary_fast_path_applies(self, length: int, position_embeddings, args: tupl
 
 
 def _rotary_fast_forward(self, hidden_states, position_embeddings=None, attention_mask=None, *args, **kwargs):
-    if not _rotary_fast_path_applies(self, hidden_states.shape[-2], position_embeddings, args, kwargs):
+    *input_shape, length, _ = hidden_states.shape
+    if not _rotary_fast_path_applies(self, length, position_embeddings, args, kwargs):
         return type(self).forward(self, hidden_states, position_embeddings, attention_mask, *args, **kwargs)
-    shape = (*hidden_states.shape[:-1], -1, self.head_dim)
+    shape = (*input_shape, length, -1, self.head_dim)
     query, key = RotaryEmbedding.apply(self.q_proj(hidden_states).view(shape), self.k_proj(hidden_states).view(shape),
                                        *position_embeddings)
     value = self.v_proj(hidden_states).view(shape)
     query, key, value = (x.transpose(1, 2) for x in (query, key, value))  # [batch, heads, T, head_dim]
     # The mask is purely causal here (module docstring); key/value heads shared by query heads as transformers' SDPA
     # path shares them without a mask.
-    output = F.scaled_dot_product_attention(query, key, value, is_causal=hidden_states.shape[-2] > 1,
-                                            scale=self.scaling, enable_gqa=self.num_key_value_groups > 1)
-    return self.o_proj(output.transpose(1, 2).reshape(*hidden_states.shape[:-1], -1)), None
+    output = F.scaled_dot_product_attention(query, key, value, is_causal=length > 1, scale=self.scaling,
+                                            enable_gqa=self.num_key_value_groups > 1)
+    return self.o_proj(output.transpose(1, 2).reshape(*input_shape, length, -1)), None
 
 
 def install_fast_attention(model: nn.Module) -> int:

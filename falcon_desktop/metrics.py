@@ -29,7 +29,8 @@ class MetricsLog:
     (a model written a minute before; on Windows, FlushFileBuffers), while the training loop writes a line between
     queueing a step and reading its loss. Beside Unsloth, whose loop writes nothing, 3-6 consecutive steps of each of
     our three 8B runs took 1.2-1.8x their size's time and none of Unsloth's did
-    (benchmarks/results/unsloth-grouped-h200/); whether these fsyncs were the cause is not yet measured."""
+    (benchmarks/results/unsloth-grouped-h200/); with lines fsynced only with checkpoints, none of our 80 steps in
+    session 13's two 8B runs did (benchmarks/results/unsloth-graphless-h200/)."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
