@@ -173,8 +173,10 @@ def test_llama_family_fast_path_matches_transformers(name: str, checkpointed: bo
     fast, fast_grads = _hidden_and_gradients(model, ids, fast=True)
     assert len(calls) == 2 * (2 if checkpointed else 1)  # each layer, again in its recomputation
     torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-5)
-    for got, expected in zip(fast_grads, reference_grads, strict=True):  # to fp32 rounding (other kernels' sums)
-        assert (got - expected).abs().max() <= 1e-4 * expected.abs().max()
+    # To fp32 rounding: other kernels sum in other orders (on the GPU machine's CPU, torch 2.11: 1.1e-4 of the
+    # largest element); a wrong rotation or a lost gradient is off by the gradient itself.
+    for got, expected in zip(fast_grads, reference_grads, strict=True):
+        assert (got - expected).abs().max() <= 1e-3 * expected.abs().max()
 
 
 def test_a_sliding_window_shorter_than_the_rows_takes_transformers_attention(monkeypatch) -> None:
