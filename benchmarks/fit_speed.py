@@ -41,7 +41,7 @@ BOUNDS = {
     "step_seconds": (0.02, 0.10), "unhidden_share": (0.0, 0.3),
     "recorded_launch_share": (0.0, 0.3), "recorded_step_seconds": (0.0, 0.05),
     "fused_lora_element_seconds": (0.0, 15e-12), "fused_lora_module_seconds": (0.0, 0.6e-3),
-    "fused_rms_norm_saved_seconds": (0.0, 1.0e-3),
+    "fused_rms_norm_saved_seconds": (0.0, 1.0e-3), "rotary_fast_path_saved_seconds": (0.0, 3.0e-3),
 }
 
 

@@ -64,6 +64,7 @@ from falcon_desktop.shapes import LORA_TARGETS, ModelShape, shape_from_config
 
 HERE = Path(__file__).resolve().parent
 RESULT = HERE / "results" / "planner-matrix.json"
+RECORDED_RESULT = HERE / "results" / "planner-matrix-recorded.json"   # `run --recorded`
 # Cheapest first (a broken setup shows in seconds), then the sizes the speed model has seen least.
 MODELS = ("smollm2-135m", "llama-3-8b", "llama-1b", "falcon-7b")
 TARGET_SETS = ("all", "attention")
@@ -188,6 +189,12 @@ def _free_memory(cuda: bool) -> None:
 
     gc.collect()
     if cuda:
+        # cuBLAS keeps a workspace per stream it ran on, for the process's life: a recorded row's warm-up stream and
+        # the recording's add two (~67 MB on the H200), which the next rows' peaks would carry (measured, session
+        # 14: +0.067 GB reserved a row). A `train` process records once; so does a row.
+        clear_workspaces = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
+        if clear_workspaces is not None:
+            clear_workspaces()
         torch.cuda.empty_cache()
 
 

@@ -59,10 +59,10 @@ def _targets(shape: ModelShape, names: str) -> tuple[str, ...]:
 def _priced(shape: ModelShape, gpu: str, method: str, targets: tuple[str, ...], lora_r: int, effective_batch: int,
             tokens_per_example: int, micro: int, seq_len: int, checkpoint_layers: int,
             labelled_fraction: float, length_spread: tuple[float, ...] = SQUAD_LENGTH_SPREAD,
-            fused_kernels: bool = False) -> tuple[float, str]:
+            fused_kernels: bool = False, rotary_fast_path: bool = False) -> tuple[float, str]:
     workload = Workload(method, targets, shape.lora_parameters(targets, lora_r), effective_batch, micro * seq_len,
                         tokens_per_example, checkpoint_layers, labelled_fraction, length_spread,
-                        fused_lora=fused_kernels, fused_rms_norm=fused_kernels)
+                        fused_lora=fused_kernels, fused_rms_norm=fused_kernels, rotary_fast_path=rotary_fast_path)
     estimate = estimate_speed(shape, workload, gpu_model(gpu).bf16_tflops)
     return estimate.tokens_per_second, estimate.bound
 
@@ -77,7 +77,8 @@ def _listed_row(spec: dict, shape: ModelShape) -> SpeedRow:
                               effective_batch_size=spec["effective_batch"],
                               mean_tokens_per_example=spec["tokens_per_example"],
                               cuda_graphs=spec.get("recorded", False),  # rows before session 9 ran eager steps
-                              fused_kernels=spec.get("fused_kernels", False))  # and before session 11 peft's layers
+                              fused_kernels=spec.get("fused_kernels", False),  # before session 11 peft's layers
+                              rotary_fast_path=spec.get("rotary_fast_path", False))  # before 14 transformers' attention
         plan = make_plan(shape, card, request)
         bound = plan.reasons["estimated_tokens_per_second"].split(" ")[0].split("-")[0]
         settings = (f"plan at {spec['plan_vram_gib']} GiB: {plan.micro_batch_size}x{plan.max_seq_len}, "
@@ -86,7 +87,8 @@ def _listed_row(spec: dict, shape: ModelShape) -> SpeedRow:
     estimated, bound = _priced(shape, spec["gpu"], spec["method"], targets, spec.get("lora_r", 16),
                                spec["effective_batch"], spec["tokens_per_example"], spec["micro_batch"],
                                spec["seq_len"], spec["checkpoint_layers"], COEFFICIENTS.labelled_token_fraction,
-                               fused_kernels=spec.get("fused_kernels", False))
+                               fused_kernels=spec.get("fused_kernels", False),
+                               rotary_fast_path=spec.get("rotary_fast_path", False))
     settings = f"{spec['micro_batch']}x{spec['seq_len']}, {spec['checkpoint_layers']} ckpt"
     return SpeedRow(settings=settings, estimated=estimated, bound=bound, **common)
 

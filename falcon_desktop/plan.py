@@ -71,6 +71,8 @@ class PlanRequest:
     cuda_graphs: bool = True                  # train records its steps where it can (train --no-cuda-graphs: off)
     fused_kernels: bool = True                # train's fused_lora.py kernels (False: peft's and transformers' own
                                               # modules, as the runs measured before session 11 had)
+    rotary_fast_path: bool = True             # attention.py's Llama-family training attention (False:
+                                              # transformers' own, as the runs measured before session 14 had)
 
     def __post_init__(self) -> None:
         if self.lora_targets is not None and not isinstance(self.lora_targets, tuple):

@@ -99,12 +99,22 @@ class SpeedCoefficients:
     fused_lora_element_seconds: float = 7.9e-12
     # CPU: per adapted layer, its share of the autograd function its siblings share, forward and backward, instead
     # of peft's modules and nodes.
-    fused_lora_module_seconds: float = 0.38e-3
+    fused_lora_module_seconds: float = 0.42e-3
     # CPU saved per RMSNorm (Llama family) run as F.rms_norm's one kernel instead of transformers' seven.
     fused_rms_norm_saved_seconds: float = 0.17e-3
+    # CPU saved per Llama-family layer by attention.py's training fast path (session 14): q and k rotated in one
+    # autograd function (transformers' rotation is ~10 launches forward, more in backward) and SDPA called
+    # directly. With `fused_lora_module_seconds` (0.38 -> 0.42 ms), chosen together on a grid, every other figure held,
+    # over every row fit_speed.py fits: the planner matrix's SmolLM2, ~1B and 8B rows re-measured in session 14
+    # (eager, on this path; attention-only rows ran 1.0-1.3x their session 12 speed, all-linear 0.8-1.4x) and its
+    # 8B and ~1B side by sides; worst error 24.6% (SmolLM2 all-linear at 8 GiB, whose identical plan measured
+    # 10,546-13,416 tokens/s at the three caps of one call).
+    rotary_fast_path_saved_seconds: float = 0.60e-3
 
 
 SPEED = SpeedCoefficients()
+# The model types whose attention attention.py's fast path computes in training (ROTARY_ATTENTIONS; no torch here).
+ROTARY_FAST_PATH_TYPES = ("llama", "mistral", "qwen2")
 # Recorded micro-batches pad their length to a multiple of this (step_graphs.PAD_MULTIPLE; no torch import here).
 RECORDED_PAD = 64
 
@@ -135,6 +145,7 @@ class Workload:
     recorded: bool = False          # steps replayed as CUDA graphs (step_graphs.py), not launched eagerly
     fused_lora: bool = False        # 4-bit LoRA layers as fused_lora.py's one function (train on one GPU), not peft's
     fused_rms_norm: bool = False    # RMSNorms as F.rms_norm (fused_lora.py), not transformers' own
+    rotary_fast_path: bool = False  # Llama-family attention through attention.py's training fast path
 
 
 @dataclass(frozen=True)
@@ -203,6 +214,8 @@ def _micro_batch(shape: ModelShape, workload: Workload, tokens: float, context: 
         per_layer += len(shape.linear_modules()) * c.nf4_linear_seconds
     if workload.fused_rms_norm and shape.norm_kind == "rmsnorm":
         per_layer -= shape.norms_per_layer * c.fused_rms_norm_saved_seconds
+    if workload.rotary_fast_path and shape.model_type in ROTARY_FAST_PATH_TYPES:
+        per_layer -= c.rotary_fast_path_saved_seconds
     cpu = layers * per_layer * (1 + c.forward_share * checkpointed) + c.micro_batch_seconds
     return _MicroBatch(gpu + dequantize, cpu, dequantize)
 

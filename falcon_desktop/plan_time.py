@@ -36,7 +36,8 @@ def estimate_time(shape: ModelShape, gpu: GpuSpec | None, request: PlanRequest, 
     workload = Workload(request.method, targets, trainable, request.effective_batch_size,
                         choice.micro_batch_size * choice.seq_len, min(request.mean_tokens_per_example, choice.seq_len),
                         choice.checkpoint_layers, c.labelled_token_fraction, recorded=recorded,
-                        fused_lora=kernels.fused_lora, fused_rms_norm=kernels.fused_rms_norm)
+                        fused_lora=kernels.fused_lora, fused_rms_norm=kernels.fused_rms_norm,
+                        rotary_fast_path=request.rotary_fast_path)
     speed = estimate_speed(shape, workload, gpu.bf16_tflops)
     tokens = request.dataset_tokens
     return speed, None if tokens is None else tokens * request.epochs / speed.tokens_per_second / 3600
