@@ -49,8 +49,8 @@ def register(subparsers: argparse._SubParsersAction, formatter: type[argparse.He
     run.add_argument("--compile", action=argparse.BooleanOptionalAction, default=defaults.compile,
                      help="compile each decoder layer with torch.compile: fused kernels, replayed as CUDA graphs "
                           "when no layer is checkpointed (2.7-4.1x the steady tokens/s of eager steps on 135M-1B "
-                          "models without checkpointed layers, on an H200; no faster than eager on Falcon-7B's "
-                          "checkpointed 24 GiB plan: docs/benchmarks.md) after 1-3 minutes of compiling, so for long "
+                          "models without checkpointed layers, on an H200; 1.07x on Llama-3-8B's checkpointed plan, no faster "
+                          "on Falcon-7B's: docs/benchmarks.md) after 1-3 minutes of compiling, so for long "
                           "runs; needs Triton on a GPU (Windows: the triton-windows package) and a C++ compiler on the "
                           "CPU; a resumed run compiles only if given it again")
     run.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=defaults.cuda_graphs,
