@@ -1,5 +1,5 @@
-"""Attention made fast for training (Falcon: flash SDPA; the Llama family: one rotary function) and Falcon's
-recordable for decoding (CUDA graphs).
+"""Attention made fast for training (Falcon: flash SDPA; Falcon and the Llama family: one rotary function) and
+Falcon's recordable for decoding (CUDA graphs).
 
 transformers' Falcon always materialises the causal mask (to add ALiBi onto it) and hands SDPA a single key/value
 head for Falcon-7B's 71 query heads. Either one keeps SDPA off its flash kernel; together they make the math
@@ -12,8 +12,8 @@ multiply, `rotate_half`'s negation and concatenation, another multiply and an ad
 view (strided, unvectorised kernels), and more than as many again in backward. Profiled on the H200, that was the
 largest share of a Llama-3-8B step's element-wise kernel time after LoRA's dropout (docs/benchmarks.md, session 13).
 `RotaryEmbedding` computes the same rotation as one autograd node of three kernels per tensor each way (a multiply
-and two half-width in-place `addcmul_`), on the projections' own contiguous layout, before they are transposed for
-SDPA.
+and two half-width in-place `addcmul_`), on the projections' own layout, before they are transposed for SDPA.
+Falcon's fast path rotates with it too (since session 14; its speed there not yet measured).
 
 The fast path is on only inside `causal_fast_path(model)` (the trainer's forward and backward, where recomputed
 layers run again); generation, which needs the padding mask and the KV cache, takes transformers' own code.
@@ -50,17 +50,20 @@ def _fast_forward(self, hidden_states, alibi, attention_mask, position_ids=None,
                                   position_embeddings=position_embeddings, **kwargs)
     from transformers.models.falcon.modeling_falcon import apply_rotary_pos_emb
 
-    query, key, value = self._split_heads(self.query_key_value(hidden_states))
+    query, key, value = self._split_heads(self.query_key_value(hidden_states))  # [batch, T, heads, head_dim]
     batch, length = query.shape[:2]
+    compiling = torch.compiler.is_compiling()
+    if not compiling:  # compiled, transformers' element-wise rotation is Inductor's to fuse (as for the Llama family)
+        query, key = RotaryEmbedding.apply(query, key, *position_embeddings)
     query, key, value = (x.transpose(1, 2) for x in (query, key, value))  # [batch, heads, T, head_dim]
-    cos, sin = position_embeddings
-    query, key = apply_rotary_pos_emb(query, key, cos, sin)
+    if compiling:
+        query, key = apply_rotary_pos_emb(query, key, *position_embeddings)
     grouped = key.shape[1] != query.shape[1]  # multi-query: one key/value head shared by all query heads
     # Compiled, SDPA gets the one head and `enable_gqa`: for a broadcast (stride-0) key PyTorch's fake flash backward
     # predicts another gradient layout than the real kernel returns, and Inductor's stride check stops the step
     # (Falcon-7B, H200, torch 2.11). Eager keeps the broadcast view: every SDPA backend takes it, and of the
     # backends only flash and math take `enable_gqa`.
-    native_gqa = grouped and torch.compiler.is_compiling()
+    native_gqa = grouped and compiling
     if grouped and not native_gqa:
         key = key.expand(-1, query.shape[1], -1, -1)
         value = value.expand(-1, query.shape[1], -1, -1)

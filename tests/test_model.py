@@ -54,8 +54,10 @@ def test_lora_on_exactly_the_requested_layers(tiny_model_dir: Path) -> None:
 
 @pytest.mark.parametrize(("checkpoint_layers", "graphless"), [(0, False), (1, False), (2, False), (2, True)])
 def test_fast_attention_path_matches_transformers(tiny_model_dir: Path, checkpoint_layers: int,
-                                                  graphless: bool) -> None:
-    """Also where checkpointed layers recompute inside backward (graphless: their first forward without autograd)."""
+                                                  graphless: bool, monkeypatch) -> None:
+    """Falcon's training attention (q and k rotated by RotaryEmbedding, causal SDPA): transformers' hidden states and
+    gradients, also where checkpointed layers recompute inside backward (graphless: their first forward without
+    autograd)."""
     loaded = load_base_model(ModelSettings(str(tiny_model_dir), quantize=False, device="cpu"))
     model = add_lora(loaded.model, ["query_key_value"], r=4, alpha=8, dropout=0.0)
     set_checkpointing(model, checkpoint_layers, graphless_forward=graphless)
@@ -66,9 +68,11 @@ def test_fast_attention_path_matches_transformers(tiny_model_dir: Path, checkpoi
     reference.sum().backward()
     reference_grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
     model.zero_grad()
+    calls = count_applies(monkeypatch, RotaryEmbedding)
     with causal_fast_path(model):
         fast = backbone(input_ids=input_ids, use_cache=False).last_hidden_state
         fast.sum().backward()
+    assert len(calls) == 2 + checkpoint_layers  # each layer, and each checkpointed one again in its recomputation
     torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-5)
     for got, expected in zip((p.grad for p in model.parameters() if p.requires_grad), reference_grads):
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
@@ -133,7 +137,8 @@ def test_real_falcon_7b_legacy_config_has_the_published_parameter_count(shared_d
     assert sum(p.numel() for p in model.parameters()) == 6_921_720_704
 
 
-LLAMA_FAMILY = ["llama-gqa", "llama-biases-tied-head-dim", "mistral", "qwen2", "qwen2-tied"]
+ROTARY_MODELS = ["llama-gqa", "llama-biases-tied-head-dim", "mistral", "qwen2", "qwen2-tied", "falcon-mqa",
+                 "falcon-new-arch"]
 
 
 def _hidden_and_gradients(model, ids: torch.Tensor, fast: bool):
@@ -148,11 +153,11 @@ def _hidden_and_gradients(model, ids: torch.Tensor, fast: bool):
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA GPU"))])
 @pytest.mark.parametrize("checkpointed", [False, True])
-@pytest.mark.parametrize("name", LLAMA_FAMILY)
-def test_llama_family_fast_path_matches_transformers(name: str, checkpointed: bool, device: str, monkeypatch) -> None:
-    """Llama, Mistral and Qwen2 attention inside the trainer's fast path (one rotary function, causal SDPA; GQA,
-    biases, a head_dim of its own, tied heads): the same hidden states and LoRA gradients as transformers' forward,
-    also with every layer checkpointed (graphless: recomputed inside backward)."""
+@pytest.mark.parametrize("name", ROTARY_MODELS)
+def test_rotary_fast_path_matches_transformers(name: str, checkpointed: bool, device: str, monkeypatch) -> None:
+    """Llama, Mistral, Qwen2 and Falcon attention inside the trainer's fast path (one rotary function, causal SDPA;
+    GQA, multi-query, biases, a head_dim of its own, tied heads): the same hidden states and LoRA gradients as
+    transformers' forward, also with every layer checkpointed (graphless: recomputed inside backward)."""
     from transformers import AutoModelForCausalLM
 
     from falcon_desktop.attention import install_fast_attention
@@ -160,7 +165,8 @@ def test_llama_family_fast_path_matches_transformers(name: str, checkpointed: bo
 
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_config(native_config(TINY_CONFIGS[name]), attn_implementation="sdpa")
-    model = add_lora(base.to(device), ["q_proj", "k_proj", "v_proj", "o_proj"], r=4, alpha=8, dropout=0.0)
+    targets = ["query_key_value", "dense"] if name.startswith("falcon") else ["q_proj", "k_proj", "v_proj", "o_proj"]
+    model = add_lora(base.to(device), targets, r=4, alpha=8, dropout=0.0)
     for parameter_name, parameter in model.named_parameters():
         if "lora_B" in parameter_name:
             torch.nn.init.normal_(parameter, std=0.05)
