@@ -102,13 +102,16 @@ class SpeedCoefficients:
     fused_lora_module_seconds: float = 0.42e-3
     # CPU saved per RMSNorm (Llama family) run as F.rms_norm's one kernel instead of transformers' seven.
     fused_rms_norm_saved_seconds: float = 0.17e-3
-    # CPU saved per Llama-family layer by attention.py's training fast path (session 14): q and k rotated in one
-    # autograd function (transformers' rotation is ~10 launches forward, more in backward) and SDPA called
-    # directly. With `fused_lora_module_seconds` (0.38 -> 0.42 ms), chosen together on a grid, every other figure held,
-    # over every row fit_speed.py fits: the planner matrix's SmolLM2, ~1B and 8B rows re-measured in session 14
-    # (eager, on this path; attention-only rows ran 1.0-1.3x their session 12 speed, all-linear 0.8-1.4x) and its
-    # 8B and ~1B side by sides; worst error 24.6% (SmolLM2 all-linear at 8 GiB, whose identical plan measured
-    # 10,546-13,416 tokens/s at the three caps of one call).
+    # CPU per Llama-family layer that eager steps on attention.py's training fast path (session 14: q and k rotated
+    # in one autograd function, SDPA called directly) cost less than the model of session 12 priced. Fitted, not
+    # isolated: with `fused_lora_module_seconds` (0.38 -> 0.42 ms), chosen together on a grid, every other figure
+    # held, over every row fit_speed.py fits (the planner matrix's SmolLM2, ~1B and 8B rows re-measured in session
+    # 14, eager: attention-only rows ran 1.0-1.3x their session 12 speed, all-linear 0.8-1.4x; the 8B and ~1B side by
+    # sides): worst error 24.6% (SmolLM2 all-linear at 8 GiB, whose one plan measured 10,546-13,416 tokens/s at the
+    # three caps of one call). The rotation itself cut ~570 of ~11,300 kernel launches a step of the 8B profile
+    # (benchmarks/results/rotary-h200/profile-8b-roll-1b against unsloth-graphless-h200/profile-8b), ~6 a layer
+    # pass, less than this figure implies: the rest is these calls' host running faster than session 12's, which
+    # the figure carries for the Llama family alone (Falcon-7B's rows are session 11's).
     rotary_fast_path_saved_seconds: float = 0.60e-3
 
 
