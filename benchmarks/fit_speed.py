@@ -1,10 +1,11 @@
 """Fit the speed model's coefficients (plan_speed.SpeedCoefficients) to every committed speed measurement.
 
 Rows: those `benchmarks/planner_speed.py` compares (the step matrices and the H200 runs of
-`results/speed-measured.json`) and the H200 planner matrix (`results/planner-matrix.json`: tokens/s and hours per
-epoch), each without its known misses (`known_miss` there, `planner_matrix.KNOWN_MISSES` here). Plans do not
-depend on these coefficients, so each row's workload is taken once, from the very `estimate_speed` call that priced
-it, and only the speed model runs again for each candidate. Objective: the worst absolute log error plus half the
+`results/speed-measured.json`) and the H200 planner matrix (`results/planner-matrix.json`, eager steps, and
+`results/planner-matrix-recorded.json`, as `train` runs them: tokens/s and hours per epoch), each without its known
+misses (`known_miss` there, `planner_matrix.KNOWN_MISSES` here). Plans do not depend on these coefficients (but for
+whether a plan records its steps, which stays as today's coefficients chose), so each row's workload is taken once,
+from the very `estimate_speed` call that priced it, and only the speed model runs again for each candidate. Objective: the worst absolute log error plus half the
 RMS one (scipy's differential evolution, seeded). Prints the coefficients and every row's error; writes nothing:
 the numbers go into plan_speed.py by hand, with what pins each one down.
 
@@ -99,25 +100,39 @@ def fit_rows(hold: tuple[str, ...] = ()) -> list[FitRow]:
         rows = [FitRow(f"{row.gpu} {row.name} [{row.settings}]", row.measured, recorder.pricing(row.estimated))
                 for row in planner_speed.speed_rows()
                 if not row.known_miss or any(text in row.name for text in hold)]
-        document = json.loads((HERE / "results" / "planner-matrix.json").read_text(encoding="utf-8"))
-        for row in document["rows"]:
-            measured = row.get("measured") or {}
-            if row.get("status") != "ok" or not measured.get("tokens_per_second"):
-                continue
-            name = f"H200 matrix {row['model']} {row['targets']} {row['cap_gib']:g} GiB"
-            known_miss = (row["model"], row["targets"], row["cap_gib"]) in planner_matrix.KNOWN_MISSES
-            if known_miss and not any(text in name for text in hold):
-                continue
-            config = document["models"][row["model"]]["config"]
-            shape = planner_matrix.shape_from_config(config, row["model"], "directory")
-            plan = planner_matrix.plan_for(shape, row["targets"], row["cap_gib"], row["gpu"], row["effective_batch"],
-                                           row["epoch_examples"])
-            hours_ratio = plan.estimated_hours * plan.estimated_tokens_per_second / measured["hours_per_epoch"]
-            rows.append(FitRow(name, measured["tokens_per_second"], recorder.pricing(plan.estimated_tokens_per_second),
-                               hours_ratio))
+        for document in _matrix_documents():
+            for row in document["rows"]:
+                fitted = _matrix_row(recorder, document, row, hold)
+                if fitted is not None:
+                    rows.append(fitted)
     finally:
         plan_time.estimate_speed = planner_speed.estimate_speed = estimate_speed
     return rows
+
+
+def _matrix_documents() -> list[dict]:
+    """The H200 planner matrix: eager rows, and those measured as `train` runs them (`run --recorded`)."""
+    return [json.loads(result.read_text(encoding="utf-8"))
+            for result in (planner_matrix.RESULT, planner_matrix.RECORDED_RESULT)]
+
+
+def _matrix_row(recorder: Recorder, document: dict, row: dict, hold: tuple[str, ...]) -> FitRow | None:
+    """A measured matrix row, priced as the planner plans it today; None for a row without a speed or a known miss
+    not held."""
+    measured = row.get("measured") or {}
+    if row.get("status") != "ok" or not measured.get("tokens_per_second"):
+        return None
+    recorded = row.get("recorded", False)
+    name = f"H200 matrix {row['model']} {row['targets']} {row['cap_gib']:g} GiB{' recorded' if recorded else ''}"
+    known_miss = (row["model"], row["targets"], row["cap_gib"]) in planner_matrix.KNOWN_MISSES
+    if known_miss and not any(text in name for text in hold):
+        return None
+    config = document["models"][row["model"]]["config"]
+    shape = planner_matrix.shape_from_config(config, row["model"], "directory")
+    plan = planner_matrix.plan_for(shape, row["targets"], row["cap_gib"], row["gpu"], row["effective_batch"],
+                                   row["epoch_examples"], recorded)
+    hours_ratio = plan.estimated_hours * plan.estimated_tokens_per_second / measured["hours_per_epoch"]
+    return FitRow(name, measured["tokens_per_second"], recorder.pricing(plan.estimated_tokens_per_second), hours_ratio)
 
 
 def loss(rows: list[FitRow], c: SpeedCoefficients) -> float:

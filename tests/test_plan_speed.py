@@ -154,16 +154,15 @@ def test_planner_matrix_row_within_25_percent(document, row):
 
 def test_the_fit_prices_every_row_as_the_planner_does():
     """benchmarks/fit_speed.py refits the coefficients on the workloads the planner priced: with today's
-    coefficients it must give back every estimate of planner_speed.py and of the planner matrix, or a fit would tune
-    a different model than the one `plan` runs."""
+    coefficients it must give back every estimate of planner_speed.py and of the planner matrix (eager and recorded
+    rows), or a fit would tune a different model than the one `plan` runs."""
     spec = importlib.util.spec_from_file_location("fit_speed", SCRIPT.with_name("fit_speed.py"))
     fit = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = fit
     spec.loader.exec_module(fit)
     rows = fit.fit_rows()
     held = [row for row in ROWS if not row.known_miss]
-    matrix = json.loads((SCRIPT.parent / "results" / "planner-matrix.json").read_text(encoding="utf-8"))["rows"]
-    matrix_held = [row for row in matrix
+    matrix_held = [(document, row) for document, row in MATRIX_ROWS
                    if (row["model"], row["targets"], row["cap_gib"]) not in PLANNER_MATRIX.KNOWN_MISSES]
     assert len(rows) == len(held) + len(matrix_held)
     for row in rows:
@@ -171,6 +170,8 @@ def test_the_fit_prices_every_row_as_the_planner_does():
     for row, listed in zip(rows, held):
         assert (row.measured, row.priced.tokens_per_second) == (listed.measured, listed.estimated)
         assert math.exp(row.errors(fit.SPEED)[0]) - 1 == pytest.approx(listed.error)
+    for row, (document, measured) in zip(rows[len(held):], matrix_held, strict=True):  # as the table prices them
+        assert row.priced.tokens_per_second == PLANNER_MATRIX.replanned(document, measured)[1]["tokens_per_second"]
 
 
 def test_the_plan_records_steps_where_the_speed_model_expects_them_faster():
