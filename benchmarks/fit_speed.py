@@ -5,9 +5,10 @@ Rows: those `benchmarks/planner_speed.py` compares (the step matrices and the H2
 `results/planner-matrix-recorded.json`, as `train` runs them: tokens/s and hours per epoch), each without its known
 misses (`known_miss` there, `planner_matrix.KNOWN_MISSES` here). Plans do not depend on these coefficients (but for
 whether a plan records its steps, which stays as today's coefficients chose), so each row's workload is taken once,
-from the very `estimate_speed` call that priced it, and only the speed model runs again for each candidate. Objective: the worst absolute log error plus half the
-RMS one (scipy's differential evolution, seeded). Prints the coefficients and every row's error; writes nothing:
-the numbers go into plan_speed.py by hand, with what pins each one down.
+from the very `estimate_speed` call that priced it, and only the speed model runs again for each candidate.
+Objective: the worst absolute log error plus half the RMS one (scipy's differential evolution, seeded). Prints the
+coefficients and every row's error; writes nothing: the numbers go into plan_speed.py by hand, with what pins each
+one down.
 
     python benchmarks/fit_speed.py [--iterations 300] [--hold "llama-1b attention 24"]
 
