@@ -48,8 +48,6 @@ def _fast_forward(self, hidden_states, alibi, attention_mask, position_ids=None,
         return type(self).forward(self, hidden_states, alibi, attention_mask, position_ids=position_ids,
                                   layer_past=layer_past, use_cache=use_cache, output_attentions=output_attentions,
                                   position_embeddings=position_embeddings, **kwargs)
-    from transformers.models.falcon.modeling_falcon import apply_rotary_pos_emb
-
     query, key, value = self._split_heads(self.query_key_value(hidden_states))  # [batch, T, heads, head_dim]
     batch, length = query.shape[:2]
     compiling = torch.compiler.is_compiling()
@@ -57,6 +55,8 @@ def _fast_forward(self, hidden_states, alibi, attention_mask, position_ids=None,
         query, key = RotaryEmbedding.apply(query, key, *position_embeddings)
     query, key, value = (x.transpose(1, 2) for x in (query, key, value))  # [batch, heads, T, head_dim]
     if compiling:
+        from transformers.models.falcon.modeling_falcon import apply_rotary_pos_emb
+
         query, key = apply_rotary_pos_emb(query, key, *position_embeddings)
     grouped = key.shape[1] != query.shape[1]  # multi-query: one key/value head shared by all query heads
     # Compiled, SDPA gets the one head and `enable_gqa`: for a broadcast (stride-0) key PyTorch's fake flash backward

@@ -141,6 +141,21 @@ ROTARY_MODELS = ["llama-gqa", "llama-biases-tied-head-dim", "mistral", "qwen2", 
                  "falcon-new-arch"]
 
 
+def test_the_planner_prices_the_rotary_fast_path_for_the_model_types_it_serves() -> None:
+    """plan_speed cannot import attention.py (no torch in the planner), so it names the model types whose attention
+    the fast path serves: the same ones ROTARY_ATTENTIONS patches."""
+    from transformers import AutoModelForCausalLM
+
+    from falcon_desktop.attention import ROTARY_ATTENTIONS, install_fast_attention
+    from falcon_desktop.plan_speed import ROTARY_FAST_PATH_TYPES
+    from test_shapes import TINY_CONFIGS, native_config
+
+    assert len(ROTARY_FAST_PATH_TYPES) == len(ROTARY_ATTENTIONS)
+    for model_type in ROTARY_FAST_PATH_TYPES:
+        config = next(c for name, c in TINY_CONFIGS.items() if c["model_type"] == model_type)
+        assert install_fast_attention(AutoModelForCausalLM.from_config(native_config(config))) == 2, model_type
+
+
 def _hidden_and_gradients(model, ids: torch.Tensor, fast: bool):
     backbone, _ = backbone_and_head(model)
     model.zero_grad()
