@@ -13,7 +13,8 @@ view (strided, unvectorised kernels), and more than as many again in backward. P
 largest share of a Llama-3-8B step's element-wise kernel time after LoRA's dropout (docs/benchmarks.md, session 13).
 `RotaryEmbedding` computes the same rotation as one autograd node of three kernels per tensor each way (a multiply
 and two half-width in-place `addcmul_`), on the projections' own layout, before they are transposed for SDPA.
-Falcon's fast path rotates with it too (since session 14; its speed there not yet measured).
+Falcon's fast path rotates with it too: Falcon-7B 3-4% faster and 0.4-1.2 GB lighter at batch 64 than with
+transformers' rotation (H200, session 15, docs/benchmarks.md).
 
 The fast path is on only inside `causal_fast_path(model)` (the trainer's forward and backward, where recomputed
 layers run again); generation, which needs the padding mask and the KV cache, takes transformers' own code.
@@ -64,6 +65,12 @@ def _fast_forward(self, hidden_states, alibi, attention_mask, position_ids=None,
     # (Falcon-7B, H200, torch 2.11). Eager keeps the broadcast view: every SDPA backend takes it, and of the
     # backends only flash and math take `enable_gqa`.
     native_gqa = grouped and compiling
+    if grouped:
+        # A copy of the shared head (1/71 of the projection on Falcon-7B), not a slice: SDPA keeps value for
+        # backward, and a slice would keep the whole fused projection with it. Recorded steps split by slices
+        # (make_graph_safe); Falcon-7B's recorded 24 GiB plan held 1.6 GB more than eager for it, 77 MB a layer
+        # (H200 memory trace, docs/benchmarks.md). transformers' split by list indices copies already.
+        value = value.contiguous()
     if grouped and not native_gqa:
         key = key.expand(-1, query.shape[1], -1, -1)
         value = value.expand(-1, query.shape[1], -1, -1)

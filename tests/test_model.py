@@ -78,6 +78,35 @@ def test_fast_attention_path_matches_transformers(tiny_model_dir: Path, checkpoi
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("graph_safe", [False, True])
+def test_fast_attention_keeps_no_fused_projection_for_backward(tiny_model_dir: Path, graph_safe: bool) -> None:
+    """SDPA keeps value for backward: the fast path hands it a copy of the one key/value head, so the fused QKV
+    projection is freed after the layer's forward, also where recorded steps split it by slices (make_graph_safe)."""
+    from falcon_desktop.attention import make_graph_safe
+
+    loaded = load_base_model(ModelSettings(str(tiny_model_dir), quantize=False, device="cpu"))
+    model = add_lora(loaded.model, ["dense"], r=4, alpha=8, dropout=0.0)  # QKV plain: nothing of its own keeps it
+    if graph_safe:
+        assert make_graph_safe(model) == 2
+    projections: list[torch.Tensor] = []  # kept alive, so that no saved tensor can take over their addresses
+    for name, module in model.named_modules():
+        if name.endswith("query_key_value"):
+            module.register_forward_hook(lambda _module, _inputs, output: projections.append(output))
+    saved: list[torch.Tensor] = []
+
+    def keep(tensor: torch.Tensor) -> torch.Tensor:
+        saved.append(tensor)
+        return tensor
+
+    backbone, _ = backbone_and_head(model)
+    model.train()
+    with causal_fast_path(model), torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+        backbone(input_ids=torch.arange(24).view(2, 12), use_cache=False)
+    fused = {projection.untyped_storage().data_ptr() for projection in projections}
+    assert len(fused) == 2 and saved
+    assert not fused & {tensor.untyped_storage().data_ptr() for tensor in saved}
+
+
 def test_checkpointing_only_the_first_layers(tiny_model_dir: Path) -> None:
     from falcon_desktop.model import decoder_layers
 
