@@ -119,7 +119,7 @@ def predictions(plan: Plan) -> dict[str, Any]:
     return {"tokens_per_second": plan.estimated_tokens_per_second, "hours_per_epoch": plan.estimated_hours,
             "peak_bytes": plan.peak_vram_bytes,
             "allocator_peak_bytes": plan.peak_vram_bytes - COEFFICIENTS.cuda_context_bytes,
-            "bound": plan.reasons["estimated_tokens_per_second"].split("-")[0]}
+            "bound": plan.reasons["estimated_tokens_per_second"].split("-")[0], "records_steps": plan.records_steps}
 
 
 # ------------------------------------------------------------------------------------------- measuring (torch)
@@ -239,6 +239,9 @@ def measure_row(loaded, shape: ModelShape, model_dir: Path, examples: Examples, 
         return row, loaded.model
     cuda = loaded.device.type == "cuda"
     _free_memory(cuda)
+    # What earlier rows of this process left allocated besides the model (its weights): a peak carries it.
+    at_start = {"allocated_at_start_bytes": torch.cuda.memory_allocated(),
+                "reserved_at_start_bytes": torch.cuda.memory_reserved()} if cuda else {}
     outside = _cap_allocator(cap_gib) if cuda else None
     run_plan = fit_plan_to_device(plan, loaded.device)  # the trainer's own CPU fallback (the test's tiny model)
     config = TrainConfig(model=str(model_dir), data=settings.data, output=model_dir / "unused-run")
@@ -284,7 +287,7 @@ def measure_row(loaded, shape: ModelShape, model_dir: Path, examples: Examples, 
         "hours_per_epoch": sum(lengths) / speed / 3600 if speed else None,
         "peak_reserved_bytes": torch.cuda.max_memory_reserved() if cuda else None,
         "peak_allocated_bytes": torch.cuda.max_memory_allocated() if cuda else None,
-        "outside_allocator_bytes": outside,
+        "outside_allocator_bytes": outside, **at_start,
         "device": torch.cuda.get_device_name() if cuda else "cpu",
         "warmup_steps": warmup, "steps": log, "row_seconds": round(time.perf_counter() - started, 1),
     })
@@ -413,6 +416,10 @@ def table(result: Path) -> tuple[str, int]:
         where = f"{row['model']}, {row['targets']}, {row['cap_gib']:g} GiB"
         if plan != row["plan"]:
             notes.append(f"- {where}: the planner now chooses {plan}, not the measured {row['plan']}: re-measure.")
+            continue
+        if row.get("recorded") and predicted["records_steps"] != row.get("records_steps"):
+            steps = "recorded" if predicted["records_steps"] else "eager"
+            notes.append(f"- {where}: the planner now chooses {steps} steps, not the measured ones: re-measure.")
             continue
         if row.get("status") not in ("ok", "oom"):
             continue

@@ -346,11 +346,14 @@ def _decide(shape: ModelShape, gpu: GpuSpec | None, request: PlanRequest, c: Pla
         reasons["micro_batch_size"] = "one question at a time"
         reasons["max_seq_len"] = "the prompt (context + question) the KV cache holds"
     dtype, reasons["compute_dtype"] = compute_dtype_for(gpu)
-    reasons["fits"] = _fit_reason(peak, gpu, c, fits)
     records, why_recorded, speed, hours = choose_recording(shape, gpu, request, choice, targets, trainable, c,
-                                                           pricer.setup(choice))
+                                                           pricer.setup(choice), _recording_room(gpu, peak, c))
+    if training and records and choice.checkpoint_layers:
+        breakdown["recorded_steps"] = c.recorded_checkpoint_bytes
+        peak += c.recorded_checkpoint_bytes
     if training:
         reasons["records_steps"] = why_recorded
+    reasons["fits"] = _fit_reason(peak, gpu, c, fits, breakdown["recorded_steps"])
     reasons["estimated_tokens_per_second"] = estimate_reason(gpu, request, speed)
     tokens_per_second = speed.tokens_per_second * whole.gpus * SCALING_EFFICIENCY[sharding] if speed else None
     if speed and whole.gpus > 1:
@@ -380,10 +383,18 @@ def _decide(shape: ModelShape, gpu: GpuSpec | None, request: PlanRequest, c: Pla
     )
 
 
-def _fit_reason(peak: int, gpu: GpuSpec | None, c: PlannerCoefficients, fits: bool) -> str:
+def _recording_room(gpu: GpuSpec | None, peak: int, c: PlannerCoefficients) -> float | None:
+    """What recorded checkpointed steps may add to an eager plan's peak: up to half the safety margin (a step that
+    runs out of memory recorded is redone eagerly, train.py), so that the memory search need not know of them."""
+    return None if gpu is None else gpu.vram_bytes * (1 - c.safety_margin_fraction / 2) - peak
+
+
+def _fit_reason(peak: int, gpu: GpuSpec | None, c: PlannerCoefficients, fits: bool, recorded: int) -> str:
     if gpu is None:
         return "no GPU detected: pass --vram or --gpu"
     margin = f"{c.safety_margin_fraction:.0%} of {gpu.vram_bytes / GIB:.1f} GiB kept free"
+    if recorded:
+        margin += f", of which recorded steps may take {recorded / GIB:.2f} GiB"
     return (f"{peak / GIB:.1f} GiB predicted peak, within the budget ({margin})" if fits else
             f"{peak / GIB:.1f} GiB predicted peak exceeds the budget ({margin})")
 

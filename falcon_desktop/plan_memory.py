@@ -60,6 +60,12 @@ class PlannerCoefficients:
     cuda_context_bytes: int = 500 * MIB  # CUDA context, cuBLAS workspace, kernels (outside PyTorch's allocator)
     allocator_slack_fraction: float = 0.05  # reserved - allocated with expandable segments (set by our CLI)
     safety_margin_fraction: float = 0.08  # share of VRAM the planner leaves unused (other apps, spikes)
+    # Steps recorded as CUDA graphs with checkpointed layers reserved up to this much more than the same plans' eager
+    # steps, whatever the activations: Llama-3-8B +0.07 to +0.25 GB, Falcon-7B +0.18 to +0.44 GB (against eager rows
+    # of older attention code) on the H200 planner matrix (docs/benchmarks.md, session 15). Left out, two Falcon-7B
+    # rows peaked 1.7-1.8% above their predictions. Recorded plans without checkpointing measured within the model.
+    # It comes out of the safety margin (plan.py, `_recording_room`).
+    recorded_checkpoint_bytes: int = 320 * MIB
 
 
 COEFFICIENTS = PlannerCoefficients()
@@ -68,7 +74,7 @@ TRAINING_METHODS = ("full", "lora", "qlora")
 METHODS = ("inference", *TRAINING_METHODS)
 INFERENCE_DTYPES = ("fp32", "bf16", "fp16", "int8", "nf4")
 COMPONENTS = ("weights", "quant_constants", "lora_weights", "gradients", "optimizer", "activations", "loss_buffer",
-              "cuda_context", "allocator_slack")
+              "recorded_steps", "cuda_context", "allocator_slack")
 
 _BYTES_PER_WEIGHT = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "int8": 1.0, "nf4": 0.5}
 
@@ -116,6 +122,7 @@ def memory_breakdown(shape: ModelShape, setup: Setup, c: PlannerCoefficients = C
         "loss_buffer": _loss_buffer_bytes(shape, setup, c) if setup.method != "inference" else 0,
     }
     parts = {name: math.ceil(value) for name, value in parts.items()}
+    parts["recorded_steps"] = 0  # the plan adds it where `train` records checkpointed steps (plan.py)
     parts["cuda_context"] = c.cuda_context_bytes
     parts["allocator_slack"] = math.ceil(c.allocator_slack_fraction * sum(v for k, v in parts.items()
                                                                           if k != "cuda_context"))

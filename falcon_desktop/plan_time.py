@@ -45,19 +45,19 @@ def estimate_time(shape: ModelShape, gpu: GpuSpec | None, request: PlanRequest, 
 
 def choose_recording(shape: ModelShape, gpu: GpuSpec | None, request: PlanRequest, choice: Choice,
                      targets: tuple[str, ...], trainable: int, c: PlannerCoefficients,
-                     kernels: Setup) -> tuple[bool, str, SpeedEstimate | None, float | None]:
+                     kernels: Setup, room: float | None) -> tuple[bool, str, SpeedEstimate | None, float | None]:
     """Whether `train` records this choice's steps as CUDA graphs, why, and the speed estimate and hours of the steps
     it chose.
 
     A recorded step launches no kernels from the host, but pads every row to a multiple of 64 tokens and records
     each new shape once (about an eager step). Without checkpointed layers that paid or broke even at every size
     measured (docs/benchmarks.md, "Recorded steps"), so those steps are always recorded. With checkpointed layers
-    the GPU's work weighs more, and in a 7B-8B step with most layers checkpointed the padding costs more than the
-    launches save. Beside Unsloth on the same work (H200, 24 GiB cap, docs/benchmarks.md), Llama-3-8B (30 of 32
-    layers checkpointed) ran at 0.70x Unsloth's speed recorded and 0.97x eager, while the ~1.1B Llama (12 of 22)
-    went from 0.95x eager to 1.14x recorded in steady state; the speed model says the same (with session 11's fused
-    kernels, 8B: ~7,000 tokens/s recorded against ~8,300 eager; ~1.1B: ~40,700 against ~28,400). So checkpointed
-    steps are recorded where the speed model expects them faster, and not on a card whose speed is unknown.
+    the GPU's work weighs more, and where a step is GPU-bound the padding costs more than the launches save (an
+    RTX 4070's Llama-3-8B plan). So checkpointed steps are recorded where the speed model expects them faster, and
+    not on a card whose speed is unknown; on the H200 planner matrix that was every Llama-3-8B plan, measured
+    faster recorded (8 GiB: 5,662 tokens/s against 1,727 eager; docs/planner.md). They also reserve a little more
+    than eager ones (`recorded_checkpoint_bytes`), which must fit in `room`, what the plan may add to the eager
+    plan's peak (plan.py; None: no card known).
     """
     def priced(recorded: bool) -> tuple[SpeedEstimate | None, float | None]:
         return estimate_time(shape, gpu, request, choice, targets, trainable, c, kernels, recorded)
@@ -72,6 +72,10 @@ def choose_recording(shape: ModelShape, gpu: GpuSpec | None, request: PlanReques
         return False, ("with checkpointed layers, recorded steps pay only where the speed model says so, and this "
                        "card's speed is unknown (pass --gpu NAME)"), *eager
     eager_speed, recorded_speed = eager[0].tokens_per_second, recorded[0].tokens_per_second
+    if recorded_speed > eager_speed and room is not None and room < c.recorded_checkpoint_bytes:
+        return False, (f"~{recorded_speed:,.0f} tokens/s estimated recorded against ~{eager_speed:,.0f} eager, but "
+                       f"recorded checkpointed steps hold ~{c.recorded_checkpoint_bytes / 2**30:.2f} GiB more than "
+                       "eager ones, which this card's safety margin does not leave"), *eager
     if recorded_speed > eager_speed:
         return True, f"~{recorded_speed:,.0f} tokens/s estimated recorded against ~{eager_speed:,.0f} eager", *recorded
     return False, (f"~{eager_speed:,.0f} tokens/s estimated eager against ~{recorded_speed:,.0f} recorded: padding "

@@ -13,6 +13,7 @@ import pytest
 
 from falcon_desktop.hardware import gpu_model
 from falcon_desktop.plan import GpuSpec, Plan, PlanRequest, make_plan
+from falcon_desktop.plan_memory import COEFFICIENTS
 from falcon_desktop.plan_speed import SPEED, Workload, estimate_speed, micro_batches_per_step
 from falcon_desktop.shapes import DEFAULT_LORA_TARGETS, load_shape
 
@@ -142,6 +143,8 @@ LOOSE = 0.50  # a known miss must stay within this
 def test_planner_matrix_row_within_25_percent(document, row):
     plan, predicted = PLANNER_MATRIX.replanned(document, row)
     assert plan == row["plan"], "the planner's choice changed: re-measure the row"
+    assert not row.get("recorded") or predicted["records_steps"] == row["records_steps"], \
+        "the planner now chooses other steps (recorded or eager) for this plan: re-measure the row"
     measured = row["measured"]
     errors = {what: predicted[key] / measured[key] - 1
               for what, key in (("tokens/s", "tokens_per_second"), ("hours", "hours_per_epoch"))}
@@ -150,6 +153,10 @@ def test_planner_matrix_row_within_25_percent(document, row):
     assert all(abs(error) <= bound for error in errors.values()), f"{key}: {errors}"
     if key in PLANNER_MATRIX.KNOWN_MISSES:
         assert any(abs(error) > BENCHMARK.TOLERANCE for error in errors.values()), f"{key} now holds: drop it"
+    if measured["peak_reserved_bytes"] is not None:  # the memory promise: over the measured peak, never under
+        over = predicted["allocator_peak_bytes"] / measured["peak_reserved_bytes"] - 1
+        low, high = PLANNER_MATRIX.MEMORY_OVER
+        assert low <= over <= high, f"{key}: memory predicted {over:+.1%} over the measured peak"
 
 
 def test_the_fit_prices_every_row_as_the_planner_does():
@@ -201,6 +208,30 @@ def test_the_plan_records_steps_where_the_speed_model_expects_them_faster():
     assert Plan.from_json(saved).records_steps is False
     saved = {key: value for key, value in unchecked.to_json().items() if key != "records_steps"}
     assert Plan.from_json(saved).records_steps is True
+
+def test_recorded_checkpointed_steps_are_counted_in_the_peak_and_taken_from_the_safety_margin():
+    """Recorded steps with checkpointed layers reserve more than eager ones (planner matrix, H200): the plan counts
+    them in its peak, out of half the safety margin, so the settings stay those of the eager plan; where that half
+    cannot hold them the steps run eagerly, and plans without checkpointing or recording count nothing."""
+    h200 = GpuSpec.from_table(gpu_model("H200"), vram_bytes=24 * 2**30)
+    recorded, eager = (make_plan(load_shape("llama-3.2-1b"), h200, PlanRequest(effective_batch_size=32,
+                                                                                 cuda_graphs=graphs))
+                       for graphs in (True, False))
+    assert recorded.records_steps and recorded.checkpoint_layers == eager.checkpoint_layers > 0
+    assert (recorded.micro_batch_size, recorded.optimizer) == (eager.micro_batch_size, eager.optimizer)
+    assert recorded.breakdown["recorded_steps"] == COEFFICIENTS.recorded_checkpoint_bytes
+    assert recorded.peak_vram_bytes == eager.peak_vram_bytes + COEFFICIENTS.recorded_checkpoint_bytes
+    assert sum(recorded.breakdown.values()) == recorded.peak_vram_bytes
+    assert recorded.peak_vram_bytes <= h200.vram_bytes * (1 - COEFFICIENTS.safety_margin_fraction / 2)
+    assert "recorded steps may take" in recorded.reasons["fits"]
+    assert eager.breakdown["recorded_steps"] == 0 and "recorded" not in eager.reasons["fits"]
+    unchecked = make_plan(load_shape("smollm2-135m"), h200, PlanRequest())
+    assert unchecked.records_steps and not unchecked.checkpoint_layers and unchecked.breakdown["recorded_steps"] == 0
+    too_big = replace(COEFFICIENTS, recorded_checkpoint_bytes=h200.vram_bytes - eager.peak_vram_bytes)
+    refused = make_plan(load_shape("llama-3.2-1b"), h200, PlanRequest(effective_batch_size=32), too_big)
+    assert not refused.records_steps and "safety margin" in refused.reasons["records_steps"]
+    assert refused.breakdown["recorded_steps"] == 0 and refused.peak_vram_bytes == eager.peak_vram_bytes
+
 
 def test_an_fsdp_plan_is_priced_with_the_layers_it_trains_however_fsdp_was_chosen():
     """Under FSDP train keeps peft's LoRA layers (train_session.adapted_for_training); the speed model prices the
