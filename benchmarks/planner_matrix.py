@@ -400,10 +400,22 @@ def row_problems(row: dict, predicted: dict) -> list[str]:
         ("tokens/s", _error(predicted["tokens_per_second"], measured.get("tokens_per_second"))),
         ("hours", _error(predicted["hours_per_epoch"], measured.get("hours_per_epoch"))))
         if error is not None and abs(error) > SPEED_TOLERANCE]
-    memory = _error(predicted["allocator_peak_bytes"], measured.get("peak_reserved_bytes"))
+    memory = memory_error(row, predicted)
     if memory is not None and not MEMORY_OVER[0] <= memory <= MEMORY_OVER[1]:
         problems.append(f"memory {memory:+.1%}")
     return problems
+
+
+def memory_error(row: dict, predicted: dict) -> float | None:
+    """How far the predicted allocator peak lies over the measured reserved peak (MEMORY_OVER bounds it); None
+    without a CUDA measurement."""
+    return _error(predicted["allocator_peak_bytes"], (row.get("measured") or {}).get("peak_reserved_bytes"))
+
+
+def steps_changed(row: dict, predicted: dict) -> bool:
+    """Whether the planner now records the steps of a row measured as `train` runs it (`run --recorded`) where the
+    row ran them eagerly, or the other way round."""
+    return bool(row.get("recorded")) and predicted["records_steps"] != row.get("records_steps")
 
 
 def table(result: Path) -> tuple[str, int]:
@@ -417,7 +429,7 @@ def table(result: Path) -> tuple[str, int]:
         if plan != row["plan"]:
             notes.append(f"- {where}: the planner now chooses {plan}, not the measured {row['plan']}: re-measure.")
             continue
-        if row.get("recorded") and predicted["records_steps"] != row.get("records_steps"):
+        if steps_changed(row, predicted):
             steps = "recorded" if predicted["records_steps"] else "eager"
             notes.append(f"- {where}: the planner now chooses {steps} steps, not the measured ones: re-measure.")
             continue

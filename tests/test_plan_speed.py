@@ -143,7 +143,7 @@ LOOSE = 0.50  # a known miss must stay within this
 def test_planner_matrix_row_within_25_percent(document, row):
     plan, predicted = PLANNER_MATRIX.replanned(document, row)
     assert plan == row["plan"], "the planner's choice changed: re-measure the row"
-    assert not row.get("recorded") or predicted["records_steps"] == row["records_steps"], \
+    assert not PLANNER_MATRIX.steps_changed(row, predicted), \
         "the planner now chooses other steps (recorded or eager) for this plan: re-measure the row"
     measured = row["measured"]
     errors = {what: predicted[key] / measured[key] - 1
@@ -153,8 +153,8 @@ def test_planner_matrix_row_within_25_percent(document, row):
     assert all(abs(error) <= bound for error in errors.values()), f"{key}: {errors}"
     if key in PLANNER_MATRIX.KNOWN_MISSES:
         assert any(abs(error) > BENCHMARK.TOLERANCE for error in errors.values()), f"{key} now holds: drop it"
-    if measured["peak_reserved_bytes"] is not None:  # the memory promise: over the measured peak, never under
-        over = predicted["allocator_peak_bytes"] / measured["peak_reserved_bytes"] - 1
+    over = PLANNER_MATRIX.memory_error(row, predicted)
+    if over is not None:  # the memory promise: over the measured peak, never under
         low, high = PLANNER_MATRIX.MEMORY_OVER
         assert low <= over <= high, f"{key}: memory predicted {over:+.1%} over the measured peak"
 
